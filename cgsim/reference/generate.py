@@ -1,0 +1,36 @@
+"""The ``cgsim generate`` verb: reference MD of a system chosen by ``system=...``.
+
+``run(cfg)`` dispatches on ``cfg.system.name`` to the system's generator; each generator is
+a plain function ``(cfg) -> dict`` returning a summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from cgsim.errors import CgsimInputError
+
+
+def _generators() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
+    from cgsim.reference.chain_generate import generate_chains
+
+    return {"chain": generate_chains}
+
+
+def register_configs() -> None:
+    """Register the structured-config schemas of ``conf/generate.yaml`` and ``conf/system/``."""
+    from cgsim.reference.config import register
+
+    register()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Generate reference MD for ``cfg.system``; returns the generator's summary."""
+    gens = _generators()
+    name = cfg.system.name
+    if name not in gens:
+        raise CgsimInputError("system.name", f"no generator for system {name!r}; expected one of {sorted(gens)}")
+    return gens[name](cfg)
