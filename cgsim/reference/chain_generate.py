@@ -14,7 +14,6 @@ default, so numbers read in nm are numbers in sigma.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -177,8 +176,6 @@ def generate_chains(cfg: DictConfig) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise CgsimInputError("system.lj_units", str(exc)) from None
     out = Path(cfg.output)
-    if (out / "dataset.json").is_file() and (out / ".run" / "identity.json").is_file():
-        pass  # finished before; check_identity below still refuses a different run
 
     system_cfg = OmegaConf.to_container(sc, resolve=True)
     system_cfg["sequences"] = seqs
@@ -217,8 +214,7 @@ def generate_chains(cfg: DictConfig) -> dict[str, Any]:
     if not (out / "dataset.json").is_file():
         _finalize(out, cfg, progress, molecules, chains, model, lj, plan_md, steps, runner.platform_used)
     elapsed = time.perf_counter() - t0
-    last = progress.get("last_session", {})
-    sps = last.get("steps_per_second", float("nan"))
+    sps = runner.session["steps_per_second"]
     summary = {
         "output": str(out),
         "n_chains": len(chains),
@@ -229,8 +225,11 @@ def generate_chains(cfg: DictConfig) -> dict[str, Any]:
         "chain_steps_per_second": sps * len(chains),
         "tau_per_second": sps * plan.timestep,
     }
-    print(f"generate chain: {len(chains)} chains x {plan.n_frames} frames -> {out} in {elapsed:.1f} s "
-          f"({summary['chain_steps_per_second']:.3g} chain-steps/s, {summary['tau_per_second']:.3g} tau/s this session)")
+    if runner.session["already_complete"]:
+        print(f"generate chain: {out} already holds this run ({len(chains)} chains x {plan.n_frames} frames); nothing recomputed")
+    else:
+        print(f"generate chain: {len(chains)} chains x {plan.n_frames} frames -> {out} in {elapsed:.1f} s "
+              f"({summary['chain_steps_per_second']:.3g} chain-steps/s, {summary['tau_per_second']:.3g} tau/s)")
     return summary
 
 
@@ -241,7 +240,7 @@ def _command_line() -> str:
         overrides = list(HydraConfig.get().overrides.task)
         return " ".join(["cgsim generate", *overrides])
     except (ImportError, ValueError):
-        return " ".join(sys.argv)
+        return "cgsim.reference.generate.run(cfg) from Python (full config under provenance.config)"
 
 
 def _finalize(out: Path, cfg: DictConfig, progress: dict[str, Any], molecules: list[Molecule],

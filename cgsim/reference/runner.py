@@ -96,6 +96,16 @@ class RunPlan:
         return int(self.equilibration_steps + (self.frame_steps[-1] if self.n_frames else 0))
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": value} (lists kept as values)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def check_identity(out: Path, identity: dict[str, Any]) -> bool:
     """Refuse an output dir holding a different run; return True if it holds this one.
 
@@ -106,9 +116,12 @@ def check_identity(out: Path, identity: dict[str, Any]) -> bool:
     """
     ident_path = out / RUN_DIR / "identity.json"
     if ident_path.is_file():
-        old = json.loads(ident_path.read_text())
-        if old != json.loads(json.dumps(identity)):
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != json.loads(json.dumps(identity)).get(k))
+        old = _flatten(json.loads(ident_path.read_text()))
+        new = _flatten(json.loads(json.dumps(identity)))
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if len(diff) > 5:
+                diff = [*diff[:5], f"... {len(diff) - 5} more"]
             raise CgsimInputError(str(out), f"output dir already holds a different run (differs in: {', '.join(diff)}); choose another output")
         return True
     if out.exists() and any(out.iterdir()):
@@ -222,6 +235,7 @@ class ChunkedRun:
         progress = self._read_progress()
         self._cleanup_uncommitted(progress)
         plan = self.plan
+        self.session = {"steps": 0, "wall_seconds": 0.0, "steps_per_second": 0.0, "already_complete": True}
         if progress["frames_done"] >= plan.n_frames:
             return progress
 
@@ -291,8 +305,9 @@ class ChunkedRun:
                 bar.set_postfix_str(f"{progress['frames_done']}/{plan.n_frames} frames, {_rate()}")
         bar.close()
         elapsed = time.perf_counter() - t_start
-        progress["last_session"] = {"steps": steps_this_session, "wall_seconds": elapsed,
-                                    "steps_per_second": steps_this_session / max(elapsed, 1e-9)}
+        self.session = {"steps": steps_this_session, "wall_seconds": elapsed,
+                        "steps_per_second": steps_this_session / max(elapsed, 1e-9), "already_complete": False}
+        progress["last_session"] = dict(self.session)
         write_json_atomic(self.run_dir / "progress.json", progress)
         return progress
 
