@@ -1,0 +1,6 @@
+"""The multi-scale graph network (fine chemistry embedding -> bead dynamics)."""
+
+from cgsim.model.batch import BeadBatch, SystemGraph, collate
+from cgsim.model.simulator import ChemistryEmbedding, GaussianStep, MultiScaleDynamics
+
+__all__ = ["BeadBatch", "ChemistryEmbedding", "GaussianStep", "MultiScaleDynamics", "SystemGraph", "collate"]
