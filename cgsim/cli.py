@@ -35,6 +35,8 @@ class Verb:
 #: define ``register_configs()`` to put its structured-config schema into hydra's store.
 VERBS: dict[str, Verb] = {
     "generate": Verb("cgsim.reference.generate", "run reference MD with OpenMM (system=chain|...)"),
+    "map": Verb("cgsim.mapping.command", "coarse-grain a trajectory into beads (mapping=metis|molecule|residue|file)"),
+    "train": Verb("cgsim.train", "fit the multi-scale GNN to mapped bead trajectories (experiment=...)"),
     "demo": Verb("cgsim.demo", "the main job on the shipped example data"),
 }
 

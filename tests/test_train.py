@@ -1,0 +1,136 @@
+"""`cgsim train`: tiny runs, exact resume, config checks, bad input, DDP with gloo."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgsim.errors import CgsimInputError
+from cgsim.mapping.command import run as map_run
+from cgsim.reference.generate import run as generate_run
+from cgsim.train.checkpoint import load_checkpoint
+from cgsim.train.loop import model_from_checkpoint, train
+from tests.conftest import tiny_chain_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mapped_chains(tmp_path_factory):
+    """Four short chains, generated and mapped (METIS) like the shipped data, in seconds."""
+    from hydra import compose, initialize_config_dir
+
+    from cgsim.cli import conf_dir, load_verb
+
+    base = tmp_path_factory.mktemp("chains")
+    load_verb("generate")
+    load_verb("map")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        gen = compose("generate", tiny_chain_overrides(base / "ref", **{
+            "system.n_chains": 4, "system.n_monomers": "[6,9]", "system.production_time": 60.0,
+            "system.save_interval": 1.0, "frames_per_chunk": 100}))
+        generate_run(gen)
+        for i in range(4):
+            cfg = compose("map", [f"input.trajectory={base}/ref/seq_{i:03d}.xtc", f"input.topology={base}/ref/seq_{i:03d}.pdb",
+                                  "mapping=metis", "mapping.atoms_per_bead=3", "mapping.keep_whole_max_atoms=2", "trajectory_format=xtc",
+                                  f"output={base}/mapped/seq_{i:03d}", "progress=false"])
+            map_run(cfg)
+    return base / "mapped"
+
+
+def _train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["debug=tiny", f"data.train=['{data}/seq_00[0-2]']", f"data.val=['{data}/seq_003']", f"output={out}",
+            "model.cutoff=2.0", "trainer.tensorboard=false", "trainer.num_threads=1", *extra]
+
+
+def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, compose_cfg):
+    out = tmp_path / "run"
+    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out)))
+    assert summary["epochs_run"] == 2 and summary["n_parameters"] > 0
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "best.pt").is_file()
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,epoch,train_loss,val_nll") and len(lines) == 3
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["data"]["history"] == 3
+    assert len(ckpt["data"]["mapping_hashes"]) == 3 and ckpt["data"]["time_unit"] == "tau"
+    model = model_from_checkpoint(ckpt)
+    assert model.history == 3 and model.velocity_scale.item() > 0
+
+
+def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compose_cfg):
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(compose_cfg("train", _train_overrides(mapped_chains, full, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]")))
+    train(compose_cfg("train", _train_overrides(mapped_chains, split, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]",
+                                                "stop_after_epochs=1")))
+    assert load_checkpoint(split / "checkpoints" / "last.pt")["epoch"] == 0
+    train(compose_cfg("train", _train_overrides(mapped_chains, split, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]",
+                                                "resume=true")))
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+
+
+def test_output_with_run_needs_resume_and_compatible_config(mapped_chains, tmp_path, compose_cfg):
+    out = tmp_path / "run"
+    train(compose_cfg("train", _train_overrides(mapped_chains, out, "stop_after_epochs=1")))
+    with pytest.raises(CgsimInputError, match="already holds a training run; pass resume=true"):
+        train(compose_cfg("train", _train_overrides(mapped_chains, out)))
+    with pytest.raises(CgsimInputError, match="last.pt: checkpoint was trained with a different 'model' config"):
+        train(compose_cfg("train", _train_overrides(mapped_chains, out, "resume=true", "model.hidden_dim=8")))
+    with pytest.raises(CgsimInputError, match="no checkpoint to resume from"):
+        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "new", "resume=true")))
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [(("data.stride=0",), "data.stride: expected a stride of at least 1"),
+     (("data.history=40", "data.stride=2"), "trajectory has 61 frames; a window of history 40 x stride 2 needs 81"),
+     (("data.train=['/nonexistent/dir']",), "data.train: no mapped system at '/nonexistent/dir'")],
+)
+def test_bad_training_input(mapped_chains, tmp_path, compose_cfg, extra, match):
+    with pytest.raises(CgsimInputError, match=match):
+        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "o", *extra)))
+
+
+def test_mismatched_mapping_and_trajectory(mapped_chains, tmp_path, compose_cfg):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(mapped_chains / "seq_000", bad)
+    shutil.copy(mapped_chains / "seq_001" / "mapping.yaml", bad / "mapping.yaml")
+    shutil.copy(mapped_chains / "seq_001" / "beads.pdb", bad / "beads.pdb")
+    with pytest.raises(CgsimInputError, match=r"beads\.xtc: trajectory has \d+ beads, mapping\.yaml has \d+"):
+        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "o", f"data.val=['{bad}']")))
+
+
+def test_truncated_checkpoint_is_refused(mapped_chains, tmp_path, compose_cfg):
+    out = tmp_path / "run"
+    train(compose_cfg("train", _train_overrides(mapped_chains, out, "stop_after_epochs=1")))
+    path = out / "checkpoints" / "last.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CgsimInputError, match="last.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+    path.write_text("hello")
+    with pytest.raises(CgsimInputError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    torch.save({"weights": 1}, path)
+    with pytest.raises(CgsimInputError, match="not a cgsim checkpoint"):
+        load_checkpoint(path)
+
+
+def test_ddp_two_cpu_processes_with_gloo(mapped_chains, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "cgsim", "train", *_train_overrides(mapped_chains, out), f"hydra.run.dir={tmp_path / 'h'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert "train: 2 epoch(s)" in res.stdout
