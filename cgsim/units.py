@@ -65,6 +65,12 @@ KCAL_PER_MOL = 4.184  # kJ/mol
 # --- conversions for reports --------------------------------------------------------------
 #: nm^2/ps -> cm^2/s  (1 nm^2 = 1e-14 cm^2, 1 ps = 1e-12 s)
 NM2_PER_PS_TO_CM2_PER_S = 1.0e-2
+#: nm^2/ps -> m^2/s  (1 nm^2 = 1e-18 m^2, 1 ps = 1e-12 s)
+NM2_PER_PS_TO_M2_PER_S = 1.0e-6
+#: nm^3 -> m^3  (SI prefix nano = 1e-9)
+NM3_TO_M3 = 1.0e-27
+#: S/m -> S/cm  (1 m = 100 cm, so a conductance per length is divided by 100)
+S_PER_M_TO_S_PER_CM = 1.0e-2
 
 
 def kT(temperature: float) -> float:

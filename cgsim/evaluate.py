@@ -1,0 +1,285 @@
+"""``cgsim evaluate``: reference vs rollout observables -> metrics.json, report.md, figures.
+
+    cgsim evaluate reference=data/chain/test rollout=outputs/rollout/chain output=outputs/eval/chain
+    cgsim evaluate reference=data/electrolyte/ref.xtc output=outputs/eval/el observables_preset=electrolyte \\
+        'conductivity.charges={Li: 1.0, TFSI: -1.0}'
+
+``reference`` / ``rollout`` name a trajectory file with its cgsim sidecar, or a directory with
+``dataset.json`` (see :mod:`cgsim.report.loading`); ``rollout`` is optional. The observables
+follow from the config: ``observables`` lists them, or, when null, ``presets[<system>]`` is
+used, where ``<system>`` is ``observables_preset`` or else the ``system.name`` that the
+reference's sidecar declares. Bins and fit windows are fixed from the reference so every set is
+measured identically. With ``noise_floor`` the first and second halves of every reference
+trajectory are compared with the same measures, so a reader can tell whether a rollout's error
+is beyond MD-vs-MD noise.
+
+Writes into ``output``: ``metrics.json`` (per observable and key: reference, rollout, error,
+noise_floor), ``report.md`` and ``figures/*.png``. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from cgsim.errors import CgsimInputError
+from cgsim.io_utils import write_json_atomic, write_text_atomic
+from cgsim.metadata import now_iso, software_versions
+
+
+@dataclass
+class RDFOptions:
+    """RDF bins (nm)."""
+
+    #: largest distance; null = half the smallest box length (periodic) or nonperiodic_r_max
+    r_max: float | None = None
+    nonperiodic_r_max: float = 5.0
+    n_bins: int = 100
+    #: null = from the sidecars' system.periodic
+    periodic: bool | None = None
+    #: frames per trajectory used for the RDF (evenly spread); null = all
+    max_frames: int | None = 1000
+    #: threads over frames; -1 = every CPU
+    workers: int = 1
+
+
+@dataclass
+class DistributionOptions:
+    """Histogram bins for bond lengths, Rg and end-to-end distance (range from the reference)."""
+
+    n_bins: int = 60
+    angle_bins: int = 90
+    #: range = reference min/max widened by this fraction of the span on each side (x2 for Rg, Ree)
+    pad: float = 0.1
+
+
+@dataclass
+class PolymerOptions:
+    """Chain observables."""
+
+    #: bead types whose first/last bead of each chain define the end-to-end vector; null = any
+    end_types: list[str] | None = None
+    #: contact distance of the contact map, nm
+    contact_cutoff: float = 1.5
+
+
+@dataclass
+class DynamicsOptions:
+    """MSD, diffusion and ACF options (ps)."""
+
+    #: [t_start, t_end] of the linear MSD fits, ps; null = fit_window_fraction of the shortest reference
+    fit_window: list[float] | None = None
+    fit_window_fraction: list[float] = field(default_factory=lambda: [0.02, 0.2])
+    #: blocks for block-averaged errors (the fit window must fit inside one block)
+    n_blocks: int = 4
+    #: subtract each system's centre of mass first (never for one-molecule trajectories)
+    remove_com_drift: bool = False
+    #: relaxation time of the Rg^2 ACF: integral (to the first zero) or exponential (fit)
+    acf_method: str = "integral"
+
+
+@dataclass
+class ConductivityOptions:
+    """Charges and temperature for the conductivity."""
+
+    #: charge per bead type, e, as a mapping (types not listed are neutral); null = none given.
+    #: Typed Any so that ``conductivity.charges={Li: 1.0, TFSI: -1.0}`` replaces the whole
+    #: mapping from the command line (a typed dict would only accept existing keys).
+    charges: Any = None
+    #: K; null = the sidecar's thermostat temperature
+    temperature: float | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    """Root options of ``cgsim evaluate``."""
+
+    reference: str = MISSING
+    rollout: str | None = None
+    output: str = MISSING
+    #: observables to compute; null = presets[observables_preset or the reference's system name]
+    observables: list[str] | None = None
+    observables_preset: str | None = None
+    presets: dict[str, list[str]] = field(default_factory=lambda: {
+        "chain": ["rdf", "bond_lengths", "bond_angles", "rg", "end_to_end", "contact_map", "msd", "diffusion",
+                  "rg_acf"],
+        "electrolyte": ["rdf", "msd", "diffusion", "conductivity"],
+    })
+    #: rollout trajectories must match the reference one to one (names, bead types, bonds);
+    #: false = compare pooled statistics of different molecules (e.g. held-out vs training chains)
+    match_topology: bool = True
+    #: compare first vs second half of each reference trajectory
+    noise_floor: bool = True
+    #: for dataset directories: which entry of each molecule's files list
+    file_index: int = 0
+    stride: int = 1
+    figures: bool = True
+    dpi: int = 110
+    progress: bool = True
+    rdf: RDFOptions = field(default_factory=RDFOptions)
+    distributions: DistributionOptions = field(default_factory=DistributionOptions)
+    polymer: PolymerOptions = field(default_factory=PolymerOptions)
+    dynamics: DynamicsOptions = field(default_factory=DynamicsOptions)
+    conductivity: ConductivityOptions = field(default_factory=ConductivityOptions)
+
+
+def register_configs() -> None:
+    """Put the schema of ``conf/evaluate.yaml`` into hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def _observables(cfg: DictConfig, system: str) -> tuple[str, ...]:
+    from cgsim.report.suite import OBSERVABLES
+
+    if cfg.observables is not None:
+        chosen = [str(x) for x in cfg.observables]
+        where = "observables"
+    else:
+        preset = cfg.observables_preset or system
+        if preset not in cfg.presets:
+            raise CgsimInputError("observables_preset", f"no preset for system {preset!r}; expected one of "
+                                                        f"{sorted(cfg.presets)} or an explicit observables list")
+        chosen = [str(x) for x in cfg.presets[preset]]
+        where = f"presets.{preset}"
+    unknown = [o for o in chosen if o not in OBSERVABLES]
+    if unknown:
+        raise CgsimInputError(where, f"unknown observables {unknown}; expected some of {list(OBSERVABLES)}")
+    if not chosen:
+        raise CgsimInputError(where, "empty selection: no observables to compute")
+    return tuple(o for o in OBSERVABLES if o in chosen)
+
+
+def _set_info(path: str, trajs: list[Any]) -> dict[str, Any]:
+    return {"path": str(path), "n_trajectories": len(trajs), "n_frames": int(sum(t.n_frames for t in trajs)),
+            "dt_ps": float(trajs[0].dt), "system": trajs[0].system, "names": [t.name for t in trajs][:50],
+            "n_particles": int(sum(t.n_particles for t in trajs))}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.reference`` (and ``cfg.rollout``); write the report into ``cfg.output``.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        Composed ``evaluate`` config (:class:`EvaluateConfig`).
+
+    Returns
+    -------
+    dict
+        The metrics written to ``metrics.json``.
+    """
+    from cgsim.report import figures as fig
+    from cgsim.report.loading import check_same_topology, load_set
+    from cgsim.report.markdown import render
+    from cgsim.report.suite import (
+        compare,
+        compute_suite,
+        halves,
+        make_settings,
+        noise_settings,
+        summarise,
+    )
+
+    t_start = time.perf_counter()
+    out = Path(str(cfg.output))
+    if out.exists() and not out.is_dir():
+        raise CgsimInputError("output", f"{out} exists and is not a directory")
+    reference = load_set(cfg.reference, int(cfg.file_index), int(cfg.stride), "reference")
+    rollout = None
+    if cfg.rollout is not None:
+        rollout = load_set(cfg.rollout, int(cfg.file_index), int(cfg.stride), "rollout")
+        if cfg.match_topology:
+            check_same_topology(reference, rollout, "rollout")
+    load_seconds = time.perf_counter() - t_start
+    observables = _observables(cfg, reference[0].system)
+    settings = make_settings(reference, cfg, observables)
+
+    bar = bool(cfg.progress)
+    ref_suite = compute_suite(reference, settings, "reference", bar)
+    roll_suite = compute_suite(rollout, settings, "rollout", bar) if rollout is not None else None
+    halves_suites = None
+    floor_note = None
+    if cfg.noise_floor:
+        split = halves(reference)
+        if split is None:
+            floor_note = "noise floor skipped: a reference trajectory has fewer than 8 frames"
+        else:
+            ns = noise_settings(settings)
+            try:
+                halves_suites = (compute_suite(split[0], ns, "reference[first half]", bar),
+                                 compute_suite(split[1], ns, "reference[second half]", bar))
+            except CgsimInputError as exc:  # e.g. a fit window longer than half the reference
+                floor_note = f"noise floor skipped: {exc}"
+
+    ref_sum = summarise(ref_suite)
+    roll_sum = summarise(roll_suite) if roll_suite is not None else {}
+    errors = compare(ref_suite, roll_suite) if roll_suite is not None else {}
+    floor = compare(*halves_suites) if halves_suites is not None else {}
+    table: dict[str, dict[str, Any]] = {}
+    for obs in observables:
+        keys = sorted(set(ref_sum.get(obs, {})) | set(roll_sum.get(obs, {})))
+        if not keys:
+            continue
+        table[obs] = {k: {"reference": ref_sum.get(obs, {}).get(k), "rollout": roll_sum.get(obs, {}).get(k),
+                          "error": errors.get(obs, {}).get(k), "noise_floor": floor.get(obs, {}).get(k)}
+                      for k in keys}
+
+    timings: dict[str, Any] = {"reference": ref_suite.timings}
+    if roll_suite is not None:
+        timings["rollout"] = roll_suite.timings
+    if halves_suites is not None:
+        timings["noise_floor"] = {k: halves_suites[0].timings[k] + halves_suites[1].timings[k]
+                                  for k in halves_suites[0].timings}
+    timings["loading"] = load_seconds
+    notes = list(dict.fromkeys(ref_suite.notes + (roll_suite.notes if roll_suite else [])))
+    if floor_note is not None:
+        notes.append(floor_note)
+
+    figures: dict[str, str] = {}
+    if cfg.figures:
+        t0 = time.perf_counter()
+        suites = [ref_suite] + ([roll_suite] if roll_suite is not None else []) + list(halves_suites or ())
+        fig_dir = out / "figures"
+        dpi = int(cfg.dpi)
+        made = [fig.rdf_figure(suites, fig_dir, dpi), fig.bond_figure(suites, fig_dir, dpi),
+                fig.angle_figure(suites, fig_dir, dpi), fig.size_figure(suites, fig_dir, dpi),
+                fig.acf_figure(suites, fig_dir, dpi), fig.msd_figure(suites, fig_dir, dpi, settings.fit_window),
+                fig.contact_figure(ref_suite, roll_suite, fig_dir, dpi),
+                fig.conductivity_figure(suites, fig_dir, dpi, settings.fit_window)]
+        figures = {m: f"figures/{m}" for m in made if m is not None}
+        timings["figures"] = time.perf_counter() - t0
+
+    units_note = ("lengths nm, times ps, D in cm^2/s (and nm^2/ps), conductivity S/cm, angles deg, temperature K")
+    if any(t.system == "chain" for t in reference):
+        units_note += "; chain systems are in reduced LJ units with sigma = 1 nm, tau = 1 ps by default"
+    metrics = {
+        "format": "cgsim-evaluation", "version": 1, "created": now_iso(),
+        "reference": _set_info(cfg.reference, reference),
+        "rollout": _set_info(cfg.rollout, rollout) if rollout is not None else None,
+        "match_topology": bool(cfg.match_topology), "observables_computed": list(observables),
+        "settings": {"rdf_r_max_nm": float(settings.rdf_edges[-1]), "rdf_n_bins": int(settings.rdf_edges.size - 1),
+                     "rdf_periodic": settings.rdf_periodic, "fit_window_ps": list(settings.fit_window),
+                     "n_blocks": settings.n_blocks, "acf_method": settings.acf_method,
+                     "remove_com_drift": settings.remove_drift},
+        "units_note": units_note,
+        "noise_floor": halves_suites is not None,
+        "observables": table,
+        "notes": notes,
+        "timings_s": timings,
+        "wall_seconds": time.perf_counter() - t_start,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "software": software_versions(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "report.md", render(metrics, figures))
+    n_obs = sum(len(v) for v in table.values())
+    print(f"evaluate: {len(observables)} observables ({n_obs} entries) on {len(reference)} reference"
+          + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories -> {out} "
+          f"in {metrics['wall_seconds']:.1f} s")
+    return metrics

@@ -1,0 +1,256 @@
+"""Reading bead trajectories for evaluation: one file + sidecar, or a dataset directory.
+
+A *trajectory set* is what ``reference=`` or ``rollout=`` names:
+
+- a trajectory file (``.xtc``, ``.dcd``, ``.h5``, ...) with its cgsim JSON sidecar
+  (:func:`cgsim.metadata.read_sidecar`); the sidecar names the topology (PDB) beside it;
+- a directory holding ``dataset.json`` (written by ``cgsim generate``): every molecule entry
+  is one trajectory, its ``files[file_index]`` entry names the trajectory file.
+
+Everything is converted to MD units here (nm, ps, amu, K): trajectory files hold nm; times
+and temperatures in a sidecar are in the system's units and are converted with its ``units``
+block (``lj``: tau and epsilon/k_B in MD units).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+
+from cgsim.errors import CgsimInputError
+from cgsim.metadata import TrajectoryMetadata, read_sidecar
+
+
+@dataclass(frozen=True, eq=False)
+class BeadTrajectory:
+    """One bead trajectory in MD units, with what the observables need.
+
+    Attributes
+    ----------
+    name : str
+        Molecule / system name (``seq_000``, or the file stem).
+    path : pathlib.Path
+        Trajectory file.
+    xyz : numpy.ndarray
+        Positions, shape (n_frames, n_particles, 3), float64, nm.
+    dt : float
+        Time between frames, ps.
+    box : numpy.ndarray or None
+        Box vectors, shape (n_frames, 3, 3), nm; None when the file has none.
+    types : numpy.ndarray
+        Bead type per particle, shape (n_particles,), str.
+    masses : numpy.ndarray
+        Mass per particle, shape (n_particles,), amu.
+    bonds : numpy.ndarray
+        Bonded pairs, shape (n_bonds, 2), int64.
+    molecule_ids : numpy.ndarray
+        Molecule index per particle, shape (n_particles,), int64 (bond-connected components).
+    molecule_kinds : list of str
+        Kind of each molecule: the residue name of a one-residue molecule, else ``"chain"``.
+    periodic : bool
+        From the sidecar's ``system.periodic``.
+    coordinates : str
+        ``"unwrapped"`` or ``"wrapped"`` (sidecar).
+    temperature : float
+        Thermostat temperature, K.
+    charges : numpy.ndarray or None
+        Charge per particle, shape (n_particles,), e, from the sidecar's
+        ``extra.particle_charges`` when present.
+    system : str
+        System name from the sidecar (``"chain"``, ``"electrolyte"``, ...).
+    """
+
+    name: str
+    path: Path
+    xyz: np.ndarray
+    dt: float
+    box: np.ndarray | None
+    types: np.ndarray
+    masses: np.ndarray
+    bonds: np.ndarray
+    molecule_ids: np.ndarray
+    molecule_kinds: list[str]
+    periodic: bool
+    coordinates: str
+    temperature: float
+    charges: np.ndarray | None
+    system: str
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames."""
+        return int(self.xyz.shape[0])
+
+    @property
+    def n_particles(self) -> int:
+        """Number of particles."""
+        return int(self.xyz.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Time spanned, ps."""
+        return (self.n_frames - 1) * self.dt
+
+    def frames(self, sl: slice) -> BeadTrajectory:
+        """The same trajectory restricted to a frame slice (e.g. the first half)."""
+        return replace(self, xyz=self.xyz[sl], box=None if self.box is None else self.box[sl])
+
+
+def _time_and_temperature_factors(meta: TrajectoryMetadata, where: str) -> tuple[float, float]:
+    """Factors converting the sidecar's times and temperatures to ps and K."""
+    units = meta.system.units or {}
+    system = units.get("system", "md")
+    if system == "md":
+        return 1.0, 1.0
+    if system == "lj":
+        lj = units.get("lj_in_md_units") or {}
+        try:
+            return float(lj["tau_ps"]), float(lj["temperature_K"])
+        except (KeyError, TypeError, ValueError):
+            raise CgsimInputError(where, "field 'system.units.lj_in_md_units' lacks tau_ps / temperature_K") from None
+    raise CgsimInputError(where, f"field 'system.units.system' is {system!r}, expected 'md' or 'lj'")
+
+
+def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) -> BeadTrajectory:
+    """Load one bead trajectory and its sidecar.
+
+    Parameters
+    ----------
+    path : path-like
+        Trajectory file; its sidecar ``<stem>.json`` must be beside it.
+    name : str, optional
+        Name to keep; default the file stem.
+    stride : int
+        Keep every ``stride``-th frame.
+
+    Returns
+    -------
+    BeadTrajectory
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CgsimInputError(str(path), "trajectory file not found")
+    meta = read_sidecar(path)
+    side = str(path.with_suffix(".json"))
+    t_factor, temp_factor = _time_and_temperature_factors(meta, side)
+    try:
+        if path.suffix in (".h5", ".pdb"):
+            traj = md.load(str(path), stride=stride)
+        else:
+            top = path.parent / meta.topology
+            if not top.is_file():
+                raise CgsimInputError(side, f"field 'topology' names {meta.topology!r}, which is not beside the trajectory")
+            traj = md.load(str(path), top=str(top), stride=stride)
+    except CgsimInputError:
+        raise
+    except (OSError, ValueError, TypeError) as exc:
+        raise CgsimInputError(str(path), f"mdtraj cannot read it ({type(exc).__name__}: {exc})") from None
+    n = traj.n_atoms
+    types = np.asarray(meta.system.particle_types, dtype=str)
+    masses = np.asarray(meta.system.particle_masses, dtype=np.float64)
+    if types.shape != (n,) or masses.shape != (n,):
+        raise CgsimInputError(side, f"fields 'system.particle_types'/'particle_masses' have {types.size}/{masses.size} "
+                                    f"entries, expected {n} (the trajectory's particles)")
+    if traj.n_frames < 2:
+        raise CgsimInputError(str(path), f"expected at least 2 frames, got {traj.n_frames}")
+    if not (np.isfinite(meta.save_interval) and meta.save_interval > 0):
+        raise CgsimInputError(side, f"field 'save_interval' is {meta.save_interval!r}, expected a positive number")
+    charges = meta.extra.get("particle_charges") if isinstance(meta.extra, dict) else None
+    if charges is not None:
+        charges = np.asarray(charges, dtype=np.float64)
+        if charges.shape != (n,) or not np.isfinite(charges).all():
+            raise CgsimInputError(side, f"field 'extra.particle_charges' has shape {charges.shape}, expected ({n},) "
+                                        "finite charges in e")
+    bonds = np.array([[b[0].index, b[1].index] for b in traj.topology.bonds], dtype=np.int64).reshape(-1, 2)
+    ids = np.zeros(n, dtype=np.int64)
+    kinds = []
+    for k, atoms in enumerate(sorted(traj.topology.find_molecules(), key=lambda s: min(a.index for a in s))):
+        idx = [a.index for a in atoms]
+        ids[idx] = k
+        residues = {a.residue.index for a in atoms}
+        kinds.append(next(iter(atoms)).residue.name if len(residues) == 1 else "chain")
+    box = None
+    if traj.unitcell_vectors is not None and np.abs(traj.unitcell_vectors).max() > 0:
+        box = np.asarray(traj.unitcell_vectors, dtype=np.float64)
+    return BeadTrajectory(
+        name=name or path.stem, path=path, xyz=np.asarray(traj.xyz, dtype=np.float64),
+        dt=float(meta.save_interval) * t_factor * stride, box=box, types=types, masses=masses, bonds=bonds,
+        molecule_ids=ids, molecule_kinds=kinds, periodic=bool(meta.system.periodic), coordinates=meta.coordinates,
+        temperature=float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name))
+
+
+def load_set(path: str | Path, file_index: int = 0, stride: int = 1, where: str = "reference") -> list[BeadTrajectory]:
+    """Load a trajectory set: one file, or every molecule of a ``dataset.json`` directory.
+
+    Parameters
+    ----------
+    path : path-like
+        Trajectory file or directory with ``dataset.json``.
+    file_index : int
+        For datasets: which entry of each molecule's ``files`` list to load.
+    stride : int
+        Keep every ``stride``-th frame.
+    where : str
+        Config key named in errors.
+
+    Returns
+    -------
+    list of BeadTrajectory
+        In the dataset's order.
+    """
+    if int(stride) != stride or stride < 1:
+        raise CgsimInputError("stride", f"expected a positive whole number, got {stride!r}")
+    p = Path(str(path))
+    if p.is_file():
+        return [load_trajectory(p, stride=stride)]
+    if not p.is_dir():
+        raise CgsimInputError(where, f"{p} does not exist; expected a trajectory file or a directory with dataset.json")
+    index = p / "dataset.json"
+    if not index.is_file():
+        raise CgsimInputError(where, f"{p} has no dataset.json; expected a trajectory file or a dataset directory")
+    try:
+        data = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise CgsimInputError(str(index), f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    molecules = data.get("molecules")
+    if data.get("format") != "cgsim-dataset" or not isinstance(molecules, list) or not molecules:
+        raise CgsimInputError(str(index), "expected format 'cgsim-dataset' with a non-empty 'molecules' list")
+    out = []
+    for k, mol in enumerate(molecules):
+        files = mol.get("files") or []
+        if not 0 <= file_index < len(files):
+            raise CgsimInputError(str(index), f"field 'molecules[{k}].files' has {len(files)} entries; "
+                                              f"file_index={file_index} is out of range")
+        out.append(load_trajectory(p / files[file_index]["trajectory"], name=str(mol.get("name", k)), stride=stride))
+    return out
+
+
+def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTrajectory], where: str = "rollout") -> None:
+    """Refuse a rollout whose trajectories do not match the reference's one to one.
+
+    Trajectories pair up by name (or by position for single files); each pair must have
+    the same bead types in the same order and the same bonds.
+    """
+    if len(reference) == 1 and len(rollout) == 1:
+        pairs = [(reference[0], rollout[0])]
+    else:
+        ref = {t.name: t for t in reference}
+        roll = {t.name: t for t in rollout}
+        if set(ref) != set(roll):
+            missing = sorted(set(ref) - set(roll))[:3]
+            extra = sorted(set(roll) - set(ref))[:3]
+            raise CgsimInputError(where, f"topology does not match the reference: molecules differ (missing {missing}, "
+                                         f"extra {extra}); set match_topology=false to compare pooled statistics")
+        pairs = [(ref[n], roll[n]) for n in ref]
+    for a, b in pairs:
+        if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
+            raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bead types differ "
+                                               f"({a.n_particles} vs {b.n_particles} particles)")
+        bonds_a = np.unique(np.sort(a.bonds, axis=1), axis=0)
+        bonds_b = np.unique(np.sort(b.bonds, axis=1), axis=0)
+        if not np.array_equal(bonds_a, bonds_b):
+            raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bonds differ")
