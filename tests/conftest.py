@@ -37,3 +37,12 @@ def tiny_chain_overrides(out, **kw) -> list[str]:
     }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Tests use tiny tensors: one thread is faster and immune to oversubscription on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
