@@ -51,6 +51,65 @@ class ChainSystemConfig:
 
 
 @dataclass
+class ElectrolyteSystemConfig:
+    """Options of ``system=electrolyte``: all-atom PEO + LiTFSI (MD units: nm, ps, K, bar, g/cm^3).
+
+    Force field and builder: :mod:`cgsim.reference.electrolyte`; the run:
+    :mod:`cgsim.reference.electrolyte_generate`.
+    """
+
+    name: str = "electrolyte"
+    #: PEO chains CH3-O-(CH2-CH2-O)n-CH3 and their n
+    n_chains: int = 8
+    chain_length: int = 20
+    #: LiTFSI pairs; when null, round(n_chains * chain_length / eo_li_ratio)
+    n_salt: int | None = None
+    eo_li_ratio: float | None = 16.0
+    temperature: float = 400.0
+    pressure: float = 1.0
+    seed: int = 0
+    #: factor on the Li+ and TFSI- charges (missing polarisation); PEO is unscaled
+    charge_scale: float = 0.8
+    #: ForceField XML; null = the shipped cgsim/reference/forcefields/peo_litfsi.xml
+    forcefield: str | None = None
+    cutoff: float = 1.0
+    ewald_tolerance: float = 5.0e-4
+    dispersion_correction: bool = True
+    #: HBonds or null
+    constraints: str | None = "HBonds"
+    #: hydrogen mass repartitioning (amu); null = natural masses
+    hydrogen_mass: float | None = None
+    timestep: float = 0.002
+    #: Langevin friction during equilibration and during production, 1/ps
+    friction: float = 1.0
+    production_friction: float = 0.1
+    #: packing: density, smallest intermolecular distance (nm), packmol binary (null = find it)
+    pack_density: float = 0.5
+    pack_tolerance: float = 0.2
+    packmol: str | None = None
+    minimize_tolerance: float = 10.0
+    minimize_max_iterations: int = 5000
+    #: NPT at compress_pressure for compress_time, then at pressure until the density is stable
+    compress_pressure: float = 1000.0
+    compress_time: float = 100.0
+    #: steps between MonteCarloBarostat moves while compressing, and afterwards
+    compress_barostat_interval: int = 5
+    barostat_interval: int = 25
+    npt_block: float = 10.0
+    npt_sample: float = 1.0
+    npt_window: float = 100.0
+    npt_min_time: float = 300.0
+    npt_max_time: float = 3000.0
+    density_tolerance: float = 0.005
+    #: NVT before the first recorded frame, then production with frames every save_interval
+    nvt_equilibration_time: float = 20.0
+    production_time: float = 2000.0
+    save_interval: float = 2.0
+    #: stem of the output files; null = composition label, e.g. peo8x20_litfsi10
+    file_name: str | None = None
+
+
+@dataclass
 class GenerateConfig:
     """Root options of ``cgsim generate``."""
 
@@ -69,3 +128,4 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(group="system", name="chain_schema", node=ChainSystemConfig)
+    cs.store(group="system", name="electrolyte_schema", node=ElectrolyteSystemConfig)

@@ -16,8 +16,9 @@ from cgsim.errors import CgsimInputError
 
 def _generators() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
     from cgsim.reference.chain_generate import generate_chains
+    from cgsim.reference.electrolyte_generate import generate_electrolyte
 
-    return {"chain": generate_chains}
+    return {"chain": generate_chains, "electrolyte": generate_electrolyte}
 
 
 def register_configs() -> None:

@@ -159,13 +159,20 @@ class ChunkedRun:
         Show a progress bar.
     time_unit : tuple(str, float)
         Name and size in ps of the time unit used in the progress bar (e.g. ``("tau", 1.0)``).
+    prepare : callable, optional
+        ``prepare(context)`` run once on a fresh start, after the initial positions are set
+        (e.g. an energy minimisation).
+    rate_format : callable, optional
+        ``rate_format(simulated_ps, wall_seconds) -> str``: the speed shown in the progress bar
+        (e.g. ns/day); when None it is simulated ``time_unit`` per second.
     """
 
     def __init__(self, out: Path, system: openmm.System, make_integrator: Callable[[int], openmm.Integrator],
                  positions: np.ndarray, molecules: list[Molecule], plan: RunPlan, identity: dict[str, Any],
                  seed: int, platform: str = "auto", threads: int = 1, progress: bool = True,
                  time_unit: tuple[str, float] = ("ps", 1.0),
-                 prepare: Callable[[openmm.Context], None] | None = None) -> None:
+                 prepare: Callable[[openmm.Context], None] | None = None,
+                 rate_format: Callable[[float, float], str] | None = None) -> None:
         self.out = Path(out)
         self.run_dir = self.out / RUN_DIR
         self.chunk_dir = self.run_dir / "chunks"
@@ -181,6 +188,7 @@ class ChunkedRun:
         self.show_progress = progress
         self.time_unit = time_unit
         self.prepare = prepare
+        self.rate_format = rate_format
         self.platform_used = platform
         self.masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
 
@@ -264,6 +272,8 @@ class ChunkedRun:
 
         def _rate() -> str:
             el = time.perf_counter() - t_start
+            if self.rate_format is not None:
+                return self.rate_format(steps_this_session * plan.timestep, el)
             sim = steps_this_session * plan.timestep / unit_ps
             return f"{sim / max(el, 1e-9):.3g} {unit_name}/s"
 
