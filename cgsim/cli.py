@@ -37,6 +37,7 @@ VERBS: dict[str, Verb] = {
     "generate": Verb("cgsim.reference.generate", "run reference MD with OpenMM (system=chain|...)"),
     "map": Verb("cgsim.mapping.command", "coarse-grain a trajectory into beads (mapping=metis|molecule|residue|file)"),
     "train": Verb("cgsim.train", "fit the multi-scale GNN to mapped bead trajectories (experiment=...)"),
+    "rollout": Verb("cgsim.rollout", "run a trained simulator long: batched replicas, guard, resume (checkpoint= initial= steps= output=)"),
     "evaluate": Verb("cgsim.evaluate", "observables of reference vs rollout -> metrics.json, report.md, figures"),
     "demo": Verb("cgsim.demo", "the main job on the shipped example data"),
 }

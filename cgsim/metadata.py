@@ -163,3 +163,27 @@ def software_versions() -> dict[str, str]:
 def now_iso() -> str:
     """Current UTC time, ISO 8601, seconds resolution."""
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def command_line(verb: str, api: str) -> str:
+    """The command that made a file, for provenance blocks.
+
+    Parameters
+    ----------
+    verb : str
+        The ``cgsim`` verb (``"generate"``, ``"map"``, ...).
+    api : str
+        The Python function called when not run from the command line
+        (e.g. ``"cgsim.reference.generate.run"``).
+
+    Returns
+    -------
+    str
+        ``"cgsim VERB override ..."`` under hydra, else a note naming ``api``.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return " ".join([f"cgsim {verb}", *HydraConfig.get().overrides.task])
+    except (ImportError, ValueError):
+        return f"{api}(cfg) from Python (full config under provenance.config)"

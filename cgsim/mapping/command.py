@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,14 @@ from cgsim.mapping.apply import PBC_MODES, BeadMapper, bead_topology, clean_box
 from cgsim.mapping.builders import SCHEMES, build_mapping
 from cgsim.mapping.core import CGMapping, save_mapping
 from cgsim.mapping.inputs import FrameChunk, MapInput, open_input
-from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
+from cgsim.metadata import (
+    SystemInfo,
+    TrajectoryMetadata,
+    command_line,
+    now_iso,
+    software_versions,
+    write_sidecar,
+)
 from cgsim.units import units_block
 
 log = logging.getLogger(__name__)
@@ -48,14 +54,6 @@ def register_configs() -> None:
 
     register()
 
-
-def _command_line() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return " ".join(["cgsim map", *HydraConfig.get().overrides.task])
-    except (ImportError, ValueError):
-        return " ".join(sys.argv)
 
 
 def mapping_from_config(inp: MapInput, mcfg: DictConfig | dict[str, Any]) -> CGMapping:
@@ -231,7 +229,7 @@ def _metadata(cfg: DictConfig, inp: MapInput, mapping: CGMapping, traj_name: str
     interval = None if clock.interval is None else clock.interval / time_unit_ps
     msum = mapping.summary()
     provenance = {
-        "command": _command_line(),
+        "command": command_line("map", "cgsim.mapping.command.run"),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {"trajectory": str(Path(inp.trajectory).resolve()), "topology": str(Path(inp.topology).resolve()),
                    "reader": inp.kind, "sidecar_kind": None if src is None else src.kind,

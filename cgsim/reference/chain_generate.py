@@ -26,7 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path, write_json_atomic
-from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
+from cgsim.metadata import (
+    SystemInfo,
+    TrajectoryMetadata,
+    command_line,
+    now_iso,
+    software_versions,
+    write_sidecar,
+)
 from cgsim.reference.chain import (
     ChainModel,
     ChainTopology,
@@ -233,15 +240,6 @@ def generate_chains(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _command_line() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-        return " ".join(["cgsim generate", *overrides])
-    except (ImportError, ValueError):
-        return "cgsim.reference.generate.run(cfg) from Python (full config under provenance.config)"
-
 
 def _finalize(out: Path, cfg: DictConfig, progress: dict[str, Any], molecules: list[Molecule],
               chains: list[ChainTopology], model: ChainModel, lj: LJUnits, plan: RunPlan,
@@ -253,7 +251,7 @@ def _finalize(out: Path, cfg: DictConfig, progress: dict[str, Any], molecules: l
     dense_mask = (step_of % steps["dense"] == 0) & (step_of <= steps["dense_end"])
     sparse_mask = (step_of % steps["sparse"] == 0) if steps["sparse"] else None
     provenance = {
-        "command": _command_line(),
+        "command": command_line("generate", "cgsim.reference.generate.run"),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "engine": "OpenMM",
         "platform": platform,

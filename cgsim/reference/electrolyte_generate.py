@@ -44,7 +44,14 @@ from tqdm.auto import tqdm
 
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path, write_json_atomic
-from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
+from cgsim.metadata import (
+    SystemInfo,
+    TrajectoryMetadata,
+    command_line,
+    now_iso,
+    software_versions,
+    write_sidecar,
+)
 from cgsim.reference import electrolyte as el
 from cgsim.reference.runner import (
     RUN_DIR,
@@ -520,14 +527,6 @@ def _identity(sc: DictConfig, s: ElectrolyteSettings) -> dict[str, Any]:
         "save_steps": s.save_steps}}
 
 
-def _command_line() -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return " ".join(["cgsim generate", *HydraConfig.get().overrides.task])
-    except (ImportError, ValueError):
-        return "cgsim.reference.generate.run(cfg) from Python (full config under provenance.config)"
-
 
 def generate_electrolyte(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) the PEO + LiTFSI reference MD described by ``cfg``; finalize the files.
@@ -658,7 +657,7 @@ def _finalize(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.Electro
         "units": "g/cm^3, nm, K, e, ps",
     }
     provenance = {
-        "command": _command_line(),
+        "command": command_line("generate", "cgsim.reference.generate.run"),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "engine": "OpenMM",
         "platform": platform,

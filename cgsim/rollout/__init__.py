@@ -1,5 +1,31 @@
-"""Rollouts of the learned simulator."""
+"""Rollouts of the learned simulator: the ``cgsim rollout`` verb and its engine.
+
+:func:`rollout_positions` is the plain inner loop (used by training validation);
+:mod:`cgsim.rollout.engine` the batched, guarded, resumable engine with hook points;
+:mod:`cgsim.rollout.hooks` its guard, writer and progress hooks; :mod:`cgsim.rollout.command`
+the verb.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
 
 from cgsim.rollout.core import rollout_positions
 
-__all__ = ["rollout_positions"]
+__all__ = ["register_configs", "rollout_positions", "run"]
+
+
+def register_configs() -> None:
+    """Register the structured-config schema of ``conf/rollout.yaml``."""
+    from cgsim.rollout.config import register
+
+    register()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Roll out as ``cfg`` says (see :func:`cgsim.rollout.command.rollout`)."""
+    from cgsim.rollout.command import rollout
+
+    return rollout(cfg)

@@ -1,0 +1,236 @@
+"""``cgsim rollout``: load a checkpoint and initial systems, build the engine and its hooks, run.
+
+``rollout(cfg)`` is a plain function (hydra only composes ``cfg``)::
+
+    cgsim rollout checkpoint=runs/chain/checkpoints/best.pt initial=data/chain/mapped/test/seq_000 \\
+        steps=10000 output=outputs/rollout/chain replicas=8 save_every=10
+
+The model is rebuilt from the config saved in the checkpoint (never guessed). Each initial
+system's history is its last ``history`` frames, ``data.stride`` recorded frames apart (the
+spacing the model was trained on); every system x replica is one member of the batch.
+
+Output (``output``): per member ``<system>/replica_<r>/`` with ``rollout.h5``, ``rollout.dcd``,
+``beads.pdb`` and the ``rollout.json`` sidecar (see :mod:`cgsim.rollout.hooks`);
+``rollout_state.pt`` (the rollout checkpoint ``resume=true`` continues from) and
+``summary.json`` (speed and the guard's verdict per member).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mdtraj as md
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cgsim.data.load import TRAJECTORY_NAMES, load_systems
+from cgsim.data.windows import BeadTrajectory
+from cgsim.errors import CgsimInputError
+from cgsim.geometry import radius_graph
+from cgsim.io_utils import write_json_atomic
+from cgsim.metadata import now_iso, read_sidecar
+from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
+from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
+from cgsim.train.checkpoint import load_checkpoint
+
+#: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
+RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
+                     "write_dcd", "guard")
+
+
+def _positive(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = cfg[key]
+    if value is None or int(value) < minimum:
+        raise CgsimInputError(key, f"expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def initial_paths(value: Any) -> list[str]:
+    """``initial`` as a list of paths/globs (a single string is one entry)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple, ListConfig)) and value:
+        return [str(v) for v in value]
+    raise CgsimInputError("initial", f"expected a mapped-system directory or a list of them, got {value!r}")
+
+
+def initial_history(traj: BeadTrajectory, history: int, stride: int) -> torch.Tensor:
+    """Last ``history`` frames ``stride`` apart, shape (n_beads, history, 3), nm.
+
+    Raises
+    ------
+    CgsimInputError
+        If the trajectory has fewer than ``(history - 1) * stride + 1`` frames.
+    """
+    need = (history - 1) * stride + 1
+    if traj.n_frames < need:
+        raise CgsimInputError(traj.name, f"trajectory has {traj.n_frames} frames; the model needs a history of {history} "
+                                         f"frames {stride} apart ({need} frames)")
+    frames = traj.positions[traj.n_frames - need::stride]
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2)))
+
+
+def guard_limits(traj: BeadTrajectory, cutoff: float, scan_frames: int) -> tuple[float, float]:
+    """Longest bond and closest bead approach (nm) over evenly spaced frames of ``traj``.
+
+    The closest approach is searched within ``cutoff`` (0.0 when no pair is that close).
+    """
+    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
+    x = traj.positions[idx]
+    bonds = traj.graph.bead_bonds.numpy()
+    bonds = bonds[:, bonds[0] < bonds[1]]
+    longest = float(np.linalg.norm(x[:, bonds[0]] - x[:, bonds[1]], axis=-1).max()) if bonds.shape[1] else math.inf
+    closest = math.inf
+    for frame in x:
+        g = radius_graph(torch.from_numpy(frame), cutoff, traj.graph.box)
+        if g.n_edges:
+            closest = min(closest, float(g.vec.norm(dim=1).min()))
+    return longest, (0.0 if math.isinf(closest) else closest)
+
+
+def _trajectory_file(directory: Path) -> Path:
+    return next(directory / n for n in TRAJECTORY_NAMES if (directory / n).is_file())
+
+
+def _labels(trajectories: Sequence[BeadTrajectory]) -> list[str]:
+    labels: list[str] = []
+    for k, t in enumerate(trajectories):
+        name = Path(t.name).name or f"system_{k:03d}"
+        labels.append(name if name not in labels else f"{name}_{k:03d}")
+    return labels
+
+
+def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[str, Any]:
+    """Run (or resume) the rollout described by ``cfg``; return the summary (also in summary.json).
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        Composed ``conf/rollout.yaml`` (schema :class:`cgsim.rollout.config.RolloutConfig`).
+    extra_hooks : sequence of RolloutHook
+        Appended after the built-in hooks (tests, notebooks).
+
+    Raises
+    ------
+    CgsimInputError
+        steps <= 0 or other bad numbers; a missing, truncated or non-checkpoint file; initial
+        systems that are missing, triclinic, too short for the history, recorded at another
+        time step, or with fine types the model does not know; an output holding a rollout
+        without ``resume=true`` (or a resume with other settings).
+    """
+    steps = _positive(cfg, "steps", 1)
+    replicas = _positive(cfg, "replicas", 1)
+    save_every = _positive(cfg, "save_every", 1)
+    checkpoint_every = _positive(cfg, "checkpoint_every", 0)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    device = torch.device(str(cfg.device))
+    out = Path(cfg.output)
+    state_path = out / "rollout_state.pt"
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    if state_path.is_file() and not cfg.resume:
+        raise CgsimInputError(str(out), "output already holds a rollout; pass resume=true to continue it or choose another output")
+    if cfg.resume and not state_path.is_file():
+        raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
+
+    ckpt = load_checkpoint(cfg.checkpoint)
+    try:
+        vocab = list(ckpt["data"]["atom_types"])
+        stride = int(ckpt["config"]["data"]["stride"])
+        learned_dt = float(ckpt["data"]["learned_dt"])
+        time_unit = str(ckpt["data"]["time_unit"])
+    except (KeyError, TypeError) as exc:
+        raise CgsimInputError(str(cfg.checkpoint), f"checkpoint lacks field {exc}; not a training checkpoint of this cgsim") from None
+    from cgsim.train.loop import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
+    systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=vocab)
+    if systems.time_unit != time_unit:
+        raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {time_unit}")
+    if not math.isclose(systems.save_interval * stride, learned_dt, rel_tol=1e-6):
+        raise CgsimInputError("initial", f"frames are {systems.save_interval:g} {time_unit} apart; with the model's stride "
+                                         f"{stride} that is not its learned dt {learned_dt:g} {time_unit}")
+    histories = [initial_history(t, model.history, stride) for t in systems.trajectories]
+
+    labels = _labels(systems.trajectories)
+    members: list[Member] = []
+    initial: list[torch.Tensor] = []
+    outputs: list[MemberOutput] = []
+    max_bond: list[float] = []
+    min_dist: list[float] = []
+    gc = cfg.guard
+    ps_per_unit = 1.0
+    for s, (traj, label, hist) in enumerate(zip(systems.trajectories, labels, histories, strict=True)):
+        d = Path(traj.name)
+        meta = read_sidecar(_trajectory_file(d))
+        if time_unit == "tau":
+            ps_per_unit = float(meta.system.units.get("lj_in_md_units", {}).get("tau_ps", 1.0))
+        top = md.load_topology(str(d / "beads.pdb"))
+        box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
+        longest, closest = guard_limits(traj, model.cutoff, int(gc.scan_frames))
+        for r in range(replicas):
+            seed = member_seed(int(cfg.seed), s, r)
+            members.append(Member(system=s, replica=r, name=f"{label}/replica_{r:03d}", graph=traj.graph, seed=seed))
+            initial.append(hist)
+            max_bond.append(float(gc.max_bond_factor) * longest)
+            min_dist.append(float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest)
+            outputs.append(MemberOutput(directory=out / label / f"replica_{r:03d}", topology=top, source_pdb=d / "beads.pdb",
+                                        system=meta.system, box=box,
+                                        extra={"source": str(d), "system_index": s, "replica": r, "member_seed": seed,
+                                               "checkpoint": str(cfg.checkpoint), "seed": int(cfg.seed),
+                                               "temperature": float(cfg.temperature), "learned_steps": steps}))
+
+    provenance = {"command": "cgsim rollout", "config": cfg_dict, "checkpoint": str(Path(cfg.checkpoint).resolve()),
+                  "checkpoint_epoch": ckpt.get("epoch"), "seed": int(cfg.seed)}
+    writer = TrajectoryOutput(outputs, save_every, learned_dt, time_unit, ps_per_unit, bool(cfg.write_dcd), provenance)
+    hooks: list[RolloutHook] = []
+    if gc.enabled:
+        hooks.append(StabilityGuard(max_bond, min_dist))
+    hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
+    engine = RolloutEngine(model, members, float(cfg.temperature), hooks, state_path, checkpoint_every)
+
+    if cfg.resume:
+        state = load_state(state_path)
+        saved = state.extra.get("config", {})
+        for key in RESUME_MUST_MATCH:
+            if saved.get(key) != cfg_dict.get(key):
+                raise CgsimInputError(str(state_path), f"rollout was started with a different '{key}'; resume with the same settings")
+        if state.pos.shape[0] != engine.n_beads:
+            raise CgsimInputError(str(state_path), "rollout state has another number of beads than these systems")
+    else:
+        state = engine.initial_state(initial)
+        state.extra["config"] = cfg_dict
+    step0 = state.step
+    t0 = time.perf_counter()
+    state = engine.run(state, steps)
+    wall = time.perf_counter() - t0
+
+    done = state.step - step0
+    bead_steps = sum(m.n_beads * max(0, (state.step if s < 0 else s) - step0) for m, s in zip(members, state.stop_step, strict=True))
+    sim = done * learned_dt
+    rate = sim / max(wall, 1e-12)
+    summary: dict[str, Any] = {
+        "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
+                     "status": "stopped" if state.stop_step[k] >= 0 else "finished",
+                     "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
+                     "stop_reason": state.stop_reason[k] or None} for k, m in enumerate(members)],
+        "steps": state.step, "learned_dt": learned_dt, "time_unit": time_unit, "simulated_time": state.step * learned_dt,
+        "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
+        "simulated_time_per_second": rate, "bead_steps_per_second": bead_steps / max(wall, 1e-12),
+        "n_stopped": sum(s >= 0 for s in state.stop_step), "device": str(device), "finished": now_iso(),
+    }
+    if time_unit == "ps":
+        summary["ns_per_day"] = rate * 86400 / 1000.0
+    write_json_atomic(out / "summary.json", summary)
+    per_day = f"{summary['ns_per_day']:.4g} ns/day" if time_unit == "ps" else f"{rate * 86400:.4g} tau/day"
+    stopped = summary["n_stopped"]
+    first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
+    print(f"rollout: {len(members)} member(s) x {done} step(s) = {sim:.4g} {time_unit} in {wall:.1f} s: "
+          f"{rate:.4g} {time_unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
+          f"{stopped} stopped{f' (first: {first})' if stopped else ''} -> {out}")
+    return summary

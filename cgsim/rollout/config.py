@@ -1,0 +1,60 @@
+"""Structured-config schema of ``cgsim rollout`` (hydra validates overrides against it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class GuardConfig:
+    """Stability guard: when a replica is stopped (the others go on)."""
+
+    enabled: bool = True
+    #: a bond longer than this factor x the longest bond of the initial trajectory stops the replica
+    max_bond_factor: float = 1.5
+    #: two beads closer than this, nm, stop the replica; null = min_distance_factor x the closest
+    #: approach of two beads in the initial trajectory
+    min_distance: float | None = None
+    min_distance_factor: float = 0.5
+    #: initial frames (evenly spaced) scanned for the longest bond / closest approach
+    scan_frames: int = 50
+
+
+@dataclass
+class RolloutConfig:
+    """Root options of ``cgsim rollout``."""
+
+    #: training checkpoint (``best.pt`` / ``last.pt``); the model is rebuilt from its saved config
+    checkpoint: str = MISSING
+    #: mapped-system directory (from ``cgsim map``), or a list of them / globs
+    initial: Any = MISSING
+    #: total learned steps (each = the checkpoint's learned dt)
+    steps: int = MISSING
+    output: str = MISSING
+    #: replicas of each initial system (independent noise streams)
+    replicas: int = 1
+    seed: int = 0
+    #: write every k-th learned step (frame 0 = the last initial frame)
+    save_every: int = 1
+    #: learned steps between rollout checkpoints (= commits of frames to disk); 0 = only at the end
+    checkpoint_every: int = 100
+    device: str = "cpu"
+    #: noise scale (0 = deterministic mean)
+    temperature: float = 1.0
+    #: continue the rollout in ``output`` from its last checkpoint (same frames as one uninterrupted run)
+    resume: bool = False
+    #: use the EMA weights of the checkpoint when it has them
+    use_ema: bool = True
+    write_dcd: bool = True
+    progress: bool = True
+    num_threads: int | None = None
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+
+def register() -> None:
+    """Put the schema into hydra's ConfigStore."""
+    ConfigStore.instance().store(name="rollout_schema", node=RolloutConfig)

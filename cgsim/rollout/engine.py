@@ -1,0 +1,345 @@
+"""The rollout engine: many systems x replicas advanced as one batched graph, with hook points.
+
+One *member* is one replica of one system. All active members are collated into one disjoint
+:class:`~cgsim.model.batch.BeadBatch`; each learned step samples the next positions of all of
+them at once. A member that a guard stops is *frozen*: its history is kept as it was before
+the failing step, it leaves the batch (the batch is re-collated only when the active set
+changes) and the others go on.
+
+Randomness: every member owns a :class:`torch.Generator` seeded from ``(seed, system index,
+replica index)``; the Gaussian noise of member ``m`` is drawn from its own generator in every
+step. A member's noise stream therefore does not depend on which other members share the
+batch (run alone, or with 63 other replicas, or after another replica was stopped, it draws
+the same numbers). Positions of a member agree between a batched and a lone run to float
+round-off (the batched matrix products may sum in another order); the engine is bitwise
+deterministic for a fixed set of members, which is what makes ``resume`` exact.
+
+Hook points (as schnetpack's simulator hooks), called in the order the hooks are given:
+
+- ``on_start(engine, state)`` once before the first step (also after a resume);
+- ``check(engine, state, proposal)`` after each step is sampled and before it is committed:
+  returns ``{member: reason}`` for members to stop (the stability guard);
+- ``on_step(engine, state)`` after the step is committed (``state.step`` is the new step);
+- ``flush(engine, state)`` before each rollout checkpoint and at the end (writers commit
+  their buffered frames here, so a checkpoint never refers to frames not on disk);
+- ``on_end(engine, state)`` once after the last step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgsim.errors import CgsimInputError
+from cgsim.io_utils import atomic_path
+from cgsim.model.batch import BeadBatch, SystemGraph, collate
+from cgsim.model.simulator import MultiScaleDynamics
+
+STATE_FORMAT = "cgsim-rollout-state"
+STATE_VERSION = 1
+
+
+def member_seed(seed: int, system: int, replica: int) -> int:
+    """Seed of the noise generator of replica ``replica`` of system ``system`` (63-bit int)."""
+    state = np.random.SeedSequence([int(seed), int(system), int(replica)]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & ((1 << 63) - 1)
+
+
+@dataclass
+class Member:
+    """One replica of one system.
+
+    Attributes
+    ----------
+    system : int
+        Index of the system (initial trajectory) it starts from.
+    replica : int
+        Replica index within that system.
+    name : str
+        Label used for output paths, e.g. ``"seq_000/replica_001"``.
+    graph : SystemGraph
+        Topology (shared by the replicas of a system).
+    seed : int
+        Seed of its noise generator (see :func:`member_seed`).
+    """
+
+    system: int
+    replica: int
+    name: str
+    graph: SystemGraph
+    seed: int
+
+    @property
+    def n_beads(self) -> int:
+        """Number of beads."""
+        return int(self.graph.n_beads)
+
+
+@dataclass
+class RolloutState:
+    """Everything a rollout needs to continue exactly; saved in its checkpoints.
+
+    Attributes
+    ----------
+    pos : torch.Tensor
+        Position history of all members (active and stopped), shape (N, H, 3), nm,
+        unwrapped, members in order; ``pos[:, -1]`` is the current frame.
+    step : int
+        Learned steps done (0 = the initial frame).
+    rng_states : list of torch.Tensor
+        State of each member's noise generator (uint8 tensors, on the CPU).
+    stop_step : list of int
+        Step at which each member was stopped (its last committed step is ``stop_step - 1``),
+        -1 while it runs.
+    stop_reason : list of str
+        Why each member was stopped ("" while it runs).
+    frames_written : list of int
+        Frames of each member committed to its trajectory files.
+    wall_seconds : float
+        Wall time spent stepping so far (over all resumes).
+    """
+
+    pos: torch.Tensor
+    step: int
+    rng_states: list[torch.Tensor]
+    stop_step: list[int]
+    stop_reason: list[str]
+    frames_written: list[int]
+    wall_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active(self) -> list[int]:
+        """Indices of the members still running."""
+        return [m for m, s in enumerate(self.stop_step) if s < 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for ``torch.save`` (tensors on the CPU)."""
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "pos": self.pos.detach().cpu(), "step": self.step,
+                "rng_states": [s.cpu() for s in self.rng_states], "stop_step": list(self.stop_step),
+                "stop_reason": list(self.stop_reason), "frames_written": list(self.frames_written),
+                "wall_seconds": self.wall_seconds, "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> RolloutState:
+        """Inverse of :meth:`to_dict`; raises :class:`CgsimInputError` for another file."""
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise CgsimInputError(where, f"field 'format' is not {STATE_FORMAT!r}; not a cgsim rollout state")
+        if data.get("version") != STATE_VERSION:
+            raise CgsimInputError(where, f"rollout state version {data.get('version')} is not supported (expected {STATE_VERSION})")
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
+        return cls(**body)
+
+
+def save_state(path: str | Path, state: RolloutState) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state.to_dict(), tmp)
+    return path
+
+
+def load_state(path: str | Path) -> RolloutState:
+    """Read a rollout state written by :func:`save_state`.
+
+    Raises
+    ------
+    CgsimInputError
+        If the file is missing, truncated or not a rollout state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CgsimInputError(str(path), "rollout state not found; nothing to resume")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CgsimInputError(str(path), f"not a readable rollout state (truncated or another format: {type(exc).__name__})") from None
+    return RolloutState.from_dict(data, str(path))
+
+
+@dataclass
+class Proposal:
+    """The sampled next frame of the active members, before it is committed.
+
+    Attributes
+    ----------
+    step : int
+        The step these positions belong to (``state.step + 1``).
+    active : list of int
+        Members in the batch, in batch order.
+    batch : BeadBatch
+        The active batch (its ``pos`` is the history the step was sampled from).
+    new_pos : torch.Tensor
+        Sampled positions, shape (N_active, 3), nm.
+    member_of_bead : torch.Tensor
+        Position in ``active`` of each bead's member, shape (N_active,), int64.
+    """
+
+    step: int
+    active: list[int]
+    batch: BeadBatch
+    new_pos: torch.Tensor
+    member_of_bead: torch.Tensor
+
+
+class RolloutHook:
+    """Base class of the hooks: every method is a no-op; override the ones you need."""
+
+    def on_start(self, engine: RolloutEngine, state: RolloutState) -> None:
+        """Called once before stepping."""
+
+    def check(self, engine: RolloutEngine, state: RolloutState, proposal: Proposal) -> dict[int, str]:
+        """Members (global indices) to stop at ``proposal.step``, with the reason."""
+        return {}
+
+    def on_step(self, engine: RolloutEngine, state: RolloutState) -> None:
+        """Called after each committed step."""
+
+    def flush(self, engine: RolloutEngine, state: RolloutState) -> None:
+        """Commit buffered output (before a checkpoint and at the end)."""
+
+    def on_end(self, engine: RolloutEngine, state: RolloutState) -> None:
+        """Called once after the last step."""
+
+
+class RolloutEngine:
+    """Advance members of a rollout with a learned simulator, calling hooks.
+
+    Parameters
+    ----------
+    model : MultiScaleDynamics
+        The learned simulator; it is evaluated on its own device and dtype in inference mode.
+    members : sequence of Member
+        The systems x replicas, in output order.
+    temperature : float
+        Scale of the sampled noise (0 = the deterministic mean).
+    hooks : sequence of RolloutHook
+        Called in order at each hook point.
+    state_path : path-like, optional
+        Where rollout checkpoints go (none written if ``None``).
+    checkpoint_every : int
+        Learned steps between rollout checkpoints (0 = only at the end).
+    """
+
+    def __init__(self, model: MultiScaleDynamics, members: Sequence[Member], temperature: float = 1.0,
+                 hooks: Sequence[RolloutHook] = (), state_path: str | Path | None = None,
+                 checkpoint_every: int = 0) -> None:
+        if not members:
+            raise ValueError("a rollout needs at least one member")
+        self.model = model.eval()
+        self.members = list(members)
+        self.temperature = float(temperature)
+        self.hooks = list(hooks)
+        self.state_path = None if state_path is None else Path(state_path)
+        self.checkpoint_every = int(checkpoint_every)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.history = model.history
+        sizes = torch.tensor([m.n_beads for m in self.members])
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
+        self.n_beads = int(self.offsets[-1])
+        self._generators = [torch.Generator(device=self.device) for _ in self.members]
+        with torch.inference_mode():
+            full = collate([m.graph for m in self.members],
+                           [torch.zeros(m.n_beads, 1, 3) for m in self.members]).to(self.device)
+            self._chem_full = model.chemistry(full)  # once: depends on topology only
+        self._active_key: tuple[int, ...] | None = None
+
+    # -- state ------------------------------------------------------------------------------
+    def initial_state(self, initial: Sequence[torch.Tensor]) -> RolloutState:
+        """State at step 0 from each member's position history (n_beads, >= H, 3), nm."""
+        if len(initial) != len(self.members):
+            raise ValueError(f"need one history per member ({len(self.members)}), got {len(initial)}")
+        pos = torch.cat([p[:, -self.history:].to(self.dtype) for p in initial]).to(self.device)
+        rng = [torch.Generator(device=self.device).manual_seed(m.seed).get_state() for m in self.members]
+        n = len(self.members)
+        return RolloutState(pos=pos, step=0, rng_states=rng, stop_step=[-1] * n, stop_reason=[""] * n,
+                            frames_written=[0] * n)
+
+    def member_slice(self, m: int) -> slice:
+        """Bead rows of member ``m`` in ``state.pos``."""
+        return slice(int(self.offsets[m]), int(self.offsets[m + 1]))
+
+    def _active_batch(self, active: list[int]) -> tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = tuple(active)
+        if key != self._active_key:
+            graphs = [self.members[m].graph for m in active]
+            b = collate(graphs, [torch.zeros(g.n_beads, 1, 3) for g in graphs]).to(self.device)
+            rows = torch.cat([torch.arange(int(self.offsets[m]), int(self.offsets[m + 1])) for m in active]).to(self.device)
+            self._cache = (b, rows, self._chem_full[rows], b.batch)
+            self._active_key = key
+        return self._cache
+
+    # -- loop -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, state: RolloutState, n_steps: int) -> RolloutState:
+        """Advance ``state`` until ``state.step == n_steps`` (or every member is stopped).
+
+        Parameters
+        ----------
+        state : RolloutState
+            From :meth:`initial_state` or a loaded checkpoint; updated in place and returned.
+        n_steps : int
+            Total learned steps of the rollout (not steps still to do).
+        """
+        if n_steps <= 0:
+            raise CgsimInputError("steps", f"expected a positive number of learned steps, got {n_steps}")
+        for g, s in zip(self._generators, state.rng_states, strict=True):
+            g.set_state(s.cpu())
+        state.pos = state.pos.to(self.device, self.dtype)
+        for hook in self.hooks:
+            hook.on_start(self, state)
+        t_last = time.perf_counter()
+        while state.step < n_steps and state.active:
+            active = state.active
+            batch, rows, chem, member_of_bead = self._active_batch(active)
+            hist = state.pos[rows] if len(active) < len(self.members) else state.pos
+            batch = batch.with_pos(hist)
+            pred = self.model(batch, chem)
+            noise = torch.cat([torch.randn((self.members[m].n_beads, 3), generator=self._generators[m],
+                                           device=self.device, dtype=self.dtype) for m in active])
+            value = (pred.mean + self.temperature * pred.std * noise) * pred.scale
+            new = self.model.positions_from_target(hist, value)
+            proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
+            stops: dict[int, str] = {}
+            for hook in self.hooks:
+                for m, why in hook.check(self, state, proposal).items():
+                    stops.setdefault(m, why)
+            new_hist = torch.cat([hist[:, 1:], new[:, None]], dim=1)
+            if stops:
+                keep = torch.tensor([m not in stops for m in active], device=self.device)[member_of_bead]
+                new_hist = torch.where(keep[:, None, None], new_hist, hist)
+                for m, why in stops.items():
+                    state.stop_step[m] = state.step + 1
+                    state.stop_reason[m] = why
+            if len(active) < len(self.members):
+                state.pos[rows] = new_hist
+            else:
+                state.pos = new_hist
+            state.step += 1
+            for hook in self.hooks:
+                hook.on_step(self, state)
+            if self.checkpoint_every and state.step % self.checkpoint_every == 0 and state.step < n_steps:
+                now = time.perf_counter()
+                state.wall_seconds += now - t_last
+                t_last = now
+                self.checkpoint(state)
+        state.wall_seconds += time.perf_counter() - t_last
+        self.checkpoint(state)
+        for hook in self.hooks:
+            hook.on_end(self, state)
+        return state
+
+    def checkpoint(self, state: RolloutState) -> None:
+        """Flush every hook, then save the state (so it never refers to unwritten frames)."""
+        for hook in self.hooks:
+            hook.flush(self, state)
+        state.rng_states = [g.get_state().cpu() for g in self._generators]
+        if self.state_path is not None:
+            save_state(self.state_path, state)

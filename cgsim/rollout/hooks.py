@@ -1,0 +1,317 @@
+"""Hooks of the rollout loop: stability guard, streamed trajectory output, progress bar.
+
+See :mod:`cgsim.rollout.engine` for the hook points and when they are called.
+
+Files written per member (``OUTPUT/<system>/replica_<r>/``):
+
+- ``beads.pdb``: topology (a copy of the initial system's), for VMD with ``rollout.dcd``;
+- ``rollout.h5``: mdtraj HDF5 trajectory (nm, ps, topology inside), the primary output;
+- ``rollout.dcd``: the same frames as DCD (Angstrom), if enabled;
+- ``rollout.json``: the metadata sidecar (kind ``"rollout"``; checkpoint, seeds, learned dt,
+  simulated time, units, guard status).
+
+Kill safety: frames are buffered in memory and committed at every rollout checkpoint (and at
+the end). A commit copies ``rollout.h5`` to a temporary file, appends the new frames, closes it
+and renames it over ``rollout.h5`` (``rollout.dcd`` is rewritten from it the same way), so a
+process killed at any moment leaves complete, readable files holding every frame up to the last
+checkpoint; ``resume=true`` continues from exactly there. A commit costs one file copy, so
+``checkpoint_every`` trades kill-safety granularity against I/O on very large outputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import mdtraj as md
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cgsim.errors import CgsimInputError
+from cgsim.geometry import radius_graph
+from cgsim.io.trajectory import TrajectoryWriter, box_lengths_angles
+from cgsim.io_utils import atomic_path
+from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
+from cgsim.rollout.engine import Proposal, RolloutEngine, RolloutHook, RolloutState
+
+#: coordinates beyond this (nm) count as blown up, like non-finite ones
+MAX_COORDINATE = 1e6
+
+
+class StabilityGuard(RolloutHook):
+    """Stop members whose bonds stretch, whose beads overlap or whose coordinates blow up.
+
+    Parameters
+    ----------
+    max_bond : sequence of float
+        Longest allowed bond of each member, nm (``inf`` = no bond check).
+    min_distance : sequence of float
+        Closest allowed approach of two beads of each member, nm (0 = no overlap check).
+
+    Notes
+    -----
+    All checks are vectorised over the active batch: one norm over the bond list, one radius
+    graph with the largest ``min_distance`` as cutoff (skipped when every limit is 0).
+    """
+
+    def __init__(self, max_bond: Sequence[float], min_distance: Sequence[float]) -> None:
+        self.max_bond = torch.as_tensor(list(max_bond), dtype=torch.float64)
+        self.min_distance = torch.as_tensor(list(min_distance), dtype=torch.float64)
+
+    def check(self, engine: RolloutEngine, state: RolloutState, p: Proposal) -> dict[int, str]:  # noqa: D102
+        x, mob, dev = p.new_pos, p.member_of_bead, p.new_pos.device
+        na = len(p.active)
+        act = torch.tensor(p.active, device=dev)
+        max_bond = self.max_bond.to(dev, x.dtype)[act]
+        min_d = self.min_distance.to(dev, x.dtype)[act]
+        blown = ~torch.isfinite(x).all(1) | (x.abs() > MAX_COORDINATE).any(1)
+        bad_nf = torch.zeros(na, device=dev).index_add_(0, mob, blown.to(x.dtype)) > 0
+        src, dst = p.batch.bead_bonds
+        one = src < dst
+        src, dst = src[one], dst[one]
+        blen = (x[src] - x[dst]).norm(dim=1)
+        over = blen > max_bond[mob[src]]
+        bad_bond = (torch.zeros(na, device=dev).index_add_(0, mob[src], over.to(x.dtype)) > 0) & ~bad_nf
+        bad_close = torch.zeros(na, dtype=torch.bool, device=dev)
+        ok = ~(bad_nf | bad_bond) & (min_d > 0)
+        cut = float(min_d[ok].max()) if bool(ok.any()) else 0.0
+        close_d = close_e = None
+        if cut > 0:
+            sel = ok[mob]
+            idx = torch.nonzero(sel).flatten()
+            box = p.batch.box
+            g = radius_graph(x[idx], cut, box, mob[idx])
+            d = g.vec.norm(dim=1)
+            tgt_member = mob[idx][g.edge_index[1]]
+            hit = d < min_d[tgt_member]
+            bad_close = torch.zeros(na, device=dev).index_add_(0, tgt_member, hit.to(x.dtype)) > 0
+            close_d, close_e = d, idx[g.edge_index]
+        stops: dict[int, str] = {}
+        if not bool((bad_nf | bad_bond | bad_close).any()):
+            return stops
+        for k, m in enumerate(p.active):
+            if bad_nf[k]:
+                stops[m] = f"non-finite or |x| > {MAX_COORDINATE:g} nm coordinates at step {p.step}"
+            elif bad_bond[k]:
+                mine = (mob[src] == k) & over
+                j = int(torch.argmax(torch.where(mine, blen, torch.zeros_like(blen))))
+                a, b = _local(p, k, int(src[j])), _local(p, k, int(dst[j]))
+                stops[m] = (f"bond {a}-{b} stretched to {float(blen[j]):.4g} nm > limit {float(max_bond[k]):.4g} nm "
+                            f"at step {p.step}")
+            elif bad_close[k]:
+                assert close_d is not None and close_e is not None
+                mine = mob[close_e[1]] == k
+                dd = torch.where(mine, close_d, torch.full_like(close_d, float("inf")))
+                j = int(torch.argmin(dd))
+                a, b = _local(p, k, int(close_e[0, j])), _local(p, k, int(close_e[1, j]))
+                stops[m] = (f"beads {a} and {b} overlap at {float(close_d[j]):.4g} nm < {float(min_d[k]):.4g} nm "
+                            f"at step {p.step}")
+        return stops
+
+
+def _local(p: Proposal, k: int, bead: int) -> int:
+    """Index within its member of global active-batch bead ``bead`` (member ``k`` of the batch)."""
+    first = int(torch.nonzero(p.member_of_bead == k)[0])
+    return bead - first
+
+
+@dataclass
+class MemberOutput:
+    """Where and how one member's trajectory is written.
+
+    Attributes
+    ----------
+    directory : pathlib.Path
+        ``OUTPUT/<system>/replica_<r>``.
+    topology : mdtraj.Topology
+        Bead topology.
+    source_pdb : pathlib.Path
+        ``beads.pdb`` of the initial system (copied beside the trajectory).
+    system : SystemInfo
+        Sidecar system block of the initial trajectory.
+    box : numpy.ndarray or None
+        Box vectors as rows, shape (3, 3), nm, if periodic.
+    extra : dict
+        Member facts for the sidecar (source, seed, replica).
+    """
+
+    directory: Path
+    topology: md.Topology
+    source_pdb: Path
+    system: SystemInfo
+    box: np.ndarray | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrajectoryOutput(RolloutHook):
+    """Stream every ``save_every``-th frame of every member to its files (see module notes).
+
+    Parameters
+    ----------
+    outputs : sequence of MemberOutput
+        One per member, in member order.
+    save_every : int
+        Learned steps between written frames (frame 0 is the initial current frame).
+    learned_dt : float
+        Simulated time per learned step, in ``time_unit``.
+    time_unit : str
+        ``"ps"`` or ``"tau"``.
+    ps_per_unit : float
+        Picoseconds per ``time_unit`` (the files store ps).
+    write_dcd : bool
+        Also keep ``rollout.dcd`` up to date.
+    provenance : dict
+        Written into every sidecar (checkpoint, seed, config, ...).
+    """
+
+    def __init__(self, outputs: Sequence[MemberOutput], save_every: int, learned_dt: float, time_unit: str,
+                 ps_per_unit: float = 1.0, write_dcd: bool = True, provenance: dict[str, Any] | None = None) -> None:
+        self.outputs = list(outputs)
+        self.save_every = int(save_every)
+        self.learned_dt = float(learned_dt)
+        self.time_unit = time_unit
+        self.ps_per_unit = float(ps_per_unit)
+        self.write_dcd = bool(write_dcd)
+        self.provenance = dict(provenance or {})
+        self._buf: list[list[tuple[np.ndarray, int]]] = [[] for _ in self.outputs]
+
+    def h5_path(self, m: int) -> Path:
+        """Path of member ``m``'s ``rollout.h5``."""
+        return self.outputs[m].directory / "rollout.h5"
+
+    def on_start(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        for m, o in enumerate(self.outputs):
+            o.directory.mkdir(parents=True, exist_ok=True)
+            pdb = o.directory / "beads.pdb"
+            if not pdb.is_file():
+                with atomic_path(pdb) as tmp:
+                    shutil.copyfile(o.source_pdb, tmp)
+            self._reconcile(m, state.frames_written[m])
+        if state.step == 0:
+            self._collect(engine, state)
+
+    def _reconcile(self, m: int, n_expected: int) -> None:
+        """Make the files hold exactly the ``n_expected`` committed frames (after a kill)."""
+        path = self.h5_path(m)
+        n_file = 0
+        if path.is_file():
+            with md.formats.HDF5TrajectoryFile(str(path), "r") as fh:
+                n_file = len(fh)
+        if n_file < n_expected:
+            raise CgsimInputError(str(path), f"holds {n_file} frames but the rollout state committed {n_expected}; "
+                                             "cannot resume (start a new output)")
+        if n_file > n_expected:  # killed between a frame commit and its state checkpoint
+            if n_expected == 0:
+                path.unlink()
+            else:
+                traj = md.load(str(path))[:n_expected]
+                with atomic_path(path) as tmp:
+                    traj.save_hdf5(str(tmp))
+            if self.write_dcd:
+                self._write_dcd(m)
+
+    def _collect(self, engine: RolloutEngine, state: RolloutState) -> None:
+        cur = state.pos[:, -1].detach().cpu().numpy()
+        for m in state.active:
+            sl = engine.member_slice(m)
+            self._buf[m].append((cur[sl].astype(np.float32, copy=True), state.step))
+
+    def on_step(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        if state.step % self.save_every == 0:
+            self._collect(engine, state)
+
+    def flush(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        for m, buf in enumerate(self._buf):
+            if buf:
+                self._append(m, buf)
+                state.frames_written[m] += len(buf)
+                self._buf[m] = []
+            self._sidecar(m, state)
+
+    def _append(self, m: int, buf: list[tuple[np.ndarray, int]]) -> None:
+        o, path = self.outputs[m], self.h5_path(m)
+        xyz = np.stack([b[0] for b in buf])
+        t = np.array([b[1] for b in buf], dtype=np.float64) * self.learned_dt * self.ps_per_unit
+        lengths = angles = None
+        if o.box is not None:
+            lengths, angles = box_lengths_angles(np.repeat(o.box[None], len(buf), axis=0))
+        with atomic_path(path) as tmp:
+            exists = path.is_file()
+            if exists:
+                shutil.copyfile(path, tmp)
+            with md.formats.HDF5TrajectoryFile(str(tmp), "a" if exists else "w") as fh:
+                if not exists:
+                    fh.topology = o.topology
+                fh.write(coordinates=xyz, time=t, cell_lengths=lengths, cell_angles=angles)
+        if self.write_dcd:
+            self._write_dcd(m)
+
+    def _write_dcd(self, m: int) -> None:
+        src = self.h5_path(m)
+        dst = src.with_suffix(".dcd")
+        if not src.is_file():
+            dst.unlink(missing_ok=True)
+            return
+        with TrajectoryWriter(dst, self.outputs[m].topology) as w:
+            for chunk in md.iterload(str(src), chunk=1000):
+                w.write(chunk.xyz, chunk.time, chunk.unitcell_vectors)
+
+    def _sidecar(self, m: int, state: RolloutState) -> None:
+        o = self.outputs[m]
+        stopped = state.stop_step[m] >= 0
+        last = (state.stop_step[m] - 1) if stopped else state.step
+        extra = {**o.extra, "learned_dt": self.learned_dt, "time_unit": self.time_unit,
+                 "steps_done": last, "simulated_time": last * self.learned_dt,
+                 "status": "stopped" if stopped else "running", "stop_step": state.stop_step[m] if stopped else None,
+                 "stop_reason": state.stop_reason[m] or None, "also_written": ["rollout.dcd"] if self.write_dcd else []}
+        meta = TrajectoryMetadata(kind="rollout", trajectory="rollout.h5", topology="beads.pdb", system=replace(o.system),
+                                  save_interval=self.learned_dt * self.save_every, n_frames=state.frames_written[m],
+                                  start_time=0.0, coordinates="unwrapped",
+                                  provenance={**self.provenance, "software": software_versions(), "updated": now_iso()},
+                                  extra=extra)
+        write_sidecar(meta, self.h5_path(m))
+
+    def on_end(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        for m in range(len(self.outputs)):
+            if state.stop_step[m] < 0:
+                self._sidecar(m, state)
+
+
+class ProgressBar(RolloutHook):
+    """A tqdm bar over learned steps showing simulated time per wall second.
+
+    Parameters
+    ----------
+    total : int
+        Total learned steps of the rollout.
+    learned_dt : float
+        Simulated time per step, in ``time_unit``.
+    time_unit : str
+        ``"ps"`` or ``"tau"``.
+    enabled : bool
+        Show the bar (on stderr).
+    """
+
+    def __init__(self, total: int, learned_dt: float, time_unit: str, enabled: bool = True) -> None:
+        self.total, self.learned_dt, self.time_unit, self.enabled = int(total), float(learned_dt), time_unit, enabled
+        self._bar: Any = None
+
+    def on_start(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        self._bar = tqdm(total=self.total, initial=state.step, desc="rollout", unit="step", disable=not self.enabled,
+                         dynamic_ncols=True, mininterval=1.0)
+        self._t0, self._s0 = time.perf_counter(), state.step
+
+    def on_step(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        self._bar.update(1)
+        wall = time.perf_counter() - self._t0
+        if self.enabled and wall > 0:
+            rate = (state.step - self._s0) * self.learned_dt / wall
+            self._bar.set_postfix_str(f"{rate:.4g} {self.time_unit}/s, {len(state.active)} active", refresh=False)
+
+    def on_end(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        self._bar.close()
