@@ -33,7 +33,7 @@ from cgsim.data.windows import BeadTrajectory
 from cgsim.errors import CgsimInputError
 from cgsim.geometry import radius_graph
 from cgsim.io_utils import write_json_atomic
-from cgsim.metadata import now_iso, read_sidecar
+from cgsim.metadata import command_line, now_iso, read_sidecar
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
 from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
 from cgsim.train.checkpoint import load_checkpoint
@@ -135,6 +135,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     if state_path.is_file() and not cfg.resume:
         raise CgsimInputError(str(out), "output already holds a rollout; pass resume=true to continue it or choose another output")
+    if cfg.evaluate and not cfg.reference:
+        raise CgsimInputError("reference", "evaluate=true needs reference=PATH (a trajectory with sidecar or a dataset directory)")
     if cfg.resume and not state_path.is_file():
         raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
 
@@ -185,7 +187,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
                                                "checkpoint": str(cfg.checkpoint), "seed": int(cfg.seed),
                                                "temperature": float(cfg.temperature), "learned_steps": steps}))
 
-    provenance = {"command": "cgsim rollout", "config": cfg_dict, "checkpoint": str(Path(cfg.checkpoint).resolve()),
+    provenance = {"command": command_line("rollout", "cgsim.rollout.command.rollout"), "config": cfg_dict, "checkpoint": str(Path(cfg.checkpoint).resolve()),
                   "checkpoint_epoch": ckpt.get("epoch"), "seed": int(cfg.seed)}
     writer = TrajectoryOutput(outputs, save_every, learned_dt, time_unit, ps_per_unit, bool(cfg.write_dcd), provenance)
     hooks: list[RolloutHook] = []
@@ -205,6 +207,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     else:
         state = engine.initial_state(initial)
         state.extra["config"] = cfg_dict
+    write_json_atomic(out / "dataset.json", _dataset_index(labels, replicas, time_unit))
     step0 = state.step
     t0 = time.perf_counter()
     state = engine.run(state, steps)
@@ -221,7 +224,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
                      "stop_reason": state.stop_reason[k] or None} for k, m in enumerate(members)],
         "steps": state.step, "learned_dt": learned_dt, "time_unit": time_unit, "simulated_time": state.step * learned_dt,
         "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
-        "simulated_time_per_second": rate, "bead_steps_per_second": bead_steps / max(wall, 1e-12),
+        "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members), "bead_steps_per_second": bead_steps / max(wall, 1e-12),
         "n_stopped": sum(s >= 0 for s in state.stop_step), "device": str(device), "finished": now_iso(),
     }
     if time_unit == "ps":
@@ -233,4 +236,32 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     print(f"rollout: {len(members)} member(s) x {done} step(s) = {sim:.4g} {time_unit} in {wall:.1f} s: "
           f"{rate:.4g} {time_unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
           f"{stopped} stopped{f' (first: {first})' if stopped else ''} -> {out}")
+    if cfg.evaluate:
+        summary["evaluate"] = _evaluate(cfg, out)
     return summary
+
+
+def _dataset_index(labels: Sequence[str], replicas: int, time_unit: str) -> dict[str, Any]:
+    """``dataset.json`` of the output: one molecule per system, one file per replica."""
+    return {"format": "cgsim-dataset", "kind": "rollout", "time_unit": time_unit,
+            "molecules": [{"name": label, "files": [{"trajectory": f"{label}/replica_{r:03d}/rollout.h5",
+                                                     "topology": f"{label}/replica_{r:03d}/beads.pdb"}
+                                                    for r in range(replicas)]} for label in labels]}
+
+
+def _evaluate(cfg: DictConfig, out: Path) -> Any:
+    """Run ``cgsim evaluate`` on the finished rollout against ``cfg.reference``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cgsim.cli import conf_dir, load_verb
+
+    run_evaluate = load_verb("evaluate")
+    overrides = [f"reference={cfg.reference}", f"rollout={out}", f"output={out / 'evaluate'}",
+                 f"progress={str(bool(cfg.progress)).lower()}", *cfg.evaluate_overrides]
+    if GlobalHydra.instance().is_initialized():  # inside `cgsim rollout`: hydra already knows conf/
+        ecfg = compose("evaluate", overrides)
+    else:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            ecfg = compose("evaluate", overrides)
+    return run_evaluate(ecfg)

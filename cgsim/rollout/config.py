@@ -53,6 +53,12 @@ class RolloutConfig:
     progress: bool = True
     num_threads: int | None = None
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: after the rollout, run ``cgsim evaluate reference=<reference> rollout=<output>`` into output/evaluate
+    evaluate: bool = False
+    #: reference trajectory set for ``evaluate`` (a trajectory file with sidecar, or a dataset directory)
+    reference: str | None = None
+    #: extra overrides for the evaluate config, e.g. ``['figures=false', 'match_topology=false']``
+    evaluate_overrides: list[str] = field(default_factory=list)
 
 
 def register() -> None:

@@ -18,7 +18,8 @@ Hook points (as schnetpack's simulator hooks), called in the order the hooks are
 
 - ``on_start(engine, state)`` once before the first step (also after a resume);
 - ``check(engine, state, proposal)`` after each step is sampled and before it is committed:
-  returns ``{member: reason}`` for members to stop (the stability guard);
+  returns ``{member: reason}`` for members to stop (the stability guard); members with
+  non-finite new coordinates are stopped by the engine itself even without a guard;
 - ``on_step(engine, state)`` after the step is committed (``state.step`` is the new step);
 - ``flush(engine, state)`` before each rollout checkpoint and at the end (writers commit
   their buffered frames here, so a checkpoint never refers to frames not on disk);
@@ -103,6 +104,8 @@ class RolloutState:
         Frames of each member committed to its trajectory files.
     wall_seconds : float
         Wall time spent stepping so far (over all resumes).
+    extra : dict
+        Whatever the command stores with the state (the config, checked on resume).
     """
 
     pos: torch.Tensor
@@ -250,6 +253,7 @@ class RolloutEngine:
                            [torch.zeros(m.n_beads, 1, 3) for m in self.members]).to(self.device)
             self._chem_full = model.chemistry(full)  # once: depends on topology only
         self._active_key: tuple[int, ...] | None = None
+        self._cache: tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- state ------------------------------------------------------------------------------
     def initial_state(self, initial: Sequence[torch.Tensor]) -> RolloutState:
@@ -267,6 +271,11 @@ class RolloutEngine:
         return slice(int(self.offsets[m]), int(self.offsets[m + 1]))
 
     def _active_batch(self, active: list[int]) -> tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Collated topology of the active members (re-built only when the set changes).
+
+        Returns the batch (positions to be filled), the rows of ``state.pos`` it holds, their
+        chemistry embeddings and the batch position of each bead's member.
+        """
         key = tuple(active)
         if key != self._active_key:
             graphs = [self.members[m].graph for m in active]
@@ -274,6 +283,7 @@ class RolloutEngine:
             rows = torch.cat([torch.arange(int(self.offsets[m]), int(self.offsets[m + 1])) for m in active]).to(self.device)
             self._cache = (b, rows, self._chem_full[rows], b.batch)
             self._active_key = key
+        assert self._cache is not None
         return self._cache
 
     # -- loop -------------------------------------------------------------------------------
@@ -311,6 +321,11 @@ class RolloutEngine:
             for hook in self.hooks:
                 for m, why in hook.check(self, state, proposal).items():
                     stops.setdefault(m, why)
+            if not bool(torch.isfinite(new).all()):  # always, even without a guard hook: NaN never enters the state
+                bad = torch.zeros(len(active), device=self.device).index_add_(
+                    0, member_of_bead, (~torch.isfinite(new).all(1)).to(new.dtype)) > 0
+                for k in torch.nonzero(bad).flatten().tolist():
+                    stops.setdefault(active[k], f"non-finite coordinates at step {state.step + 1}")
             new_hist = torch.cat([hist[:, 1:], new[:, None]], dim=1)
             if stops:
                 keep = torch.tensor([m not in stops for m in active], device=self.device)[member_of_bead]

@@ -12,10 +12,11 @@ Files written per member (``OUTPUT/<system>/replica_<r>/``):
 
 Kill safety: frames are buffered in memory and committed at every rollout checkpoint (and at
 the end). A commit copies ``rollout.h5`` to a temporary file, appends the new frames, closes it
-and renames it over ``rollout.h5`` (``rollout.dcd`` is rewritten from it the same way), so a
+and renames it over ``rollout.h5`` (``rollout.dcd`` gets the same frames appended the same way), so a
 process killed at any moment leaves complete, readable files holding every frame up to the last
-checkpoint; ``resume=true`` continues from exactly there. A commit costs one file copy, so
-``checkpoint_every`` trades kill-safety granularity against I/O on very large outputs.
+checkpoint; ``resume=true`` continues from exactly there. A commit costs one copy of each file
+(fast, but it grows with the file), so ``checkpoint_every`` trades kill-safety granularity
+against I/O on very large outputs.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from cgsim.io_utils import atomic_path
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
 from cgsim.rollout.engine import Proposal, RolloutEngine, RolloutHook, RolloutState
 
-#: coordinates beyond this (nm) count as blown up, like non-finite ones
-MAX_COORDINATE = 1e6
+#: a member whose beads spread over more than this (nm, max - min of a coordinate) counts as
+#: blown up, like non-finite coordinates (it also keeps the guard's cell list bounded)
+MAX_SPREAD = 1e4
 
 
 class StabilityGuard(RolloutHook):
@@ -69,8 +71,13 @@ class StabilityGuard(RolloutHook):
         act = torch.tensor(p.active, device=dev)
         max_bond = self.max_bond.to(dev, x.dtype)[act]
         min_d = self.min_distance.to(dev, x.dtype)[act]
-        blown = ~torch.isfinite(x).all(1) | (x.abs() > MAX_COORDINATE).any(1)
-        bad_nf = torch.zeros(na, device=dev).index_add_(0, mob, blown.to(x.dtype)) > 0
+        finite = torch.isfinite(x).all(1)
+        bad_nf = torch.zeros(na, device=dev).index_add_(0, mob, (~finite).to(x.dtype)) > 0
+        xf = torch.where(finite[:, None], x, torch.zeros_like(x))
+        idx3 = mob[:, None].expand(-1, 3)
+        hi = torch.full((na, 3), -torch.inf, device=dev, dtype=x.dtype).scatter_reduce(0, idx3, xf, "amax")
+        lo = torch.full((na, 3), torch.inf, device=dev, dtype=x.dtype).scatter_reduce(0, idx3, xf, "amin")
+        bad_nf |= ((hi - lo) > MAX_SPREAD).any(1)
         src, dst = p.batch.bead_bonds
         one = src < dst
         src, dst = src[one], dst[one]
@@ -79,7 +86,8 @@ class StabilityGuard(RolloutHook):
         bad_bond = (torch.zeros(na, device=dev).index_add_(0, mob[src], over.to(x.dtype)) > 0) & ~bad_nf
         bad_close = torch.zeros(na, dtype=torch.bool, device=dev)
         ok = ~(bad_nf | bad_bond) & (min_d > 0)
-        cut = float(min_d[ok].max()) if bool(ok.any()) else 0.0
+        # search radius: the largest limit, but not so small that the cell grid explodes
+        cut = max(float(min_d[ok].max()), 0.1 * engine.model.cutoff) if bool(ok.any()) else 0.0
         close_d = close_e = None
         if cut > 0:
             sel = ok[mob]
@@ -96,7 +104,7 @@ class StabilityGuard(RolloutHook):
             return stops
         for k, m in enumerate(p.active):
             if bad_nf[k]:
-                stops[m] = f"non-finite or |x| > {MAX_COORDINATE:g} nm coordinates at step {p.step}"
+                stops[m] = f"non-finite coordinates or beads spread over > {MAX_SPREAD:g} nm at step {p.step}"
             elif bad_bond[k]:
                 mine = (mob[src] == k) & over
                 j = int(torch.argmax(torch.where(mine, blen, torch.zeros_like(blen))))
@@ -177,7 +185,7 @@ class TrajectoryOutput(RolloutHook):
         self.time_unit = time_unit
         self.ps_per_unit = float(ps_per_unit)
         self.write_dcd = bool(write_dcd)
-        self.provenance = dict(provenance or {})
+        self.provenance = {**(provenance or {}), "software": software_versions()}
         self._buf: list[list[tuple[np.ndarray, int]]] = [[] for _ in self.outputs]
 
     def h5_path(self, m: int) -> Path:
@@ -249,7 +257,44 @@ class TrajectoryOutput(RolloutHook):
                     fh.topology = o.topology
                 fh.write(coordinates=xyz, time=t, cell_lengths=lengths, cell_angles=angles)
         if self.write_dcd:
+            self._append_dcd(m, xyz, t, None if o.box is None else np.repeat(o.box[None], len(buf), axis=0))
+
+    def _append_dcd(self, m: int, xyz: np.ndarray, t: np.ndarray, box: np.ndarray | None) -> None:
+        """Append frames to ``rollout.dcd`` by raw frame records (O(new frames), atomic).
+
+        DCD has no append mode in mdtraj: the new frames are written as a small DCD, its frame
+        records are appended to a copy of the old file, and the header's frame counters (NSET
+        at byte 8, NSTEP at byte 20) are patched. Falls back to a full rewrite from
+        ``rollout.h5`` if the old file's size is not what its header says.
+        """
+        path = self.h5_path(m).with_suffix(".dcd")
+        n_new, n_atoms = xyz.shape[0], xyz.shape[1]
+        frame_bytes = 3 * (8 + 4 * n_atoms) + (56 if box is not None else 0)
+        part = path.with_name(f".{path.stem}.part.dcd")
+        with TrajectoryWriter(part, self.outputs[m].topology) as w:
+            w.write(xyz, t, box)
+        data = part.read_bytes()
+        part.unlink()
+        header = len(data) - n_new * frame_bytes
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        n_old, nsavc, nstep = (int(np.frombuffer(head, dtype="<i4", count=1, offset=k)[0]) for k in (8, 16, 20))
+        if path.stat().st_size != header + n_old * frame_bytes:
             self._write_dcd(m)
+            return
+        with atomic_path(path) as tmp:
+            shutil.copyfile(path, tmp)
+            with open(tmp, "r+b") as fh:
+                fh.seek(0, 2)
+                fh.write(data[header:])
+                fh.seek(8)
+                fh.write(np.int32(n_old + n_new).tobytes())
+                fh.seek(20)
+                fh.write(np.int32(nstep + n_new * nsavc).tobytes())
 
     def _write_dcd(self, m: int) -> None:
         src = self.h5_path(m)
@@ -272,7 +317,7 @@ class TrajectoryOutput(RolloutHook):
         meta = TrajectoryMetadata(kind="rollout", trajectory="rollout.h5", topology="beads.pdb", system=replace(o.system),
                                   save_interval=self.learned_dt * self.save_every, n_frames=state.frames_written[m],
                                   start_time=0.0, coordinates="unwrapped",
-                                  provenance={**self.provenance, "software": software_versions(), "updated": now_iso()},
+                                  provenance={**self.provenance, "updated": now_iso()},
                                   extra=extra)
         write_sidecar(meta, self.h5_path(m))
 

@@ -1,0 +1,335 @@
+"""`cgsim rollout`: frames written, exact resume after a kill, stability guard, batching, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+import cgsim.train.loop as train_loop
+from cgsim.cli import VERBS
+from cgsim.data.load import load_systems
+from cgsim.errors import CgsimInputError
+from cgsim.model.simulator import GaussianStep, MultiScaleDynamics
+from cgsim.rollout.command import initial_history, rollout
+from cgsim.rollout.core import rollout_positions
+from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
+from cgsim.train.checkpoint import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ = ROOT / "data" / "chain" / "mapped" / "test" / "seq_000"
+MODEL = {"_target_": "cgsim.model.simulator.MultiScaleDynamics", "history": 3, "cutoff": 2.0, "hidden_dim": 16,
+         "fine_layers": 1, "bead_layers": 2, "mlp_layers": 2, "n_rbf": 8, "target": "displacement", "min_std": 0.001}
+
+
+def _make_checkpoint(path: Path, atom_types: list[str] | None = None) -> Path:
+    """An untrained tiny model with normalisation fitted to seq_000, saved like `cgsim train` does."""
+    systems = load_systems([str(SEQ)], "test")
+    vocab = atom_types if atom_types is not None else systems.atom_types
+    torch.manual_seed(0)
+    kw = {k: v for k, v in MODEL.items() if k != "_target_"}
+    model = MultiScaleDynamics(n_atom_types=len(vocab), **kw)
+    pos = torch.from_numpy(systems.trajectories[0].positions)  # (T, N, 3)
+    windows = pos[:4].permute(1, 0, 2)  # (N, H + 1, 3)
+    model.fit_normalization(windows)
+    state = {"config": {"model": dict(MODEL), "data": {"history": 3, "stride": 1}}, "model": model.state_dict(),
+             "ema": None, "epoch": 0, "step": 0,
+             "data": {"atom_types": vocab, "learned_dt": systems.save_interval, "time_unit": systems.time_unit}}
+    return save_checkpoint(path, state)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+def _cfg(compose_cfg, ckpt: Path, out: Path, *extra: str):
+    return compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={SEQ}", f"output={out}", "progress=false",
+                                   "steps=6", *extra])
+
+
+def _frames(out: Path, member: str = "seq_000/replica_000") -> np.ndarray:
+    return md.load(str(out / member / "rollout.h5")).xyz
+
+
+def test_verb_registered_after_train():
+    names = list(VERBS)
+    assert names.index("rollout") == names.index("train") + 1
+
+
+def test_writes_frames_sidecar_and_summary(compose_cfg, ckpt, tmp_path):
+    out = tmp_path / "ro"
+    summary = rollout(_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "checkpoint_every=3",
+                           "guard.enabled=false"))
+    assert summary["steps"] == 6 and summary["n_stopped"] == 0 and summary["bead_steps_per_second"] > 0
+    first = torch.from_numpy(load_systems([str(SEQ)], "t").trajectories[0].positions[-1])
+    for r in range(2):
+        d = out / "seq_000" / f"replica_{r:03d}"
+        traj = md.load(str(d / "rollout.h5"))
+        assert traj.xyz.shape == (4, 30, 3)  # steps 0, 2, 4, 6
+        np.testing.assert_allclose(traj.time, [0.0, 10.0, 20.0, 30.0])  # 5 tau = 5 ps per step here
+        np.testing.assert_allclose(traj.xyz[0], first.numpy(), atol=1e-6)  # frame 0 = last initial frame
+        dcd = md.load(str(d / "rollout.dcd"), top=str(d / "beads.pdb"))
+        np.testing.assert_allclose(dcd.xyz, traj.xyz, atol=1e-3)
+        meta = json.loads((d / "rollout.json").read_text())
+        assert meta["kind"] == "rollout" and meta["n_frames"] == 4 and meta["save_interval"] == 10.0
+        assert meta["extra"]["learned_dt"] == 5.0 and meta["extra"]["time_unit"] == "tau"
+        assert meta["extra"]["simulated_time"] == 30.0 and meta["extra"]["replica"] == r
+        assert meta["system"]["units"]["system"] == "lj" and meta["coordinates"] == "unwrapped"
+    a, b = _frames(out), _frames(out, "seq_000/replica_001")
+    assert not np.allclose(a[1:], b[1:])  # replicas draw different noise
+    assert json.loads((out / "summary.json").read_text())["members"][1]["frames"] == 4
+    with pytest.raises(CgsimInputError, match="already holds a rollout"):
+        rollout(_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "guard.enabled=false"))
+
+
+class _Kill(RolloutHook):
+    """Raise (like a kill) at step ``at``: after the step (`on_step`) or in the middle of a checkpoint."""
+
+    def __init__(self, at: int, where: str) -> None:
+        self.at, self.where = at, where
+
+    def on_step(self, engine, state):
+        if self.where == "step" and state.step == self.at:
+            raise KeyboardInterrupt("killed")
+
+    def flush(self, engine, state):  # runs after the writer committed its frames, before the state is saved
+        if self.where == "flush" and state.step == self.at:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.parametrize("where, committed", [("step", 9), ("flush", 9)])
+def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, tmp_path, where, committed):
+    opts = ("steps=12", "checkpoint_every=4", "replicas=2", "seed=3", "guard.enabled=false")
+    full, split = tmp_path / "full", tmp_path / "split"
+    rollout(_cfg(compose_cfg, ckpt, full, *opts))
+    with pytest.raises(KeyboardInterrupt):
+        rollout(_cfg(compose_cfg, ckpt, split, *opts), extra_hooks=[_Kill(10 if where == "step" else 8, where)])
+    # what a kill leaves is readable: every frame up to the last commit (steps 0..8)
+    assert _frames(split).shape[0] == committed
+    assert load_state(split / "rollout_state.pt").step == (8 if where == "step" else 4)
+    rollout(_cfg(compose_cfg, ckpt, split, *opts, "resume=true"))
+    for member in ("seq_000/replica_000", "seq_000/replica_001"):
+        a, b = _frames(full, member), _frames(split, member)
+        assert a.shape == (13, 30, 3)
+        assert np.array_equal(a, b)  # bitwise
+        dcd = md.load(str(split / member / "rollout.dcd"), top=str(split / member / "beads.pdb"))
+        assert dcd.n_frames == 13
+        np.testing.assert_allclose(dcd.xyz, b, atol=1e-4)  # DCD appended in raw records stays in step with h5
+
+
+def test_resume_needs_same_settings(compose_cfg, ckpt, tmp_path):
+    out = tmp_path / "ro"
+    rollout(_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "steps=2"))
+    with pytest.raises(CgsimInputError, match="different 'seed'"):
+        rollout(_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "seed=9", "resume=true"))
+    with pytest.raises(CgsimInputError, match="no rollout state"):
+        rollout(_cfg(compose_cfg, ckpt, tmp_path / "none", "resume=true"))
+
+
+def _sabotage(kind: str, victim: int = 1, at_call: int = 3):
+    """Wrap model_from_checkpoint so the model breaks batch member ``victim`` from its ``at_call``-th step."""
+    real = train_loop.model_from_checkpoint
+
+    def wrapped(*args, **kwargs):
+        model = real(*args, **kwargs)
+        forward = model.forward
+        calls = {"n": 0}
+
+        def bad_forward(batch, chem=None):
+            out = forward(batch, chem)
+            calls["n"] += 1
+            if calls["n"] < at_call or batch.n_systems != 3:
+                return out
+            hit = (batch.batch == victim)[:, None]
+            x = batch.pos[:, -1]
+            if kind == "nan":
+                want = torch.full_like(x, float("nan"))
+            elif kind == "stretch":
+                want = torch.full_like(x, 100.0) * torch.arange(x.shape[0], device=x.device)[:, None]
+            else:  # collapse every bead of the victim onto one point
+                want = -x + x[hit[:, 0]].mean(0)
+            mean = torch.where(hit, want / out.scale, out.mean)
+            return GaussianStep(mean=mean, std=out.std, scale=out.scale)
+
+        model.forward = bad_forward
+        return model
+
+    return wrapped
+
+
+@pytest.mark.parametrize("kind, reason", [("nan", "non-finite"), ("stretch", "stretched"), ("collapse", "overlap")])
+def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path, monkeypatch, kind, reason):
+    opts = ("steps=6", "replicas=3", "temperature=0.0", "guard.max_bond_factor=50")
+    clean = rollout(_cfg(compose_cfg, ckpt, tmp_path / "clean", *opts))
+    assert clean["n_stopped"] == 0
+    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage(kind))
+    out = tmp_path / "bad"
+    summary = rollout(_cfg(compose_cfg, ckpt, out, *opts))
+    victim, others = summary["members"][1], [summary["members"][0], summary["members"][2]]
+    assert victim["status"] == "stopped" and victim["stop_step"] == 3 and reason in victim["stop_reason"]
+    assert "at step 3" in victim["stop_reason"]
+    assert _frames(out, "seq_000/replica_001").shape[0] == 3  # steps 0, 1, 2: nothing after the failure
+    assert np.all(np.isfinite(_frames(out, "seq_000/replica_001")))
+    meta = json.loads((out / "seq_000/replica_001/rollout.json").read_text())
+    assert meta["extra"]["status"] == "stopped" and reason in meta["extra"]["stop_reason"]
+    for k, m in zip((0, 2), others, strict=True):
+        assert m["status"] == "finished" and m["frames"] == 7
+        name = f"seq_000/replica_{k:03d}"
+        np.testing.assert_allclose(_frames(out, name), _frames(tmp_path / "clean", name), atol=1e-5)
+
+
+def test_non_finite_replica_stopped_even_without_guard(compose_cfg, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage("nan"))
+    summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "replicas=3", "guard.enabled=false"))
+    assert [m["status"] for m in summary["members"]] == ["finished", "stopped", "finished"]
+    assert summary["members"][1]["stop_reason"] == "non-finite coordinates at step 3"
+    assert np.all(np.isfinite(load_state(tmp_path / "o" / "rollout_state.pt").pos.numpy()))
+
+
+def _engine_setup(ckpt: Path):
+    model = train_loop.model_from_checkpoint(torch.load(ckpt, weights_only=False))
+    traj = load_systems([str(SEQ)], "t").trajectories[0]
+    return model, traj, initial_history(traj, model.history, 1)
+
+
+def test_batched_replicas_match_lone_runs(ckpt):
+    model, traj, hist = _engine_setup(ckpt)
+    members = [Member(0, r, f"r{r}", traj.graph, member_seed(7, 0, r)) for r in range(3)]
+    batched = RolloutEngine(model, members, temperature=1.0)
+    sb = batched.run(batched.initial_state([hist] * 3), 5)
+    for r in range(3):
+        alone = RolloutEngine(model, [members[r]], temperature=1.0)
+        sa = alone.run(alone.initial_state([hist]), 5)
+        torch.testing.assert_close(sa.pos, sb.pos[batched.member_slice(r)], rtol=1e-5, atol=1e-5)
+    # deterministic: the same members twice give bitwise the same state
+    again = RolloutEngine(model, members, temperature=1.0)
+    assert torch.equal(again.run(again.initial_state([hist] * 3), 5).pos, sb.pos)
+
+
+def test_engine_at_zero_temperature_matches_plain_loop(ckpt):
+    model, traj, hist = _engine_setup(ckpt)
+    eng = RolloutEngine(model, [Member(0, 0, "r0", traj.graph, 0)], temperature=0.0)
+    state = eng.run(eng.initial_state([hist]), 4)
+    ref = rollout_positions(model, [traj.graph], [hist], 4, temperature=0.0)
+    torch.testing.assert_close(state.pos[:, -1], ref[-1])
+    torch.testing.assert_close(state.pos[:, -3:].permute(1, 0, 2), ref[-3:])
+
+
+# -- bad input: one clear line each ---------------------------------------------------------------
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_truncated_and_non_checkpoints(compose_cfg, ckpt, tmp_path):
+    cut = tmp_path / "cut.pt"
+    data = ckpt.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CgsimInputError, match="truncated") as e:
+        rollout(_cfg(compose_cfg, cut, tmp_path / "a"))
+    assert str(cut) in _one_line(e)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CgsimInputError, match="not a cgsim checkpoint") as e:
+        rollout(_cfg(compose_cfg, other, tmp_path / "b"))
+    _one_line(e)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CgsimInputError) as e:
+        rollout(_cfg(compose_cfg, text, tmp_path / "c"))
+    _one_line(e)
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_steps_must_be_positive(compose_cfg, ckpt, tmp_path, steps):
+    with pytest.raises(CgsimInputError, match="steps") as e:
+        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", f"steps={steps}"))
+    _one_line(e)
+    assert not (tmp_path / "o").exists()
+
+
+def _copy_system(tmp_path: Path, n_frames: int | None = None, triclinic: bool = False) -> Path:
+    d = tmp_path / "sys"
+    shutil.copytree(SEQ, d)
+    traj = md.load(str(d / "beads.xtc"), top=str(d / "beads.pdb"))
+    meta = json.loads((d / "beads.json").read_text())
+    if n_frames is not None:
+        traj[:n_frames].save_xtc(str(d / "beads.xtc"))
+        meta["n_frames"] = n_frames
+    if triclinic:
+        vec = np.array([[20.0, 0, 0], [5.0, 20.0, 0], [0, 0, 20.0]], dtype=np.float32)
+        traj.unitcell_vectors = np.repeat(vec[None], traj.n_frames, axis=0)
+        traj.save_hdf5(str(d / "beads.h5"))
+        (d / "beads.xtc").unlink()
+        (d / "beads.json").unlink()
+        meta["trajectory"] = "beads.h5"
+        meta["system"]["periodic"] = True
+        meta["system"]["box"] = [20.0, 20.6, 20.0, 90.0, 90.0, 76.0]
+        (d / "beads.json").unlink(missing_ok=True)
+        (d / "beads.json").write_text(json.dumps(meta))
+        return d
+    (d / "beads.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_initial_shorter_than_history(compose_cfg, ckpt, tmp_path):
+    d = _copy_system(tmp_path, n_frames=2)
+    cfg = compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={d}", f"output={tmp_path / 'o'}", "steps=3"])
+    with pytest.raises(CgsimInputError, match="needs a history of 3 frames") as e:
+        rollout(cfg)
+    assert "has 2 frames" in _one_line(e)
+
+
+def test_unknown_fine_types(compose_cfg, tmp_path):
+    ck = _make_checkpoint(tmp_path / "narrow.pt", atom_types=["B1", "B2", "S1"])
+    with pytest.raises(CgsimInputError, match="unknown to the model") as e:
+        rollout(_cfg(compose_cfg, ck, tmp_path / "o"))
+    assert "S2" in _one_line(e)
+
+
+def test_triclinic_box(compose_cfg, ckpt, tmp_path):
+    d = _copy_system(tmp_path, triclinic=True)
+    cfg = compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={d}", f"output={tmp_path / 'o'}", "steps=3"])
+    with pytest.raises(CgsimInputError, match="triclinic") as e:
+        rollout(cfg)
+    _one_line(e)
+
+
+def test_initial_recorded_at_another_time_step(compose_cfg, ckpt, tmp_path):
+    long = SEQ.parent / "seq_000_long"  # frames 25 tau apart; the model steps 5 tau
+    with pytest.raises(CgsimInputError, match="not its learned dt 5") as e:
+        rollout(compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={long}", f"output={tmp_path / 'o'}", "steps=2"]))
+    _one_line(e)
+
+
+def test_initial_accepts_lists_and_globs(compose_cfg, ckpt, tmp_path):
+    for sub in ("a", "b"):
+        shutil.copytree(SEQ, tmp_path / sub / "seq_000")
+    cfg = compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial=['{tmp_path}/*/seq_000']", f"output={tmp_path / 'o'}",
+                                  "steps=2", "progress=false", "guard.enabled=false", "write_dcd=false", "replicas=2"])
+    summary = rollout(cfg)
+    names = [m["name"] for m in summary["members"]]
+    assert names == ["seq_000/replica_000", "seq_000/replica_001", "seq_000_001/replica_000", "seq_000_001/replica_001"]
+    assert len({m["seed"] for m in summary["members"]}) == 4
+    assert (tmp_path / "o" / "seq_000_001" / "replica_001" / "rollout.h5").is_file()
+    assert not (tmp_path / "o" / "seq_000" / "replica_000" / "rollout.dcd").exists()
+
+
+def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(CgsimInputError, match="needs reference") as e:
+        rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true"))
+    _one_line(e)
+    summary = rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true", f"reference={SEQ / 'beads.xtc'}", "steps=8",
+                           "guard.enabled=false", "evaluate_overrides=['figures=false','noise_floor=false','observables=[rdf,bond_lengths]']"))
+    index = json.loads((out / "dataset.json").read_text())
+    assert index["molecules"][0]["files"][0]["trajectory"] == "seq_000/replica_000/rollout.h5"
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert metrics and summary["evaluate"]
