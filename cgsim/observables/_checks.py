@@ -165,3 +165,18 @@ def workers(value: Any, where: str) -> int:
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise CgsimInputError(where, f"expected a positive number of threads or -1 (all CPUs), got {value!r}")
     return int(value)
+
+
+def common_lags(results: Sequence[Any], what: str, where: str) -> np.ndarray:
+    """Lag times shared by results to be pooled (each has ``lag_times``); cut to the shortest.
+
+    Raises :class:`CgsimInputError` if ``results`` is empty or the frame intervals differ.
+    """
+    if not results:
+        raise CgsimInputError(where, f"empty selection: no {what} to combine")
+    n = min(r.lag_times.size for r in results)
+    lags = results[0].lag_times[:n]
+    for r in results:
+        if not np.allclose(r.lag_times[:n], lags):
+            raise CgsimInputError(where, "expected the same time between frames in every trajectory")
+    return lags

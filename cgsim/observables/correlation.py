@@ -187,13 +187,8 @@ def combine_acfs(results: list[ACFResult], method: str | None = None) -> ACFResu
     The relaxation time is recomputed from the averaged ACF with ``method`` (default: the
     first result's).
     """
-    if not results:
-        raise CgsimInputError("combine_acfs.results", "empty selection: no ACFs to combine")
-    n = min(r.lag_times.size for r in results)
-    lags = results[0].lag_times[:n]
-    for r in results:
-        if not np.allclose(r.lag_times[:n], lags):
-            raise CgsimInputError("combine_acfs.results", "expected the same time between frames in every trajectory")
+    lags = _checks.common_lags(results, "ACFs", "combine_acfs.results")
+    n = lags.size
     w = np.array([r.n_series for r in results], dtype=np.float64)
     acf = sum(wi * r.acf[:n] for wi, r in zip(w, results, strict=True)) / w.sum()
     method = method or results[0].method

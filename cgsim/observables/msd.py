@@ -200,13 +200,8 @@ def combine_msds(results: Sequence[MSDResult]) -> MSDResult:
 
     All results must have the same frame interval; lags are cut to the shortest result.
     """
-    if not results:
-        raise CgsimInputError("combine_msds.results", "empty selection: no MSDs to combine")
-    n_lags = min(r.lag_times.size for r in results)
-    lag = results[0].lag_times[:n_lags]
-    for r in results:
-        if not np.allclose(r.lag_times[:n_lags], lag):
-            raise CgsimInputError("combine_msds.results", "expected the same time between frames in every trajectory")
+    lag = _checks.common_lags(results, "MSDs", "combine_msds.results")
+    n_lags = lag.size
     names = sorted({g for r in results for g in r.groups})
     tot = np.zeros((len(names), n_lags))
     cnt = np.zeros(len(names), dtype=np.int64)

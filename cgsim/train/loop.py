@@ -14,6 +14,7 @@ epoch's permutation; rank 0 validates, logs and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -210,7 +211,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs_this_call += 1
         if rank == 0:
             model.eval()
-            ctx = ema.applied(model) if ema is not None else _nullcontext(model)
+            ctx = ema.applied(model) if ema is not None else contextlib.nullcontext(model)
             with ctx:
                 val_nll = one_step_nll(model, ds_val, int(tc.batch_size), device, int(tc.val_windows))
                 roll = (rollout_validation(model, val_set.trajectories, int(data.stride), int(tc.rollout_steps),
@@ -248,13 +249,3 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dist.destroy_process_group()
     return summary
 
-
-class _nullcontext:
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __enter__(self):
-        return self.obj
-
-    def __exit__(self, *exc):
-        return False
