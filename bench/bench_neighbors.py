@@ -1,8 +1,9 @@
 """Scaling of the cell-list radius graph (cgsim.geometry.radius_graph) with the number of beads.
 
 Uniform random beads at a liquid-like number density in a periodic cubic box (and the same
-beads with no box), cutoff fixed, N from 1e2 to 1e5. Prints the time per graph, the time per
-bead (flat = linear scaling) and, for reference, scipy's periodic cKDTree on the same input.
+beads with no box), cutoff fixed, N from 1e2 to 1e5. Prints the time per graph (edges with
+minimum-image vectors) for both methods, the torch cell list and the scipy cKDTree path,
+and the time per bead (flat = linear scaling).
 
     .venv/bin/python bench/bench_neighbors.py --density 0.85 --cutoff 2.5 --threads 1
 """
@@ -14,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from cgsim.geometry import radius_graph
 
@@ -40,21 +40,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__} on {args.device}, {args.threads} thread(s); density {args.density}/nm^3, "
           f"cutoff {args.cutoff} nm; best of {args.repeats}")
-    print(f"{'N':>7} {'edges':>10} {'pbc ms':>9} {'us/bead':>8} {'free ms':>9} {'us/bead':>8} {'kdtree ms':>10}")
+    print(f"{'N':>7} {'edges':>10} {'cells pbc ms':>12} {'us/bead':>8} {'kdtree pbc ms':>13} {'us/bead':>8} "
+          f"{'cells free ms':>13} {'kdtree free ms':>14}")
     rng = np.random.default_rng(0)
     for n in args.sizes:
         side = max((n / args.density) ** (1 / 3), 2.0 * args.cutoff + 1e-3)
-        pos_np = rng.random((n, 3)) * side
-        pos = torch.from_numpy(pos_np).float().to(args.device)
+        pos = torch.from_numpy(rng.random((n, 3)) * side).float().to(args.device)
         box = torch.tensor([side] * 3, dtype=torch.float32, device=args.device)
         g = radius_graph(pos, args.cutoff, box)
-        t_pbc = _best_of(lambda: radius_graph(pos, args.cutoff, box), args.repeats)  # noqa: B023
-        t_free = _best_of(lambda: radius_graph(pos, args.cutoff), args.repeats)  # noqa: B023
-        t_kd = _best_of(lambda: cKDTree(pos_np, boxsize=side).query_pairs(args.cutoff, output_type="ndarray"),  # noqa: B023
-                        args.repeats)
-        print(f"{n:>7d} {g.n_edges:>10d} {1e3 * t_pbc:>9.2f} {1e6 * t_pbc / n:>8.2f} {1e3 * t_free:>9.2f} "
-              f"{1e6 * t_free / n:>8.2f} {1e3 * t_kd:>10.2f}")
-
+        t = {}
+        for method in ("cells", "kdtree"):
+            t[("pbc", method)] = _best_of(lambda m=method, p=pos, b=box: radius_graph(p, args.cutoff, b, method=m), args.repeats)
+            t[("free", method)] = _best_of(lambda m=method, p=pos: radius_graph(p, args.cutoff, method=m), args.repeats)
+        print(f"{n:>7d} {g.n_edges:>10d} {1e3 * t['pbc', 'cells']:>12.2f} {1e6 * t['pbc', 'cells'] / n:>8.2f} "
+              f"{1e3 * t['pbc', 'kdtree']:>13.2f} {1e6 * t['pbc', 'kdtree'] / n:>8.2f} "
+              f"{1e3 * t['free', 'cells']:>13.2f} {1e3 * t['free', 'kdtree']:>14.2f}")
 
 if __name__ == "__main__":
     main()
