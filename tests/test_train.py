@@ -60,14 +60,14 @@ def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, comp
     assert model.history == 3 and model.velocity_scale.item() > 0
 
 
-def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compose_cfg):
+@pytest.mark.parametrize("refinement", [[], ["model/refinement=score"]], ids=["plain", "refinement"])
+def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compose_cfg, refinement):
     full, split = tmp_path / "full", tmp_path / "split"
-    train(compose_cfg("train", _train_overrides(mapped_chains, full, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]")))
-    train(compose_cfg("train", _train_overrides(mapped_chains, split, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]",
-                                                "stop_after_epochs=1")))
+    common = ["optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]", *refinement]
+    train(compose_cfg("train", _train_overrides(mapped_chains, full, *common)))
+    train(compose_cfg("train", _train_overrides(mapped_chains, split, *common, "stop_after_epochs=1")))
     assert load_checkpoint(split / "checkpoints" / "last.pt")["epoch"] == 0
-    train(compose_cfg("train", _train_overrides(mapped_chains, split, "optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]",
-                                                "resume=true")))
+    train(compose_cfg("train", _train_overrides(mapped_chains, split, *common, "resume=true")))
     a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
     assert a["step"] == b["step"]
     for key in ("model", "ema"):
@@ -134,3 +134,23 @@ def test_ddp_two_cpu_processes_with_gloo(mapped_chains, tmp_path):
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1
     assert "train: 2 epoch(s)" in res.stdout
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [
+    *[[f"experiment={e}"] for e in _group_options("experiment")],
+    *[[f"model={m}"] for m in _group_options("model")],
+    *[["experiment=chain", f"model/refinement={r}"] for r in _group_options("model/refinement")],
+], ids=lambda o: ",".join(o))
+def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cfg, overrides):
+    from cgsim.train.loop import build_model
+
+    cfg = compose_cfg("train", [*overrides, "debug=tiny", "output=/tmp/unused"])
+    model = build_model(cfg, n_atom_types=5)
+    assert model.history == cfg.data.history
+    if "refinement" in ",".join(overrides):
+        assert model.refiner is not None
+    assert sum(p.numel() for p in model.parameters()) < 100_000  # debug=tiny really is tiny

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from cgsim.geometry import radius_graph
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import BondMessageBlock, InteractionBlock
+from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
+from cgsim.model.refinement import NoiseFn, ScoreRefiner
 
 TARGETS = ("acceleration", "displacement")
 
@@ -46,11 +47,15 @@ class GaussianStep:
         Standard deviation in normalised units, shape (N, 3), > 0.
     scale : torch.Tensor
         Normalisation (nm per unit), scalar tensor.
+    latent : torch.Tensor or None
+        The bead latent the Gaussian was decoded from, shape (N, hidden_dim) (what the
+        refinement network is conditioned on).
     """
 
     mean: torch.Tensor
     std: torch.Tensor
     scale: torch.Tensor
+    latent: torch.Tensor | None = None
 
     def nll(self, target: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood per bead and dimension of ``target`` (N, 3) in nm."""
@@ -61,18 +66,6 @@ class GaussianStep:
         """A sample in nm, shape (N, 3); ``temperature`` scales the std (0 = the mean)."""
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return (self.mean + temperature * self.std * noise) * self.scale
-
-
-class GaussianRBF(nn.Module):
-    """Gaussian radial basis of a distance on [0, cutoff]: shape (E,) -> (E, n)."""
-
-    def __init__(self, n: int, cutoff: float) -> None:
-        super().__init__()
-        self.register_buffer("centers", torch.linspace(0.0, cutoff, n))
-        self.width = cutoff / max(n - 1, 1)
-
-    def forward(self, d: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.exp(-0.5 * ((d[:, None] - self.centers) / self.width) ** 2)
 
 
 class ChemistryEmbedding(nn.Module):
@@ -129,11 +122,14 @@ class MultiScaleDynamics(nn.Module):
         What the Gaussian is over.
     min_std : float
         Smallest predicted std (normalised units), for numerical safety.
+    refinement : ScoreRefiner, optional
+        Score-based refinement applied after each sampled step and trained alongside
+        (:mod:`cgsim.model.refinement`); ``None`` = the plain Gaussian step.
     """
 
     def __init__(self, n_atom_types: int, history: int, cutoff: float, hidden_dim: int = 128, fine_layers: int = 7,
                  bead_layers: int = 7, mlp_layers: int = 2, n_rbf: int = 16, target: str = "acceleration",
-                 min_std: float = 1e-3) -> None:
+                 min_std: float = 1e-3, refinement: ScoreRefiner | None = None) -> None:
         super().__init__()
         if history < 2:
             raise ValueError(f"history must be >= 2 frames (one velocity), got {history}")
@@ -147,13 +143,14 @@ class MultiScaleDynamics(nn.Module):
         self.min_std = float(min_std)
         self.n_atom_types = int(n_atom_types)
         self.fine = ChemistryEmbedding(n_atom_types, hidden_dim, fine_layers, mlp_layers)
-        self.rbf = GaussianRBF(n_rbf, cutoff)
+        self.edge_features = EdgeFeatures(cutoff, n_rbf)
         n_vel = history - 1
         self.node_encoder = MLP(hidden_dim + 4 * n_vel, hidden_dim, hidden_dim, mlp_layers)
-        self.edge_encoder = MLP(3 + 1 + n_rbf + 2, hidden_dim, hidden_dim, mlp_layers)
+        self.edge_encoder = MLP(self.edge_features.dim, hidden_dim, hidden_dim, mlp_layers)
         self.processor = nn.ModuleList([InteractionBlock(hidden_dim, hidden_dim, hidden_dim, mlp_layers)
                                         for _ in range(bead_layers)])
         self.decoder = MLP(hidden_dim, hidden_dim, 6, mlp_layers, layer_norm=False)
+        self.refiner = refinement
         # normalisation, set from data by fit_normalization(); saved with the weights
         self.register_buffer("velocity_scale", torch.tensor(1.0))
         self.register_buffer("target_scale", torch.tensor(1.0))
@@ -180,29 +177,8 @@ class MultiScaleDynamics(nn.Module):
 
     # -- graph -----------------------------------------------------------------------------
     def edges(self, batch: BeadBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Radius edges + bond edges of the current frame.
-
-        Returns
-        -------
-        edge_index : torch.Tensor
-            Shape (2, E), int64, ``[source, target]``.
-        vec : torch.Tensor
-            ``x_source - x_target``, minimum image, shape (E, 3), nm.
-        edge_type : torch.Tensor
-            0 for radius edges, 1 for bonds, shape (E,), int64.
-        """
-        x = batch.pos[:, -1]
-        g = radius_graph(x, self.cutoff, batch.box, batch.batch)
-        src, dst = batch.bead_bonds
-        bvec = x[src] - x[dst]
-        if batch.box is not None:
-            lb = batch.box[batch.batch[dst]]
-            bvec = bvec - lb * torch.round(bvec / lb)
-        edge_index = torch.cat([g.edge_index, batch.bead_bonds], dim=1)
-        vec = torch.cat([g.vec, bvec])
-        edge_type = torch.cat([torch.zeros(g.n_edges, dtype=torch.long, device=x.device),
-                               torch.ones(src.shape[0], dtype=torch.long, device=x.device)])
-        return edge_index, vec, edge_type
+        """Radius edges + bond edges of the current frame (see :func:`cgsim.model.graph.bead_edges`)."""
+        return bead_edges(batch.pos[:, -1], batch.batch, batch.box, batch.bead_bonds, self.cutoff)
 
     def chemistry(self, batch: BeadBatch) -> torch.Tensor:
         """Fine-level bead embeddings (N, hidden_dim); depends on topology only."""
@@ -227,25 +203,53 @@ class MultiScaleDynamics(nn.Module):
         vel = (pos[:, 1:] - pos[:, :-1]) / self.velocity_scale  # (N, H-1, 3)
         node_in = torch.cat([chem, vel.flatten(1), vel.norm(dim=-1)], dim=-1)
         edge_index, vec, edge_type = self.edges(batch.with_pos(pos))
-        dist = vec.norm(dim=-1)
-        edge_in = torch.cat([vec / self.cutoff, (dist / self.cutoff)[:, None], self.rbf(dist),
-                             nn.functional.one_hot(edge_type, 2).to(vec.dtype)], dim=-1)
         h = self.node_encoder(node_in)
-        e = self.edge_encoder(edge_in)
+        e = self.edge_encoder(self.edge_features(vec, edge_type))
         for block in self.processor:
             h, e = block(h, edge_index, e)
         out = self.decoder(h)
         std = nn.functional.softplus(out[:, 3:]) + self.min_std
-        return GaussianStep(mean=out[:, :3], std=std, scale=self.target_scale)
+        return GaussianStep(mean=out[:, :3], std=std, scale=self.target_scale, latent=h)
 
-    def loss(self, batch: BeadBatch, next_pos: torch.Tensor) -> torch.Tensor:
+    def nll(self, batch: BeadBatch, next_pos: torch.Tensor, pred: GaussianStep | None = None) -> torch.Tensor:
         """NLL of the true next positions (N, 3) nm given the history in ``batch``."""
         window = torch.cat([batch.pos[:, -self.history:], next_pos[:, None]], dim=1)
-        return self(batch).nll(self.target_from_positions(window))
+        pred = self(batch) if pred is None else pred
+        return pred.nll(self.target_from_positions(window))
+
+    def loss_terms(self, batch: BeadBatch, next_pos: torch.Tensor,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``{"nll": ...}`` plus ``{"dsm": ...}`` (denoising loss) when the model has a refiner."""
+        pred = self(batch)
+        terms = {"nll": self.nll(batch, next_pos, pred)}
+        if self.refiner is not None:
+            terms["dsm"] = self.refiner.loss(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, next_pos,
+                                             self.target_scale, generator)
+        return terms
+
+    def loss(self, batch: BeadBatch, next_pos: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss: NLL (+ ``refiner.loss_weight`` x denoising loss); ``generator`` draws its noise."""
+        terms = self.loss_terms(batch, next_pos, generator)
+        total = terms["nll"]
+        if "dsm" in terms:
+            total = total + self.refiner.loss_weight * terms["dsm"]
+        return total
+
+    @torch.no_grad()
+    def refine(self, batch: BeadBatch, pred: GaussianStep, new_pos: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
+        """Refined next positions (N, 3) nm (``new_pos`` unchanged without a refiner)."""
+        if self.refiner is None:
+            return new_pos
+        return self.refiner.refine(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, new_pos, pred.scale, noise)
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,
              chem: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample next positions (N, 3), nm."""
+        """Sample next positions (N, 3), nm (refined when the model has a refiner)."""
         pred = self(batch, chem)
-        return self.positions_from_target(batch.pos[:, -self.history:], pred.sample(generator, temperature))
+        new = self.positions_from_target(batch.pos[:, -self.history:], pred.sample(generator, temperature))
+
+        def noise() -> torch.Tensor:
+            return torch.randn(new.shape, generator=generator, device=new.device, dtype=new.dtype)
+
+        return self.refine(batch, pred, new, noise)

@@ -28,6 +28,7 @@ Hook points (as schnetpack's simulator hooks), called in the order the hooks are
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -286,6 +287,15 @@ class RolloutEngine:
         assert self._cache is not None
         return self._cache
 
+    def _noise(self, active: list[int]) -> torch.Tensor:
+        """Standard-normal noise (N_active, 3), each member's rows from its own generator.
+
+        Per-member streams make a member's trajectory independent of which others are still
+        running, so stopping one replica never changes another's frames.
+        """
+        return torch.cat([torch.randn((self.members[m].n_beads, 3), generator=self._generators[m],
+                                      device=self.device, dtype=self.dtype) for m in active])
+
     # -- loop -------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, state: RolloutState, n_steps: int) -> RolloutState:
@@ -312,10 +322,9 @@ class RolloutEngine:
             hist = state.pos[rows] if len(active) < len(self.members) else state.pos
             batch = batch.with_pos(hist)
             pred = self.model(batch, chem)
-            noise = torch.cat([torch.randn((self.members[m].n_beads, 3), generator=self._generators[m],
-                                           device=self.device, dtype=self.dtype) for m in active])
-            value = (pred.mean + self.temperature * pred.std * noise) * pred.scale
+            value = (pred.mean + self.temperature * pred.std * self._noise(active)) * pred.scale
             new = self.model.positions_from_target(hist, value)
+            new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
             proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
             stops: dict[int, str] = {}
             for hook in self.hooks:

@@ -36,7 +36,7 @@ from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.ema import EMA
 from cgsim.train.logger import MetricLogger
-from cgsim.train.validation import one_step_nll, rollout_validation
+from cgsim.train.validation import one_step_dsm, one_step_nll, rollout_validation
 
 #: config sections that must match for ``resume=true`` (anything else may change, e.g. max_epochs)
 RESUME_MUST_MATCH = ("model", "data", "optim", "trainer.batch_size", "trainer.seed")
@@ -49,8 +49,8 @@ class _LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs, target):  # noqa: D102
-        return self.model.loss(inputs, target)
+    def forward(self, inputs, target, generator=None):  # noqa: D102
+        return self.model.loss(inputs, target, generator)
 
 
 def build_model(cfg: DictConfig, n_atom_types: int) -> MultiScaleDynamics:
@@ -187,13 +187,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         shard = perm[: n_per_rank * world][rank::world][: steps_per_epoch * int(tc.batch_size)]
         noise_gen = torch.Generator().manual_seed((int(tc.seed) * 100_003 + epoch) * 131 + rank)
         collate = WindowCollator(train_set.trajectories, list(data.noise_std), generator=noise_gen)
+        # the refiner's denoising noise: its own stream, also fixed by (seed, epoch, rank)
+        loss_gen = torch.Generator(device=device).manual_seed((int(tc.seed) * 100_003 + epoch) * 137 + rank)
         t0, seen, losses = time.perf_counter(), 0, []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.max_epochs}", disable=rank != 0 or not tc.progress,
                    dynamic_ncols=True, mininterval=1.0)
         for k in bar:
             idx = shard[k * int(tc.batch_size):(k + 1) * int(tc.batch_size)]
             batch = collate([ds_train[int(i)] for i in idx]).to(device)
-            loss = net(batch.inputs, batch.target)
+            loss = net(batch.inputs, batch.target, loss_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if oc.grad_clip:
@@ -214,10 +216,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ctx = ema.applied(model) if ema is not None else contextlib.nullcontext(model)
             with ctx:
                 val_nll = one_step_nll(model, ds_val, int(tc.batch_size), device, int(tc.val_windows))
+                val_dsm = (one_step_dsm(model, ds_val, int(tc.batch_size), device, int(tc.val_windows), int(tc.seed))
+                           if model.refiner is not None else float("nan"))
                 roll = (rollout_validation(model, val_set.trajectories, int(data.stride), int(tc.rollout_steps),
                                            int(tc.seed), device) if int(tc.rollout_steps) > 0 else None)
             score = roll.score if roll is not None else val_nll
-            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val_nll,
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val_nll, "val_dsm": val_dsm,
                    "rollout_bond_w1": roll.bond_w1 if roll else float("nan"),
                    "rollout_stable_fraction": roll.stable_fraction if roll else float("nan"),
                    "score": score, "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,

@@ -35,19 +35,39 @@ class RolloutValidation:
     score: float
 
 
-@torch.no_grad()
-def one_step_nll(model: MultiScaleDynamics, dataset: WindowDataset, batch_size: int,
-                 device: torch.device | str, max_windows: int | None = None) -> float:
-    """Mean NLL (per bead and dimension, normalised units) over the dataset's windows (no noise)."""
+def _val_batches(dataset: WindowDataset, batch_size: int, device: torch.device | str, max_windows: int | None):
+    """Clean (no input noise) validation batches over evenly spaced windows."""
     collate = WindowCollator(dataset.trajectories)
     idx = np.arange(len(dataset))
     if max_windows is not None and len(idx) > max_windows:
         idx = np.linspace(0, len(idx) - 1, max_windows).round().astype(int)
-    total, count = 0.0, 0
     for start in range(0, len(idx), batch_size):
-        b = collate([dataset[int(i)] for i in idx[start:start + batch_size]]).to(device)
+        yield collate([dataset[int(i)] for i in idx[start:start + batch_size]]).to(device)
+
+
+@torch.no_grad()
+def one_step_nll(model: MultiScaleDynamics, dataset: WindowDataset, batch_size: int,
+                 device: torch.device | str, max_windows: int | None = None) -> float:
+    """Mean NLL (per bead and dimension, normalised units) over the dataset's windows (no noise)."""
+    total, count = 0.0, 0
+    for b in _val_batches(dataset, batch_size, device, max_windows):
         n = b.target.shape[0]
-        total += float(model.loss(b.inputs, b.target)) * n
+        total += float(model.nll(b.inputs, b.target)) * n
+        count += n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def one_step_dsm(model: MultiScaleDynamics, dataset: WindowDataset, batch_size: int,
+                 device: torch.device | str, max_windows: int | None = None, seed: int = 0) -> float:
+    """Mean denoising loss of the model's refiner over the windows, with noise fixed by ``seed``."""
+    if model.refiner is None:
+        raise ValueError("the model has no refiner")
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    total, count = 0.0, 0
+    for b in _val_batches(dataset, batch_size, device, max_windows):
+        n = b.target.shape[0]
+        total += float(model.loss_terms(b.inputs, b.target, gen)["dsm"]) * n
         count += n
     return total / max(count, 1)
 

@@ -1,0 +1,90 @@
+"""The bead-level graph every network of the model reads: radius edges + bond edges, featurised.
+
+One function builds the edges (so the dynamics network and the refinement network see the same
+graph for the same positions) and one module turns them into edge features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cgsim.geometry import radius_graph
+from cgsim.geometry.pbc import minimum_image
+
+#: edge types: 0 = within the cutoff (radius graph), 1 = coarse-grained bond
+RADIUS_EDGE, BOND_EDGE = 0, 1
+
+
+def bead_edges(x: torch.Tensor, batch: torch.Tensor, box: torch.Tensor | None, bead_bonds: torch.Tensor,
+               cutoff: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Radius edges + bond edges of one frame of a batch of systems.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Bead positions, shape (N, 3), nm (unwrapped is fine: distances are minimum image).
+    batch : torch.Tensor
+        System of each bead, shape (N,), int64.
+    box : torch.Tensor or None
+        Orthorhombic box lengths per system, shape (B, 3), nm; ``None`` if not periodic.
+    bead_bonds : torch.Tensor
+        Bonds, shape (2, Eb), int64, global indices, both directions.
+    cutoff : float
+        Radius-graph cutoff, nm.
+
+    Returns
+    -------
+    edge_index : torch.Tensor
+        Shape (2, E), int64, ``[source, target]`` (radius edges first, then bonds).
+    vec : torch.Tensor
+        ``x_source - x_target``, minimum image, shape (E, 3), nm.
+    edge_type : torch.Tensor
+        :data:`RADIUS_EDGE` or :data:`BOND_EDGE`, shape (E,), int64.
+    """
+    g = radius_graph(x, cutoff, box, batch)
+    src, dst = bead_bonds
+    bvec = x[src] - x[dst]
+    if box is not None:
+        bvec = minimum_image(bvec, box[batch[dst]])
+    edge_index = torch.cat([g.edge_index, bead_bonds], dim=1)
+    vec = torch.cat([g.vec, bvec])
+    edge_type = torch.cat([torch.full((g.n_edges,), RADIUS_EDGE, dtype=torch.long, device=x.device),
+                           torch.full((src.shape[0],), BOND_EDGE, dtype=torch.long, device=x.device)])
+    return edge_index, vec, edge_type
+
+
+class GaussianRBF(nn.Module):
+    """Gaussian radial basis of a distance on [0, cutoff]: shape (E,) -> (E, n)."""
+
+    def __init__(self, n: int, cutoff: float) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.linspace(0.0, cutoff, n))
+        self.width = cutoff / max(n - 1, 1)
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.exp(-0.5 * ((d[:, None] - self.centers) / self.width) ** 2)
+
+
+class EdgeFeatures(nn.Module):
+    """Edge input of a bead network: ``[vec / cutoff, |vec| / cutoff, rbf(|vec|), one_hot(type)]``.
+
+    Parameters
+    ----------
+    cutoff : float
+        Length scale of the features, nm.
+    n_rbf : int
+        Radial basis functions.
+    """
+
+    def __init__(self, cutoff: float, n_rbf: int) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.rbf = GaussianRBF(n_rbf, cutoff)
+        self.dim = 3 + 1 + n_rbf + 2
+
+    def forward(self, vec: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
+        """Features (E, 6 + n_rbf) of displacements ``vec`` (E, 3) nm and types (E,)."""
+        dist = vec.norm(dim=-1)
+        return torch.cat([vec / self.cutoff, (dist / self.cutoff)[:, None], self.rbf(dist),
+                          nn.functional.one_hot(edge_type, 2).to(vec.dtype)], dim=-1)
