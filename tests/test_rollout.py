@@ -10,12 +10,13 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import cgsim.train.loop as train_loop
 from cgsim.cli import VERBS
 from cgsim.data.load import load_systems
 from cgsim.errors import CgsimInputError
-from cgsim.model.simulator import GaussianStep, MultiScaleDynamics
+from cgsim.model.simulator import GaussianStep
 from cgsim.rollout.command import initial_history, rollout
 from cgsim.rollout.core import rollout_positions
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
@@ -27,17 +28,21 @@ MODEL = {"_target_": "cgsim.model.simulator.MultiScaleDynamics", "history": 3, "
          "fine_layers": 1, "bead_layers": 2, "mlp_layers": 2, "n_rbf": 8, "target": "displacement", "min_std": 0.001}
 
 
-def _make_checkpoint(path: Path, atom_types: list[str] | None = None) -> Path:
+REFINER = {"_target_": "cgsim.model.refinement.ScoreRefiner", "cond_dim": 16, "cutoff": 2.0, "hidden_dim": 16,
+           "layers": 1, "n_rbf": 8, "levels": 2, "steps_per_level": 2, "step_size": 0.05}
+
+
+def _make_checkpoint(path: Path, atom_types: list[str] | None = None, refinement: bool = False) -> Path:
     """An untrained tiny model with normalisation fitted to seq_000, saved like `cgsim train` does."""
     systems = load_systems([str(SEQ)], "test")
     vocab = atom_types if atom_types is not None else systems.atom_types
     torch.manual_seed(0)
-    kw = {k: v for k, v in MODEL.items() if k != "_target_"}
-    model = MultiScaleDynamics(n_atom_types=len(vocab), **kw)
+    config = {**MODEL, "refinement": dict(REFINER) if refinement else None}
+    model = train_loop.build_model(OmegaConf.create({"model": config}), len(vocab))
     pos = torch.from_numpy(systems.trajectories[0].positions)  # (T, N, 3)
     windows = pos[:4].permute(1, 0, 2)  # (N, H + 1, 3)
     model.fit_normalization(windows)
-    state = {"config": {"model": dict(MODEL), "data": {"history": 3, "stride": 1}}, "model": model.state_dict(),
+    state = {"config": {"model": config, "data": {"history": 3, "stride": 1}}, "model": model.state_dict(),
              "ema": None, "epoch": 0, "step": 0,
              "data": {"atom_types": vocab, "learned_dt": systems.save_interval, "time_unit": systems.time_unit}}
     return save_checkpoint(path, state)
@@ -46,6 +51,11 @@ def _make_checkpoint(path: Path, atom_types: list[str] | None = None) -> Path:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def ckpt_refined(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_refined.pt", refinement=True)
 
 
 def _cfg(compose_cfg, ckpt: Path, out: Path, *extra: str):
@@ -103,9 +113,10 @@ class _Kill(RolloutHook):
             raise KeyboardInterrupt("killed")
 
 
-@pytest.mark.parametrize("where, committed", [("step", 9), ("flush", 9)])
-def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, tmp_path, where, committed):
+@pytest.mark.parametrize("where, committed, refined", [("step", 9, False), ("flush", 9, False), ("step", 9, True)])
+def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, ckpt_refined, tmp_path, where, committed, refined):
     opts = ("steps=12", "checkpoint_every=4", "replicas=2", "seed=3", "guard.enabled=false")
+    ckpt = ckpt_refined if refined else ckpt
     full, split = tmp_path / "full", tmp_path / "split"
     rollout(_cfg(compose_cfg, ckpt, full, *opts))
     with pytest.raises(KeyboardInterrupt):
@@ -198,8 +209,10 @@ def _engine_setup(ckpt: Path):
     return model, traj, initial_history(traj, model.history, 1)
 
 
-def test_batched_replicas_match_lone_runs(ckpt):
-    model, traj, hist = _engine_setup(ckpt)
+@pytest.mark.parametrize("which", ["plain", "refined"])
+def test_batched_replicas_match_lone_runs(ckpt, ckpt_refined, which):
+    model, traj, hist = _engine_setup(ckpt if which == "plain" else ckpt_refined)
+    assert (model.refiner is not None) == (which == "refined")
     members = [Member(0, r, f"r{r}", traj.graph, member_seed(7, 0, r)) for r in range(3)]
     batched = RolloutEngine(model, members, temperature=1.0)
     sb = batched.run(batched.initial_state([hist] * 3), 5)
