@@ -83,6 +83,15 @@ def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeyp
     monkeypatch.setattr(runner_mod.ChunkedRun, "_write_chunk", original_chunk)
     assert not (out / "dataset.json").exists()
 
+    # 2b) a partial export: readable files from the committed frames only; the run stays resumable
+    part = run(compose_cfg("generate", tiny_overrides(out, export_partial=True)))
+    assert part["complete"] is False and part["frames"] == 2
+    assert md.load(out / "peo2x4_litfsi2.xtc", top=out / "peo2x4_litfsi2.pdb").n_frames == 2
+    partial_meta = read_sidecar(out / "peo2x4_litfsi2.xtc")
+    assert partial_meta.summary["complete"] is False and partial_meta.n_frames == 2
+    assert partial_meta.summary["production_time"] == pytest.approx(1.0)
+    assert not (out / "dataset.json").exists()
+
     # 3) resumed to the end
     summary = run(cfg)
     name = "peo2x4_litfsi2"
@@ -115,6 +124,7 @@ def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeyp
     meta = read_sidecar(out / f"{name}.xtc")
     assert meta.system.name == "electrolyte" and meta.system.units["system"] == "md"
     assert meta.coordinates == "unwrapped" and meta.n_frames == 5 and meta.save_interval == pytest.approx(1.0)
+    assert meta.summary["complete"] is True and meta.summary["production_time"] == pytest.approx(4.0)
     assert meta.system.box[:3] == pytest.approx(list(box[0]), abs=1e-3)
     ff = meta.extra["forcefield"]
     assert ff["charge_scale"] == 0.8 and "0.8" in ff["charge_scale_note"] and ff["lj_mixing"].startswith("geometric")
@@ -208,3 +218,8 @@ def test_blow_up_during_equilibration_is_one_line_error(tmp_path, compose_cfg):
         run(cfg)
     assert err.value.where.startswith("equilibration.") and "blew up" in str(err.value)
     assert "\n" not in str(err.value) and not (out / "dataset.json").exists()
+
+
+def test_export_partial_needs_production_frames(tmp_path, compose_cfg):
+    with pytest.raises(CgsimInputError, match="equilibration is not finished"):
+        run(compose_cfg("generate", tiny_overrides(tmp_path / "o", export_partial=True)))

@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cgsim.errors import CgsimInputError
 from cgsim.mapping.core import WEIGHTINGS, CGMapping
-from cgsim.mapping.system import AtomSystem
+from cgsim.mapping.system import AtomSystem, ChargesLike
 
 SCHEMES = ("molecule", "residue", "metis", "file")
 
@@ -295,7 +295,8 @@ def _metis_scheme(system: AtomSystem, atoms_per_bead: float, keep_whole_max_atom
     return raw, bases, numbered
 
 
-def build_mapping(system: AtomSystem, scheme: str, weighting: str = "mass", **options: Any) -> CGMapping:
+def build_mapping(system: AtomSystem, scheme: str, weighting: str = "mass", *,
+                  charges: ChargesLike | None = None, **options: Any) -> CGMapping:
     """Build a mapping of ``system`` with one of :data:`SCHEMES`.
 
     Parameters
@@ -306,6 +307,11 @@ def build_mapping(system: AtomSystem, scheme: str, weighting: str = "mass", **op
         How to group atoms into beads (module docstring).
     weighting : {"mass", "geometry"}
         Bead position = centre of mass or centre of geometry of its atoms.
+    charges : numpy.ndarray or path-like, optional
+        Atom charges, e, shape (n_atoms,), or a charges file (``.npy``, ``.txt``/``.dat``/
+        ``.csv``, OpenMM System ``.xml``; :func:`cgsim.mapping.charges.read_charges`) that
+        replace ``system.charges``; bead charges are the sums over their atoms. Default: the
+        system's own charges (zeros when ``system.charges_known`` is False).
     **options
         ``metis``: ``atoms_per_bead`` (float, default 7), ``keep_whole_max_atoms`` (int,
         default 15), ``seed`` (int, default 0). ``file``: ``path`` (the YAML file).
@@ -319,7 +325,8 @@ def build_mapping(system: AtomSystem, scheme: str, weighting: str = "mass", **op
     ------
     CgsimInputError
         Unknown scheme or option, bad option value, beads crossing molecules, a mapping file
-        naming missing atoms or leaving atoms unassigned or assigned twice.
+        naming missing atoms or leaving atoms unassigned or assigned twice, bad ``charges``
+        (missing or unreadable file, wrong count, non-finite values).
     """
     allowed = {"molecule": set(), "residue": set(), "metis": {"atoms_per_bead", "keep_whole_max_atoms", "seed"},
                "file": {"path"}}
@@ -328,6 +335,8 @@ def build_mapping(system: AtomSystem, scheme: str, weighting: str = "mass", **op
     extra = set(options) - allowed[scheme]
     if extra:
         raise CgsimInputError(f"mapping.{sorted(extra)[0]}", f"not an option of scheme {scheme!r}; expected {sorted(allowed[scheme]) or 'none'}")
+    if charges is not None:
+        system = system.with_charges(charges)
     if scheme == "molecule":
         raw, bases, numbered = _molecule_scheme(system)
         return finish_mapping(system, raw, bases, numbered, weighting, scheme, options)

@@ -9,7 +9,9 @@ writes into DIR
 - ``mapping.yaml``  the mapping (:mod:`cgsim.mapping.core`), with its hash;
 - ``beads.pdb``     CG topology: bead names, residue = molecule, CONECT bead bonds, first frame;
 - ``beads.h5``      all frames (or ``beads.xtc`` / ``beads.dcd``), unwrapped, with box;
-- ``beads.json``    metadata sidecar: source files, units, time between frames, mapping hash.
+- ``beads.json``    metadata sidecar: source files, units, time between frames, mapping hash,
+  and the bead charges (``extra.particle_charges``, e) when the atom charges are known (a
+  LAMMPS data file, ``input.charges=FILE``, or the input's cgsim sidecar).
 
 Frames are streamed in chunks (memory does not grow with trajectory length) into temporary
 files renamed into place at the end, so an error leaves no output half-written.
@@ -148,11 +150,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ic = cfg.input
     inp = open_input(str(ic.trajectory), None if ic.topology is None else str(ic.topology), fmt=str(ic.format),
                      selection=ic.selection, lammps_units=str(ic.lammps_units),
-                     lammps_timestep=None if ic.lammps_timestep is None else float(ic.lammps_timestep))
+                     lammps_timestep=None if ic.lammps_timestep is None else float(ic.lammps_timestep),
+                     charges=None if ic.charges is None else str(ic.charges))
     mapping = mapping_from_config(inp, cfg.mapping)
     msum = mapping.summary()
     log.info("mapping %s: %d atoms -> %d beads of %d types (%.2f atoms per bead), hash %s", mapping.scheme,
              mapping.n_atoms, mapping.n_beads, mapping.n_types, msum["atoms_per_bead"]["mean"], msum["hash"])
+    if inp.system.charges_known:
+        log.info("bead charges from atom charges of %s: total %.6g e, %d charged beads", inp.system.charges_source,
+                 msum["total_charge"], int(np.count_nonzero(np.abs(mapping.bead_charges) > 1e-6)))
+    else:
+        log.info("atom charges unknown (set input.charges=FILE): bead charges are 0")
 
     pbc = str(cfg.pbc)
     if pbc == "auto" and inp.sidecar is not None and inp.sidecar.coordinates == "unwrapped":
@@ -208,6 +216,14 @@ def _coordinates(inp: MapInput, pbc_mode: str, first_box: np.ndarray | None) -> 
     return "as_input"
 
 
+def _charges_source(inp: MapInput) -> str | None:
+    """Where the atom charges came from (a resolved file path), or None when unknown."""
+    if not inp.system.charges_known:
+        return None
+    src = inp.system.charges_source
+    return str(Path(src).resolve()) if src and Path(src).is_file() else (src or None)
+
+
 def _metadata(cfg: DictConfig, inp: MapInput, mapping: CGMapping, traj_name: str, n_frames: int, clock: _Clock,
               first_box: np.ndarray | None, elapsed: float, rate: float, pbc_mode: str) -> TrajectoryMetadata:
     src = inp.sidecar
@@ -233,7 +249,8 @@ def _metadata(cfg: DictConfig, inp: MapInput, mapping: CGMapping, traj_name: str
         "config": OmegaConf.to_container(cfg, resolve=True),
         "source": {"trajectory": str(Path(inp.trajectory).resolve()), "topology": str(Path(inp.topology).resolve()),
                    "reader": inp.kind, "sidecar_kind": None if src is None else src.kind,
-                   "selection": None if inp.atoms is None else cfg.input.selection, "stride": int(cfg.input.stride)},
+                   "selection": None if inp.atoms is None else cfg.input.selection, "stride": int(cfg.input.stride),
+                   "charges": _charges_source(inp)},
         "software": software_versions(),
         "created": now_iso(),
         "wall_seconds": elapsed,
@@ -249,6 +266,7 @@ def _metadata(cfg: DictConfig, inp: MapInput, mapping: CGMapping, traj_name: str
         extra={"mapping": {"file": "mapping.yaml", "hash": msum["hash"], "scheme": mapping.scheme,
                            "weighting": mapping.weighting, "options": mapping.options},
                "pbc": {"requested": str(cfg.pbc), "used": pbc_mode},
+               "particle_charges": mapping.bead_charges.tolist() if inp.system.charges_known else None,
                "bead_types": mapping.type_names,
                "source_metadata": None if src is None else {"kind": src.kind, "trajectory": src.trajectory,
                                                              "save_interval": src.save_interval}},

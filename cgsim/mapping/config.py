@@ -37,6 +37,10 @@ class MapInputConfig:
     lammps_units: str = "real"
     #: LAMMPS MD time step in its time unit (gives frame times from dump step numbers)
     lammps_timestep: float | None = None
+    #: file of atom charges (e), one per topology atom in its order (LAMMPS: by atom id):
+    #: .npy | .txt/.dat/.csv (numbers, '#' comments) | .xml (OpenMM System: its NonbondedForce);
+    #: replaces a LAMMPS data file's or a sidecar's charges; null = from the input, if it has any
+    charges: str | None = None
 
 
 @dataclass

@@ -7,7 +7,9 @@ Two families of input:
 - a LAMMPS dump with a LAMMPS data file as topology (:mod:`cgsim.io.lammps`).
 
 A cgsim sidecar next to the trajectory (``NAME.json``, e.g. reference MD from
-``cgsim generate``) is read for atom masses and system facts.
+``cgsim generate``) is read for atom masses, atom charges (``extra.particle_charges``) and
+system facts. Atom charges can also be given as a file (``charges=``, :mod:`cgsim.mapping.charges`):
+they then replace those of the sidecar or of a LAMMPS data file.
 """
 
 from __future__ import annotations
@@ -196,8 +198,25 @@ def _is_data(topology: str | None, fmt: str) -> bool:
     return topology is not None and (fmt == "lammps" or _suffix(topology) in LAMMPS_DATA_SUFFIXES)
 
 
+def _sidecar_charges(sidecar: TrajectoryMetadata | None, n_atoms: int) -> np.ndarray | None:
+    """Atom charges (e, shape (n_atoms,)) a cgsim sidecar declares, if usable."""
+    if sidecar is None or not isinstance(sidecar.extra, dict):
+        return None
+    values = sidecar.extra.get("particle_charges")
+    if values is None:
+        return None
+    try:
+        charges = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if charges.shape != (n_atoms,) or not np.isfinite(charges).all():
+        return None
+    return charges
+
+
 def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", selection: str | None = None,
-               lammps_units: str = "real", lammps_timestep: float | None = None) -> MapInput:
+               lammps_units: str = "real", lammps_timestep: float | None = None,
+               charges: str | None = None) -> MapInput:
     """Open a trajectory and its topology for mapping.
 
     Parameters
@@ -218,11 +237,18 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
         LAMMPS unit style.
     lammps_timestep : float, optional
         LAMMPS time step (fs for ``real``, ps for ``metal``).
+    charges : str, optional
+        File of atom charges, e, one per atom of the topology in its order (before any
+        ``selection``; LAMMPS: ascending atom id): ``.npy``, ``.txt``/``.dat``/``.csv`` or an
+        OpenMM System ``.xml`` (:func:`cgsim.mapping.charges.read_charges`). Replaces the
+        charges of a LAMMPS data file or of a cgsim sidecar (logged). Without it, an mdtraj
+        topology's atoms have unknown charges (zeros) unless the sidecar declares them.
 
     Raises
     ------
     CgsimInputError
-        Missing files, unreadable topology, atom counts that differ, an empty selection.
+        Missing files, unreadable topology, atom counts that differ, an empty selection,
+        a bad charges file (missing, unreadable, wrong count, non-finite values).
     """
     if fmt not in ("auto", "mdtraj", "lammps"):
         raise CgsimInputError("input.format", f"unknown format {fmt!r}; expected auto, mdtraj or lammps")
@@ -230,6 +256,8 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
         raise CgsimInputError(trajectory, "trajectory file not found")
     if topology is not None and not Path(topology).is_file():
         raise CgsimInputError(topology, "topology file not found")
+    if charges is not None and not Path(charges).is_file():
+        raise CgsimInputError(str(charges), "charges file not found")
     if lammps_units not in LAMMPS_UNITS:
         raise CgsimInputError("input.lammps_units", f"{lammps_units!r} is not supported; expected one of {sorted(LAMMPS_UNITS)}")
     if lammps_timestep is not None and not lammps_timestep > 0:
@@ -244,7 +272,7 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
                                                 f"(.data, .lmp, .lammps, or input.format=lammps), got {topology}")
     if data_file:
         data = read_data(str(topology), units=lammps_units)
-        system = system_from_lammps(data)
+        system = system_from_lammps(data, charges=charges)
         inp = MapInput(system=system, trajectory=trajectory, topology=str(topology), kind="lammps" if dump else "mdtraj",
                        sidecar=sidecar, lammps_units=lammps_units, lammps_timestep=lammps_timestep, md_timestep=md_timestep)
         inp._topology_obj = system.topology
@@ -264,7 +292,15 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
         if sidecar is not None and len(sidecar.system.particle_masses) == top.n_atoms:
             masses = np.asarray(sidecar.system.particle_masses, dtype=np.float64)
             md_timestep = sidecar.system.md_timestep
-        system = system_from_topology(top, masses=masses, source=top_path)
+        side_charges = _sidecar_charges(sidecar, top.n_atoms)
+        system = system_from_topology(top, masses=masses, charges=side_charges if charges is None else charges,
+                                      source=top_path)
+        if side_charges is not None:
+            if charges is None:
+                system.charges_source = str(sidecar_path(trajectory))
+                log.info("%s: atom charges from its sidecar %s", trajectory, system.charges_source)
+            else:
+                log.info("%s: atom charges from %s replace those of its sidecar", trajectory, charges)
         inp = MapInput(system=system, trajectory=trajectory, topology=top_path, kind="mdtraj", sidecar=sidecar,
                        md_timestep=md_timestep)
         inp._topology_obj = top

@@ -158,6 +158,10 @@ def mapping_from_spec(system: AtomSystem, data: Any, weighting: str, where: str)
 def mapping_from_file(system: AtomSystem, path: str, weighting: str) -> CGMapping:
     """A mapping from a user spec file, or a saved ``mapping.yaml`` checked against ``system``.
 
+    A saved mapping is reused as it is, except that when ``system`` knows its atom charges
+    (``charges_known``) and they sum to other bead charges than the saved ones, the bead
+    charges are taken from the atoms (logged; the mapping hash then changes).
+
     Raises
     ------
     CgsimInputError
@@ -176,6 +180,13 @@ def mapping_from_file(system: AtomSystem, path: str, weighting: str) -> CGMappin
                                           f"{system.masses[a]:g}; the mapping was made for other atoms")
         if mapping.weighting != weighting:
             log.warning("%s: saved mapping uses weighting=%s; mapping.weighting=%s is ignored", p, mapping.weighting, weighting)
+        if system.charges_known:
+            summed = np.bincount(mapping.atom_bead, weights=system.charges, minlength=mapping.n_beads)
+            if not np.allclose(summed, mapping.bead_charges, rtol=0.0, atol=1e-6):
+                log.warning("%s: bead charges recomputed from the atom charges of %s (total %.6g e, saved %.6g e); "
+                            "the mapping hash changes", p, system.charges_source or system.source, summed.sum(),
+                            mapping.bead_charges.sum())
+                mapping.bead_charges = summed
         if mapping.atom_labels is None:  # older file without the fine topology: take it from the input
             mapping.atom_labels = [str(x) for x in system.atom_types]
             mapping.atom_bonds = np.sort(np.asarray(system.bonds, dtype=np.int64).reshape(-1, 2), axis=1)

@@ -3,13 +3,15 @@
 An :class:`AtomSystem` collects what the mapping needs and mdtraj topologies do not all carry:
 masses and charges per atom, a chemistry label per atom (for bead types) and the molecule of
 each atom. Build one from an mdtraj topology (:func:`system_from_topology`) or a LAMMPS data
-file (:func:`system_from_lammps`).
+file (:func:`system_from_lammps`). Atom charges an mdtraj topology lacks come from an array or
+a charges file (:func:`cgsim.mapping.charges.read_charges`: ``.npy``, text, OpenMM System XML).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 import mdtraj as md
 import numpy as np
@@ -18,8 +20,12 @@ from scipy.sparse.csgraph import connected_components
 
 from cgsim.errors import CgsimInputError
 from cgsim.io.lammps import LammpsData, lammps_topology
+from cgsim.mapping.charges import read_charges
 
 log = logging.getLogger(__name__)
+
+#: Atom charges as given to the system loaders: an array (e, shape (n_atoms,)) or a charges file.
+ChargesLike = np.ndarray | str | os.PathLike
 
 #: Residue names that mdtraj's PDB writer treats as standard (it writes no CONECT records for
 #: bonds between them), so they are never used as bead residue names.
@@ -53,9 +59,13 @@ class AtomSystem:
     bonds : numpy.ndarray
         Bonded atom pairs ``i < j``, sorted, unique, shape (n_bonds, 2), int64.
     charges_known : bool
-        Whether ``charges`` come from the input (a LAMMPS data file) or are unknown zeros.
+        Whether ``charges`` come from the input (a LAMMPS data file, a charges file or array)
+        or are unknown zeros.
     source : str
         Where the system was read from.
+    charges_source : str
+        Where the charges came from: a file path, ``"array"``, the LAMMPS data file, or
+        ``""`` when they are unknown.
     """
 
     topology: md.Topology
@@ -67,6 +77,7 @@ class AtomSystem:
     bonds: np.ndarray
     charges_known: bool = False
     source: str = ""
+    charges_source: str = ""
 
     @property
     def n_atoms(self) -> int:
@@ -97,7 +108,26 @@ class AtomSystem:
         names = [self.molecule_names[int(uniq[k])] for k in order]
         return AtomSystem(topology=top, masses=self.masses[atoms], charges=self.charges[atoms],
                           atom_types=self.atom_types[atoms], molecule=new_mol, molecule_names=names,
-                          bonds=topology_bonds(top), charges_known=self.charges_known, source=self.source)
+                          bonds=topology_bonds(top), charges_known=self.charges_known, source=self.source,
+                          charges_source=self.charges_source)
+
+    def with_charges(self, charges: ChargesLike) -> AtomSystem:
+        """A copy of the system with the given atom charges (``charges_known`` True).
+
+        Parameters
+        ----------
+        charges : numpy.ndarray or path-like
+            Atom charges, e, shape (n_atoms,), or a charges file
+            (:func:`cgsim.mapping.charges.read_charges`: ``.npy``, ``.txt``/``.dat``/``.csv``,
+            OpenMM System ``.xml``) with one charge per atom of this system.
+
+        Raises
+        ------
+        CgsimInputError
+            A missing or unreadable file, a count other than ``n_atoms``, non-finite values.
+        """
+        values, origin = _resolve_charges(charges, self.n_atoms, self.source or "system")
+        return replace(self, charges=values, charges_known=True, charges_source=origin)
 
 
 def topology_bonds(topology: md.Topology) -> np.ndarray:
@@ -119,6 +149,19 @@ def _components(n: int, edges: np.ndarray) -> np.ndarray:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return rank[comp].astype(np.int64)
+
+
+def _resolve_charges(charges: ChargesLike, n_atoms: int, where: str) -> tuple[np.ndarray, str]:
+    """Atom charges (e, shape (n_atoms,), float64, finite) and where they came from."""
+    if isinstance(charges, (str, os.PathLike)):
+        return read_charges(charges, n_atoms), str(charges)
+    values = np.asarray(charges, dtype=np.float64)
+    if values.shape != (n_atoms,):
+        raise CgsimInputError(where, f"expected {n_atoms} atom charges (one per atom), got shape {values.shape}")
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise CgsimInputError(where, f"charge of atom {bad} is {values[bad]}; expected finite charges (e)")
+    return values, "array"
 
 
 def molecule_names_for(topology: md.Topology, molecule: np.ndarray, atom_types: np.ndarray,
@@ -155,7 +198,7 @@ def molecule_names_for(topology: md.Topology, molecule: np.ndarray, atom_types: 
     return names
 
 
-def system_from_topology(topology: md.Topology, masses: np.ndarray | None = None, charges: np.ndarray | None = None,
+def system_from_topology(topology: md.Topology, masses: np.ndarray | None = None, charges: ChargesLike | None = None,
                          source: str = "") -> AtomSystem:
     """An :class:`AtomSystem` from an mdtraj topology.
 
@@ -168,15 +211,18 @@ def system_from_topology(topology: md.Topology, masses: np.ndarray | None = None
         The topology.
     masses : numpy.ndarray, optional
         Atom masses, amu, shape (n_atoms,); default: the elements' masses.
-    charges : numpy.ndarray, optional
-        Atom charges, e, shape (n_atoms,); default: unknown (zeros).
+    charges : numpy.ndarray or path-like, optional
+        Atom charges, e, shape (n_atoms,), or a charges file with one charge per atom
+        (:func:`cgsim.mapping.charges.read_charges`: ``.npy``, ``.txt``/``.dat``/``.csv``,
+        OpenMM System ``.xml``); default: unknown (zeros, ``charges_known`` False).
     source : str
         Where the topology was read from (for messages).
 
     Raises
     ------
     CgsimInputError
-        If ``masses`` or ``charges`` have the wrong length or are not finite.
+        If ``masses`` or ``charges`` have the wrong length or are not finite, or the charges
+        file is missing or unreadable.
     """
     n = topology.n_atoms
     where = source or "topology"
@@ -188,9 +234,7 @@ def system_from_topology(topology: md.Topology, masses: np.ndarray | None = None
     if masses.shape != (n,) or not np.isfinite(masses).all() or (masses < 0).any():
         raise CgsimInputError(where, f"expected {n} finite non-negative atom masses, got shape {masses.shape}")
     charges_known = charges is not None
-    charges = np.zeros(n) if charges is None else np.asarray(charges, dtype=np.float64)
-    if charges.shape != (n,) or not np.isfinite(charges).all():
-        raise CgsimInputError(where, f"expected {n} finite atom charges, got shape {charges.shape}")
+    charges, charges_source = (np.zeros(n), "") if charges is None else _resolve_charges(charges, n, where)
     types = []
     for a in topology.atoms:
         el = a.element
@@ -205,24 +249,49 @@ def system_from_topology(topology: md.Topology, masses: np.ndarray | None = None
     molecule = _components(n, np.concatenate([bonds, res_links]) if len(res_links) else bonds)
     names = molecule_names_for(topology, molecule, atom_types, bonds)
     return AtomSystem(topology=topology, masses=masses, charges=charges, atom_types=atom_types, molecule=molecule,
-                      molecule_names=names, bonds=bonds, charges_known=charges_known, source=source)
+                      molecule_names=names, bonds=bonds, charges_known=charges_known, source=source,
+                      charges_source=charges_source)
 
 
-def system_from_lammps(data: LammpsData) -> AtomSystem:
+def system_from_lammps(data: LammpsData, charges: ChargesLike | None = None) -> AtomSystem:
     """An :class:`AtomSystem` from a LAMMPS data file.
 
     Masses and charges come from the file; the chemistry label of an atom is its LAMMPS
     type (the type's comment label in ``Masses`` if given, else ``type<N>``); molecules are
     LAMMPS molecule ids (atoms with id 0 are grouped by bonds).
+
+    Parameters
+    ----------
+    data : LammpsData
+        The data file as read by :func:`cgsim.io.lammps.read_data`.
+    charges : numpy.ndarray or path-like, optional
+        Atom charges, e, in ascending atom-id order, shape (n_atoms,), or a charges file
+        (:func:`cgsim.mapping.charges.read_charges`); they replace the data file's charges
+        (logged). Default: the data file's charges (unknown zeros for styles without).
+
+    Raises
+    ------
+    CgsimInputError
+        Bad ``charges`` (wrong count, non-finite, unreadable file).
     """
     top = lammps_topology(data)
     labels = np.array([data.type_labels.get(int(t), f"type{int(t)}") for t in data.types], dtype=object)
     molecule = data.molecule_index()
-    charges = data.charges if data.charges is not None else np.zeros(data.n_atoms)
+    file_charges = data.charges if data.charges is not None else np.zeros(data.n_atoms)
     bonds = np.unique(np.sort(data.bonds, axis=1), axis=0) if len(data.bonds) else np.zeros((0, 2), dtype=np.int64)
-    if data.charges is None:
-        log.info("%s: atom style %r has no charges; bead charges are 0", data.path, data.atom_style)
-    return AtomSystem(topology=top, masses=data.masses, charges=np.asarray(charges, dtype=np.float64),
-                      atom_types=labels, molecule=molecule,
-                      molecule_names=molecule_names_for(top, molecule, labels, bonds), bonds=bonds,
-                      charges_known=data.charges is not None, source=data.path)
+    system = AtomSystem(topology=top, masses=data.masses, charges=np.asarray(file_charges, dtype=np.float64),
+                        atom_types=labels, molecule=molecule,
+                        molecule_names=molecule_names_for(top, molecule, labels, bonds), bonds=bonds,
+                        charges_known=data.charges is not None, source=data.path,
+                        charges_source=data.path if data.charges is not None else "")
+    if charges is not None:
+        system = system.with_charges(charges)
+        if data.charges is not None:
+            log.info("%s: atom charges from %s replace those of the LAMMPS data file (total %.6g e, was %.6g e)",
+                     data.path, system.charges_source, system.charges.sum(), data.charges.sum())
+        else:
+            log.info("%s: atom charges from %s (atom style %r has none)", data.path, system.charges_source, data.atom_style)
+    elif data.charges is None:
+        log.info("%s: atom style %r has no charges; bead charges are 0 (set input.charges=FILE to give them)",
+                 data.path, data.atom_style)
+    return system

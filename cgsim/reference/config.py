@@ -121,6 +121,9 @@ class GenerateConfig:
     threads: int = 1
     frames_per_chunk: int = 50
     progress: bool = True
+    #: electrolyte runs: write the trajectory files from the production frames recorded so far
+    #: (sidecar ``complete: false``) and stop, without running MD; the run stays resumable
+    export_partial: bool = False
 
 
 def register() -> None:

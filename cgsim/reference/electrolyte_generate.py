@@ -572,6 +572,8 @@ def generate_electrolyte(cfg: DictConfig) -> dict[str, Any]:
                                     nloop=s.packmol_nloop), pack_box
 
     eq = Equilibration(out, es_npt, s, platform=str(cfg.platform), threads=int(cfg.threads), progress=bool(cfg.progress))
+    if cfg.get("export_partial", False) and eq.read_progress()["stage"] != "done":
+        raise CgsimInputError(str(out), "export_partial=true: equilibration is not finished, there are no production frames yet")
     result = eq.run(initial)
     if result.progress.get("converged") is False:
         print(f"generate electrolyte: warning: density not stable within {s.density_tolerance:g} after "
@@ -596,6 +598,8 @@ def generate_electrolyte(cfg: DictConfig) -> dict[str, Any]:
     runner = ChunkedRun(out, es.system, make_integrator, result.positions, molecules, plan, identity, seed=s.seed,
                         platform=str(cfg.platform), threads=int(cfg.threads), progress=bool(cfg.progress),
                         rate_format=lambda ps, sec: f"{ns_per_day(ps, sec):.3g} ns/day")
+    if cfg.get("export_partial", False):
+        return _export_partial(out, cfg, s, es, mdtop, species, result, runner)
     c0 = time.process_time()
     try:
         progress = runner.run()
@@ -616,10 +620,28 @@ def generate_electrolyte(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _export_partial(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.ElectrolyteSystem, mdtop: md.Topology,
+                    species: dict[str, np.ndarray], eq: EquilibrationResult, runner: ChunkedRun) -> dict[str, Any]:
+    """Write NAME.pdb/.xtc/.json from the production chunks committed so far; keep the run resumable."""
+    progress = runner.read_progress()
+    if progress["chunks_done"] == 0:
+        raise CgsimInputError(str(out), "export_partial=true: no production chunk has been committed yet")
+    summary = _finalize(out, cfg, s, es, mdtop, species, eq, progress, runner.platform_used, complete=False)
+    frames = progress["frames_done"]
+    print(f"generate electrolyte: exported {frames} of {runner.plan.n_frames} production frames "
+          f"({(frames - 1) * s.save_steps * s.timestep:g} ps) to {out / (s.file_name + '.xtc')}; the run stays resumable")
+    return {"output": str(out), "name": s.file_name, "n_atoms": s.composition.n_atoms, "frames": frames,
+            "density": summary["density"], "complete": False}
+
+
 def _finalize(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.ElectrolyteSystem, mdtop: md.Topology,
               species: dict[str, np.ndarray], eq: EquilibrationResult, progress: dict[str, Any],
-              platform: str) -> dict[str, Any]:
-    """Write NAME.pdb + NAME.xtc + NAME.json and dataset.json from the chunks; drop the run state."""
+              platform: str, complete: bool = True) -> dict[str, Any]:
+    """Write NAME.pdb + NAME.xtc + NAME.json (and, when ``complete``, dataset.json) from the chunks.
+
+    A complete run then drops its run state; a partial export (``complete=False``) leaves the
+    run state alone and marks the sidecar ``complete: false`` with the production time so far.
+    """
     comp = s.composition
     name = s.file_name
     length = eq.box_length
@@ -655,6 +677,8 @@ def _finalize(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.Electro
         "npt_time": eq.progress["steps"]["npt"] * s.timestep,
         "ns_per_day": ns_per_day((steps_total + eq_steps) * s.timestep, wall) if wall > 0 else None,
         "units": "g/cm^3, nm, K, e, ps",
+        "complete": bool(complete),
+        "production_time": float(times[-1] - times[0]) if n_frames else 0.0,
     }
     provenance = {
         "command": command_line("generate", "cgsim.reference.generate.run"),
@@ -703,6 +727,8 @@ def _finalize(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.Electro
                               save_interval=s.save_steps * s.timestep, n_frames=n_frames, start_time=0.0,
                               coordinates="unwrapped", provenance=provenance, summary=summary, extra=extra)
     write_sidecar(meta, out / f"{name}.xtc")
+    if not complete:
+        return summary
     index = {"format": "cgsim-dataset", "system": "electrolyte", "units": units_block("md"), "provenance": provenance,
              "molecules": [{"name": name, "topology": f"{name}.pdb", "n_atoms": comp.n_atoms,
                             "composition": extra["composition"],

@@ -193,7 +193,8 @@ class ChunkedRun:
         self.masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
 
     # -- state on disk -------------------------------------------------------------------
-    def _read_progress(self) -> dict[str, Any]:
+    def read_progress(self) -> dict[str, Any]:
+        """The committed progress record (a fresh one if the run has not started)."""
         path = self.run_dir / "progress.json"
         if path.is_file():
             return json.loads(path.read_text())
@@ -240,7 +241,7 @@ class ChunkedRun:
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         if not resumed:
             write_json_atomic(self.run_dir / "identity.json", self.identity)
-        progress = self._read_progress()
+        progress = self.read_progress()
         self._cleanup_uncommitted(progress)
         plan = self.plan
         self.session = {"steps": 0, "wall_seconds": 0.0, "steps_per_second": 0.0, "already_complete": True}

@@ -1,0 +1,144 @@
+"""Refinement schedule vs stability and structure: how few denoiser calls per learned step suffice.
+
+For each schedule ``LxS`` (``L`` annealing levels x ``S`` Langevin steps per level, ``+d`` adds the
+final Tweedie denoising call) the same trained checkpoint rolls out every held-out system x
+``--replicas`` replicas for ``--steps`` learned steps through the real rollout engine and stability
+guard (the limits ``cgsim rollout`` uses), and reports:
+
+- stable: fraction of replicas that finish every step;
+- steps survived (mean over replicas);
+- bond W1: Wasserstein-1 distance between the rollout's and the reference's bead-bond lengths, nm;
+- Rg error: relative error of the mean radius of gyration vs the reference;
+- wall ms per learned step and network calls per step.
+
+Usage::
+
+    python bench/bench_refinement.py --checkpoint runs/chain_refine/checkpoints/best.pt \
+        --initial 'data/chain/mapped/test/seq_00[0-5]' --reference-suffix _long --steps 2000 \
+        --schedules 0x0 0x0+d 1x1 2x2+d 5x2+d 10x2+d --json /tmp/refine.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import wasserstein_distance
+
+from cgsim.data.load import load_systems
+from cgsim.observables.bonds import bond_lengths
+from cgsim.observables.polymer import radius_of_gyration
+from cgsim.rollout.command import guard_limits, initial_history
+from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, member_seed
+from cgsim.rollout.hooks import StabilityGuard
+from cgsim.train.checkpoint import load_checkpoint
+from cgsim.train.loop import model_from_checkpoint
+
+
+class _Recorder(RolloutHook):
+    """Keeps every ``every``-th frame of every member in memory (positions of the current frame)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.frames: list[tuple[int, torch.Tensor]] = []
+
+    def on_step(self, engine, state):  # noqa: D102
+        if state.step % self.every == 0:
+            self.frames.append((state.step, state.pos[:, -1].clone()))
+
+
+def parse_schedule(text: str) -> tuple[int, int, bool]:
+    """``"5x2+d"`` -> (levels 5, steps 2, final denoise True)."""
+    body, _, flag = text.partition("+")
+    levels, steps = (int(v) for v in body.split("x"))
+    return levels, steps, flag == "d"
+
+
+def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int) -> dict:
+    """Roll out every system x replica with one refinement schedule and score it."""
+    levels, per_level, final = parse_schedule(schedule)
+    if model.refiner is None:
+        if (levels, per_level, final) != (0, 0, False):
+            raise SystemExit("this checkpoint has no refiner; only schedule 0x0 applies")
+    else:
+        model.refiner.levels, model.refiner.steps_per_level, model.refiner.final_denoise = levels, per_level, final
+    members, initial, max_bond, min_dist = [], [], [], []
+    for s, t in enumerate(trajs):
+        longest, closest = guard_limits(t, model.cutoff, 50)
+        for r in range(replicas):
+            members.append(Member(system=s, replica=r, name=f"{t.name}/{r}", graph=t.graph, seed=member_seed(seed, s, r)))
+            initial.append(initial_history(t, model.history, 1))
+            max_bond.append(1.5 * longest)
+            min_dist.append(0.5 * closest)
+    rec = _Recorder(every)
+    engine = RolloutEngine(model, members, temperature=1.0, hooks=[StabilityGuard(max_bond, min_dist), rec])
+    t0 = time.perf_counter()
+    state = engine.run(engine.initial_state(initial), steps)
+    wall = time.perf_counter() - t0
+    survived = [steps if s < 0 else s - 1 for s in state.stop_step]
+    w1, rg_err = [], []
+    for k, m in enumerate(members):
+        sl = engine.member_slice(k)
+        xs = np.stack([p[sl].cpu().numpy() for step, p in rec.frames if step <= survived[k]]) if rec.frames else None
+        if xs is None or len(xs) < 2:
+            continue
+        bonds = m.graph.bead_bonds.numpy().T
+        bonds = bonds[bonds[:, 0] < bonds[:, 1]]
+        ref = refs[m.system]
+        w1.append(wasserstein_distance(bond_lengths(ref, bonds).ravel(), bond_lengths(xs, bonds).ravel()))
+        rg_ref = radius_of_gyration(ref).values.mean()
+        rg_err.append(abs(radius_of_gyration(xs).values.mean() - rg_ref) / rg_ref)
+    return {"schedule": schedule, "calls_per_step": model.refiner.calls_per_step if model.refiner else 0,
+            "stable_fraction": float(np.mean([s < 0 for s in state.stop_step])),
+            "mean_steps_survived": float(np.mean(survived)),
+            "bond_w1_nm": float(np.mean(w1)) if w1 else float("nan"),
+            "rg_rel_error": float(np.mean(rg_err)) if rg_err else float("nan"),
+            "ms_per_step": 1e3 * wall / max(1, state.step),
+            "stop_reasons": sorted({r.split(" at step")[0].split(" ")[0] for r in state.stop_reason if r})}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry; returns the results."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--initial", default="data/chain/mapped/test/seq_00[0-5]")
+    ap.add_argument("--reference-suffix", default="_long", help="reference = initial dir + this suffix, if it exists")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--record-every", type=int, default=10)
+    ap.add_argument("--schedules", nargs="+", default=["0x0", "0x0+d", "1x1+d", "2x2+d", "5x2+d"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    dirs = sorted(glob.glob(args.initial))
+    trajs = load_systems(dirs, "initial", atom_types=list(ckpt["data"]["atom_types"])).trajectories
+    refs = []
+    for d, t in zip(dirs, trajs, strict=True):
+        long = Path(d + args.reference_suffix)
+        refs.append(load_systems([str(long)], "reference").trajectories[0].positions if long.is_dir() else t.positions)
+    print(f"{len(trajs)} systems x {args.replicas} replicas, {args.steps} learned steps, checkpoint {args.checkpoint}")
+    print(f"{'schedule':>9} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8}")
+    rows = []
+    for sched in args.schedules:
+        r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every)
+        rows.append(r)
+        print(f"{r['schedule']:>9} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
+              f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f}", flush=True)
+    result = {"checkpoint": str(args.checkpoint), "steps": args.steps, "replicas": args.replicas,
+              "systems": [t.name for t in trajs], "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
