@@ -59,7 +59,8 @@ def parse_schedule(text: str) -> tuple[int, int, bool]:
     return levels, steps, flag == "d"
 
 
-def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int) -> dict:
+def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int,
+                 temperature: float = 1.0) -> dict:
     """Roll out every system x replica with one refinement schedule and score it."""
     levels, per_level, final = parse_schedule(schedule)
     if model.refiner is None:
@@ -76,7 +77,7 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
             max_bond.append(1.5 * longest)
             min_dist.append(0.5 * closest)
     rec = _Recorder(every)
-    engine = RolloutEngine(model, members, temperature=1.0, hooks=[StabilityGuard(max_bond, min_dist), rec])
+    engine = RolloutEngine(model, members, temperature=temperature, hooks=[StabilityGuard(max_bond, min_dist), rec])
     t0 = time.perf_counter()
     state = engine.run(engine.initial_state(initial), steps)
     wall = time.perf_counter() - t0
@@ -84,9 +85,10 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
     w1, rg_err = [], []
     for k, m in enumerate(members):
         sl = engine.member_slice(k)
-        xs = np.stack([p[sl].cpu().numpy() for step, p in rec.frames if step <= survived[k]]) if rec.frames else None
-        if xs is None or len(xs) < 2:
+        kept = [p[sl].cpu().numpy() for step, p in rec.frames if step <= survived[k]]
+        if len(kept) < 2:
             continue
+        xs = np.stack(kept)
         bonds = m.graph.bead_bonds.numpy().T
         bonds = bonds[bonds[:, 0] < bonds[:, 1]]
         ref = refs[m.system]
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--record-every", type=int, default=10)
     ap.add_argument("--schedules", nargs="+", default=["0x0", "0x0+d", "1x1+d", "2x2+d", "5x2+d"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--temperature", type=float, default=1.0, help="scale of the Gaussian step's noise")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -129,11 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'schedule':>9} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8}")
     rows = []
     for sched in args.schedules:
-        r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every)
+        r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every,
+                         args.temperature)
         rows.append(r)
         print(f"{r['schedule']:>9} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
               f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f}", flush=True)
     result = {"checkpoint": str(args.checkpoint), "steps": args.steps, "replicas": args.replicas,
+              "temperature": args.temperature,
               "systems": [t.name for t in trajs], "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""Geometry on beads: neighbour search (radius graphs) with and without periodic boxes."""
+"""Geometry on beads: neighbour search (radius graphs, Verlet lists) with and without periodic boxes."""
 
 from cgsim.geometry.neighbors import (
     RadiusGraph,
@@ -6,5 +6,6 @@ from cgsim.geometry.neighbors import (
     check_orthorhombic,
     radius_graph,
 )
+from cgsim.geometry.verlet import VerletList
 
-__all__ = ["RadiusGraph", "brute_force_radius_graph", "check_orthorhombic", "radius_graph"]
+__all__ = ["RadiusGraph", "VerletList", "brute_force_radius_graph", "check_orthorhombic", "radius_graph"]

@@ -194,6 +194,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     if gc.enabled:
         hooks.append(StabilityGuard(max_bond, min_dist))
     hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
+    if cfg.compile:
+        model = _compiled(model, members, initial)
     engine = RolloutEngine(model, members, float(cfg.temperature), hooks, state_path, checkpoint_every)
 
     if cfg.resume:
@@ -239,6 +241,24 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     if cfg.evaluate:
         summary["evaluate"] = _evaluate(cfg, out)
     return summary
+
+
+def _compiled(model: torch.nn.Module, members: Sequence[Member], initial: Sequence[torch.Tensor]) -> torch.nn.Module:
+    """``model`` with its forward wrapped in ``torch.compile``, compiled on the rollout's first batch.
+
+    Falls back to ``model`` with a one-line warning if compilation fails
+    (:func:`cgsim.rollout.compile.compile_model`).
+    """
+    from cgsim.model.batch import collate
+    from cgsim.rollout.compile import compile_model
+
+    p = next(model.parameters())
+    h = int(model.history)
+    with torch.inference_mode():
+        example = collate([m.graph for m in members], [x[:, -h:].to(p.dtype) for x in initial]).to(p.device)
+        chem = model.chemistry(example)
+    compiled, _ = compile_model(model, example=lambda m: m(example, chem))
+    return compiled
 
 
 def _dataset_index(labels: Sequence[str], replicas: int, time_unit: str) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class RolloutConfig:
     write_dcd: bool = True
     progress: bool = True
     num_threads: int | None = None
+    #: wrap the model forward in ``torch.compile`` (compiled once before the first step; on
+    #: failure a one-line warning and the eager model). Slow to compile; see BENCHMARKS.md
+    compile: bool = False
     guard: GuardConfig = field(default_factory=GuardConfig)
     #: after the rollout, run ``cgsim evaluate reference=<reference> rollout=<output>`` into output/evaluate
     evaluate: bool = False
