@@ -52,22 +52,33 @@ class _Recorder(RolloutHook):
             self.frames.append((state.step, state.pos[:, -1].clone()))
 
 
-def parse_schedule(text: str) -> tuple[int, int, bool]:
-    """``"5x2+d"`` -> (levels 5, steps 2, final denoise True)."""
-    body, _, flag = text.partition("+")
+def parse_schedule(text: str) -> dict:
+    """``"[D]LxS[+d][@start]"`` -> options: ``D`` = diffusion (predictor-corrector) sampler, ``L`` levels,
+    ``S`` Langevin steps per level, ``+d`` final denoise, ``@start`` first noise level (target-scale units).
+
+    ``"5x2+d"`` = Langevin 5 levels x 2 steps + denoise; ``"D8x0+d@1.0"`` = 8-level reverse diffusion from 1.0.
+    """
+    body, _, start = text.partition("@")
+    sampler = "diffusion" if body.startswith("D") else "langevin"
+    body = body.lstrip("D")
+    body, _, flag = body.partition("+")
     levels, steps = (int(v) for v in body.split("x"))
-    return levels, steps, flag == "d"
+    return {"sampler": sampler, "levels": levels, "steps_per_level": steps, "final_denoise": flag == "d",
+            "sigma_start": float(start) if start else None}
 
 
 def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int,
                  temperature: float = 1.0) -> dict:
     """Roll out every system x replica with one refinement schedule and score it."""
-    levels, per_level, final = parse_schedule(schedule)
+    opts = parse_schedule(schedule)
     if model.refiner is None:
-        if (levels, per_level, final) != (0, 0, False):
+        if opts["levels"] or opts["final_denoise"]:
             raise SystemExit("this checkpoint has no refiner; only schedule 0x0 applies")
     else:
-        model.refiner.levels, model.refiner.steps_per_level, model.refiner.final_denoise = levels, per_level, final
+        if opts["sigma_start"] is None:
+            opts["sigma_start"] = model.refiner.sigma_start
+        for key, value in opts.items():
+            setattr(model.refiner, key, value)
     members, initial, max_bond, min_dist = [], [], [], []
     for s, t in enumerate(trajs):
         longest, closest = guard_limits(t, model.cutoff, 50)
@@ -129,13 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
         long = Path(d + args.reference_suffix)
         refs.append(load_systems([str(long)], "reference").trajectories[0].positions if long.is_dir() else t.positions)
     print(f"{len(trajs)} systems x {args.replicas} replicas, {args.steps} learned steps, checkpoint {args.checkpoint}")
-    print(f"{'schedule':>9} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8}")
+    print(f"{'schedule':>12} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8}")
     rows = []
     for sched in args.schedules:
         r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every,
                          args.temperature)
         rows.append(r)
-        print(f"{r['schedule']:>9} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
+        print(f"{r['schedule']:>12} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
               f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f}", flush=True)
     result = {"checkpoint": str(args.checkpoint), "steps": args.steps, "replicas": args.replicas,
               "temperature": args.temperature,

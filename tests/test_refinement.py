@@ -29,6 +29,29 @@ def test_schedule_and_calls_per_step():
     assert r.calls_per_step == 13
     assert ScoreRefiner(cond_dim=4, cutoff=1.0, levels=1, sigma_start=0.3).annealing_levels() == [0.3]
     assert ScoreRefiner(cond_dim=4, cutoff=1.0, levels=0, final_denoise=False).calls_per_step == 0
+    d = ScoreRefiner(cond_dim=4, cutoff=1.0, levels=6, steps_per_level=1, final_denoise=True, sampler="diffusion")
+    assert d.calls_per_step == 5 + 6 + 1  # predictor between levels + correctors + final denoise
+    with pytest.raises(ValueError, match="sampler"):
+        ScoreRefiner(cond_dim=4, cutoff=1.0, sampler="ode")
+
+
+def test_diffusion_sampler_counts_calls_and_is_reproducible():
+    sys, pos = _chain_system(15, BOX, 2)
+    batch = collate([sys], [pos])
+    m = _model(levels=3, steps_per_level=1, sampler="diffusion")
+    calls = {"n": 0}
+    original = m.refiner.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return original(*a, **k)
+
+    m.refiner.forward = counting
+    a = m.step(batch, generator=torch.Generator().manual_seed(5))
+    assert calls["n"] == m.refiner.calls_per_step == 2 + 3 + 1
+    b = m.step(batch, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+    assert torch.isfinite(a).all()
 
 
 @pytest.mark.parametrize("kw", [dict(sigma_min=0.5, sigma_max=0.1), dict(sigma_start=2.0), dict(levels=-1),
