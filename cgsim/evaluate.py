@@ -1,15 +1,19 @@
 """``cgsim evaluate``: reference vs rollout observables -> metrics.json, report.md, figures.
 
     cgsim evaluate reference=data/chain/test rollout=outputs/rollout/chain output=outputs/eval/chain
+    cgsim evaluate reference=data/chain/mapped/test/seq_000 rollout=outputs/rollout/chain file_index=-1 ...
     cgsim evaluate reference=data/electrolyte/ref.xtc output=outputs/eval/el observables_preset=electrolyte \\
         'conductivity.charges={Li: 1.0, TFSI: -1.0}'
 
-``reference`` / ``rollout`` name a trajectory file with its cgsim sidecar, or a directory with
-``dataset.json`` (see :mod:`cgsim.report.loading`); ``rollout`` is optional. The observables
+``reference`` / ``rollout`` name a trajectory file with its cgsim sidecar, a directory with
+``dataset.json``, a ``cgsim map`` output directory, or a glob of these (see
+:mod:`cgsim.report.loading`); ``rollout`` is optional. ``file_index=-1`` loads every file of a
+dataset's systems (all rollout replicas): statistics pool over them and diffusion errors come
+from their spread. The observables
 follow from the config: ``observables`` lists them, or, when null, ``presets[<system>]`` is
 used, where ``<system>`` is ``observables_preset`` or else the ``system.name`` that the
-reference's sidecar declares. Bins and fit windows are fixed from the reference so every set is
-measured identically. With ``noise_floor`` the first and second halves of every reference
+reference's sidecar declares. Bins are fixed from the reference and the default fit window from
+the shortest trajectory of both sets, so every set is measured identically. With ``noise_floor`` the first and second halves of every reference
 trajectory are compared with the same measures, so a reader can tell whether a rollout's error
 is beyond MD-vs-MD noise.
 
@@ -46,6 +50,8 @@ class RDFOptions:
     max_frames: int | None = 1000
     #: threads over frames; -1 = every CPU
     workers: int = 1
+    #: pair counting: auto | dense (every pair, float32 blocks) | tree (k-d tree, float64)
+    method: str = "auto"
 
 
 @dataclass
@@ -115,7 +121,7 @@ class EvaluateConfig:
     match_topology: bool = True
     #: compare first vs second half of each reference trajectory
     noise_floor: bool = True
-    #: for dataset directories: which entry of each molecule's files list
+    #: for dataset directories: which entry of each molecule's files list; -1 = all (replicas)
     file_index: int = 0
     stride: int = 1
     figures: bool = True
@@ -197,7 +203,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             check_same_topology(reference, rollout, "rollout")
     load_seconds = time.perf_counter() - t_start
     observables = _observables(cfg, reference[0].system)
-    settings = make_settings(reference, cfg, observables)
+    settings = make_settings(reference, cfg, observables, rollout)
 
     bar = bool(cfg.progress)
     ref_suite = compute_suite(reference, settings, "reference", bar)
@@ -263,7 +269,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "rollout": _set_info(cfg.rollout, rollout) if rollout is not None else None,
         "match_topology": bool(cfg.match_topology), "observables_computed": list(observables),
         "settings": {"rdf_r_max_nm": float(settings.rdf_edges[-1]), "rdf_n_bins": int(settings.rdf_edges.size - 1),
-                     "rdf_periodic": settings.rdf_periodic, "fit_window_ps": list(settings.fit_window),
+                     "rdf_periodic": settings.rdf_periodic, "rdf_method": settings.rdf_method,
+                     "fit_window_ps": list(settings.fit_window),
                      "n_blocks": settings.n_blocks, "acf_method": settings.acf_method,
                      "remove_com_drift": settings.remove_drift},
         "units_note": units_note,

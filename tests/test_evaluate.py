@@ -192,6 +192,8 @@ def test_bad_inputs(chains, electrolyte, tmp_path):
         _run([f"reference={electrolyte}", *base])
     with pytest.raises(CgsimInputError, match="mapping of bead type to charge"):
         _run([f"reference={electrolyte}", "conductivity.charges={Li: 1, T: bad}", *base])
+    with pytest.raises(CgsimInputError, match="rdf.method"):
+        _run([f"reference={electrolyte}", "rdf.method=fast", *base])
     with pytest.raises(CgsimInputError, match="no preset for system"):
         _run([f"reference={electrolyte}", "observables_preset=melt", *base])
     with pytest.raises(CgsimInputError, match="empty selection"):

@@ -128,3 +128,27 @@ def test_default_species_are_named_by_charge(ions):
     xyz, q, _ = ions
     res = ionic_conductivity(xyz[:50], DT, q, np.full(3, L), T, (0.5, 2.0), n_blocks=1)
     assert res.species == ["q=+1", "q=-1"]
+
+
+def test_species_decomposition_matches_loops_and_polyfit(ions):
+    """sigma_AB from <dX_A . dX_B> computed by loops over origins, fitted by numpy.polyfit."""
+    xyz, q, names = ions
+    x = xyz[:120].copy()
+    x[:, 30:40] = x[:, 0:10] + 0.3  # ten anions ride on ten cations: a negative cross term
+    window = (0.5, 3.0)
+    res = ionic_conductivity(x, DT, q, np.full(3, L), T, window, species=names, n_blocks=1)
+    sums = [x[:, q > 0].sum(axis=1), x[:, q < 0].sum(axis=1)]  # X_A(t), summed positions
+    lags = np.arange(1, 31)
+    t = lags * DT
+    sel = (t >= window[0] - 1e-9) & (t <= window[1] + 1e-9)
+    v = (L * 1e-9) ** 3
+    for a in range(2):
+        for b in range(2):
+            corr = [np.mean([(sums[a][k + m] - sums[a][k]) @ (sums[b][k + m] - sums[b][k])
+                             for k in range(120 - m)]) for m in lags]
+            slope = np.polyfit(t[sel], np.asarray(corr)[sel], 1)[0]  # nm^2/ps
+            qa, qb = (1.0, -1.0)[a], (1.0, -1.0)[b]
+            expected = E_C**2 * qa * qb * slope * 1e-18 / 1e-12 / (6 * v * KB * T) / 100.0
+            assert res.sigma_matrix[a, b] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert res.sigma_matrix[0, 1] < 0
+    assert res.transference_eh == pytest.approx(res.sigma_matrix.sum(axis=1) / res.sigma_matrix.sum())

@@ -132,3 +132,21 @@ def test_bad_input():
         msd(x, 1.0).of("Li")
     with pytest.raises(CgsimInputError, match="triclinic"):
         msd(x, 1.0, box=np.array([[3, 0, 0], [1, 3, 0], [0, 0, 3.0]]))
+
+
+def test_diffusion_matches_polyfit_of_loops_and_hand_made_blocks():
+    rng = np.random.default_rng(9)
+    x = _walk(rng, 0.1, 0.5, 120, 6)
+    window, dt = (3.0, 15.0), 0.5
+    res = self_diffusion(x, dt, window, n_blocks=3)
+    t = np.arange(120) * dt
+    sel = (t >= window[0]) & (t <= window[1])
+
+    def d_of(part: np.ndarray) -> float:
+        curve = _brute_msd(part).mean(axis=1)  # loops over every origin, averaged over particles
+        return np.polyfit(t[: part.shape[0]][sel[: part.shape[0]]], curve[sel[: part.shape[0]]], 1)[0] / 6
+
+    assert res.D[0] == pytest.approx(d_of(x), rel=1e-9)
+    blocks = [d_of(x[k * 40:(k + 1) * 40]) for k in range(3)]
+    assert res.block_D[0] == pytest.approx(blocks, rel=1e-9)
+    assert res.D_err[0] == pytest.approx(np.std(blocks, ddof=1) / np.sqrt(3), rel=1e-9)

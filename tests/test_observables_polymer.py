@@ -143,3 +143,16 @@ def test_bad_input():
         chain_ends(np.zeros(4, int), ["A", "B", "B", "B"], ["A"])
     with pytest.raises(CgsimInputError, match="empty selection"):
         radius_of_gyration(np.zeros((2, 0, 3)))
+
+
+def test_end_to_end_matches_mdtraj_distances():
+    rng = np.random.default_rng(8)
+    xyz = np.cumsum(rng.normal(0, 0.3, (5, 24, 3)), axis=1).astype(np.float32)
+    ids = np.repeat([0, 1, 2], 8)
+    ends = chain_ends(ids)
+    top = md.Topology()
+    res = top.add_residue("X", top.add_chain())
+    for _ in range(24):
+        top.add_atom("C", md.element.carbon, res)
+    ref = md.compute_distances(md.Trajectory(xyz, top), ends, periodic=False)
+    assert np.allclose(end_to_end_distance(xyz, ends).values, ref, rtol=1e-6)

@@ -158,3 +158,77 @@ def test_bad_types_and_positions(gas):
     r = rdf(xyz[:2], box[:2], r_max=1.0, n_bins=5)
     with pytest.raises(CgsimInputError, match="within the RDF range"):
         coordination_number(r, 1.5)
+
+
+def _brute_force_counts(xyz: np.ndarray, box: np.ndarray | None, a: np.ndarray, b: np.ndarray,
+                        edges: np.ndarray) -> np.ndarray:
+    """Ordered pairs (i in a, j in b, i != j) per bin, by loops over frames and particles (float64)."""
+    counts = np.zeros(edges.size - 1)
+    for f in range(xyz.shape[0]):
+        for i in a:
+            d = xyz[f, b] - xyz[f, i]
+            if box is not None:
+                d -= box[f] * np.round(d / box[f])
+            r = np.sqrt((d * d).sum(-1))[b != i]
+            counts += np.histogram(r, edges)[0]
+    return counts
+
+
+@pytest.mark.parametrize("method", ["dense", "tree"])
+def test_both_methods_match_brute_force_loops(method):
+    rng = np.random.default_rng(3)
+    box = np.array([2.6, 2.9, 3.1]) * rng.uniform(0.97, 1.03, (4, 1))  # NPT-like: non-cubic, varying
+    xyz = rng.uniform(-4, 7, (4, 90, 3))  # far outside the box: wrapping is the method's job
+    a, b = np.arange(0, 60), np.arange(30, 90)  # overlapping selections
+    r = rdf(xyz, box, selection_a=a, selection_b=b, r_min=0.3, r_max=1.25, n_bins=19, method=method)
+    expected = _brute_force_counts(xyz, box, a, b, r.edges)
+    assert np.abs(r.counts - expected).max() <= 2  # float rounding at a bin edge, both orders of a pair
+    assert r.counts.sum() == pytest.approx(expected.sum(), abs=2)
+    iso = rdf(xyz + 500.0, None, periodic=False, r_max=4.0, n_bins=20, method=method)  # far from the origin
+    expected = _brute_force_counts(xyz, None, np.arange(90), np.arange(90), iso.edges)
+    assert np.abs(iso.counts - expected).max() <= 2
+    flung = xyz.copy()
+    flung[:, :3] *= 1e7  # a rollout that blew up: distances far beyond r_max must not cost memory
+    iso = rdf(flung, None, periodic=False, r_max=4.0, n_bins=20, method=method)
+    expected = _brute_force_counts(flung, None, np.arange(90), np.arange(90), iso.edges)
+    assert np.abs(iso.counts - expected).max() <= 2
+
+
+def test_dense_and_tree_agree_per_type_pair(gas):
+    xyz, box = gas
+    types = np.array(["A", "B", "C", "D"])[np.random.default_rng(4).integers(0, 4, 300)]
+    dense = rdf_by_type(xyz, types, box, r_max=1.5, n_bins=50, method="dense")
+    tree = rdf_by_type(xyz, types, box, r_max=1.5, n_bins=50, method="tree")
+    assert dense.keys() == tree.keys()
+    for k in dense:
+        assert np.abs(dense[k].counts - tree[k].counts).max() <= 2, k
+        assert np.allclose(dense[k].g, tree[k].g, atol=2 / dense[k].norm.min() + 1e-12)
+    threads = rdf_by_type(xyz, types, box, r_max=1.5, n_bins=50, method="dense", workers=2)
+    assert all(np.array_equal(threads[k].counts, dense[k].counts) for k in dense)
+
+
+def test_auto_method_follows_the_cost_model():
+    from cgsim.observables.rdf import _choose_method
+
+    rng = np.random.default_rng(5)
+    big = rng.uniform(0, 40, (1, 20000, 3))
+    box = np.full((1, 3), 40.0)
+    assert _choose_method(big, box, 20000, 1.0) == "tree"  # few pairs within r_max
+    assert _choose_method(big, box, 20000, 20.0) == "dense"  # r_max = L/2: half of all pairs
+    assert _choose_method(big[:, :200], None, 200, 5.0) == "dense"  # one small chain
+    with pytest.raises(CgsimInputError, match="rdf.method"):
+        rdf(big[:, :50], box, r_max=1.0, method="fast")
+
+
+def test_coordination_number_matches_neighbour_counting(gas):
+    xyz, box = gas
+    types = np.array(["A", "B"])[np.arange(300) % 2]
+    r = rdf_by_type(xyz[:5], types, box[:5], r_max=1.0, n_bins=20)[("A", "B")]
+    a, b = np.flatnonzero(types == "A"), np.flatnonzero(types == "B")
+    for r_cut in (0.35, 0.6, 1.0):  # on bin edges: the count is exact, no interpolation
+        n = 0
+        for f in range(5):
+            d = xyz[f, b][None, :, :] - xyz[f, a][:, None, :]
+            d -= box[f] * np.round(d / box[f])
+            n += int((np.sqrt((d * d).sum(-1)) < r_cut).sum())
+        assert coordination_number(r, r_cut) == pytest.approx(n / (a.size * 5), abs=2 / (a.size * 5))

@@ -4,8 +4,16 @@ A *trajectory set* is what ``reference=`` or ``rollout=`` names:
 
 - a trajectory file (``.xtc``, ``.dcd``, ``.h5``, ...) with its cgsim JSON sidecar
   (:func:`cgsim.metadata.read_sidecar`); the sidecar names the topology (PDB) beside it;
-- a directory holding ``dataset.json`` (written by ``cgsim generate``): every molecule entry
-  is one trajectory, its ``files[file_index]`` entry names the trajectory file.
+- a directory holding ``dataset.json`` (written by ``cgsim generate`` and ``cgsim rollout``):
+  every molecule entry is one system, its ``files[file_index]`` entry names the trajectory
+  file (``file_index = -1``: every file, e.g. all replicas of a rollout);
+- a mapped-system directory written by ``cgsim map`` (``beads.h5``/``.xtc``/``.dcd`` with its
+  sidecar and ``mapping.yaml``), named after the directory;
+- a glob matching any of these (``'data/chain/mapped/test/seq_00?'``), in sorted order.
+
+Bead charges (e) come from the sidecar's ``extra.particle_charges`` or else from the bead
+charges of the ``mapping.yaml`` beside the trajectory, or beside the mapped system a rollout
+started from (its sidecar's ``extra.source``); all-zero charges count as unknown.
 
 Everything is converted to MD units here (nm, ps, amu, K): trajectory files hold nm; times
 and temperatures in a sidecar are in the system's units and are converted with its ``units``
@@ -14,15 +22,22 @@ block (``lj``: tau and epsilon/k_B in MD units).
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import mdtraj as md
 import numpy as np
 
 from cgsim.errors import CgsimInputError
 from cgsim.metadata import TrajectoryMetadata, read_sidecar
+
+#: bead trajectory names inside a mapped-system directory (as ``cgsim map`` writes them)
+MAPPED_TRAJECTORY_NAMES = ("beads.h5", "beads.xtc", "beads.dcd")
+#: file stems too generic to name a trajectory: the parent directory names it instead
+_GENERIC_STEMS = ("beads", "rollout", "traj", "trajectory")
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +77,8 @@ class BeadTrajectory:
         ``extra.particle_charges`` when present.
     system : str
         System name from the sidecar (``"chain"``, ``"electrolyte"``, ...).
+    replica : int
+        Index of the file among its system's files in a dataset (rollout replica); 0 else.
     """
 
     name: str
@@ -79,6 +96,7 @@ class BeadTrajectory:
     temperature: float
     charges: np.ndarray | None
     system: str
+    replica: int = 0
 
     @property
     def n_frames(self) -> int:
@@ -165,6 +183,10 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         if charges.shape != (n,) or not np.isfinite(charges).all():
             raise CgsimInputError(side, f"field 'extra.particle_charges' has shape {charges.shape}, expected ({n},) "
                                         "finite charges in e")
+    else:
+        charges = _mapping_charges(path, meta, n)
+    if charges is not None and not np.any(np.abs(charges) > 0):
+        charges = None  # all zero: a mapping made without atom charges
     bonds = np.array([[b[0].index, b[1].index] for b in traj.topology.bonds], dtype=np.int64).reshape(-1, 2)
     ids = np.zeros(n, dtype=np.int64)
     kinds = []
@@ -183,15 +205,44 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         temperature=float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name))
 
 
+def _mapping_charges(path: Path, meta: TrajectoryMetadata, n: int) -> np.ndarray | None:
+    """Bead charges (e) from the ``mapping.yaml`` of a mapped system or of a rollout's source."""
+    from cgsim.mapping.core import load_mapping
+
+    extra = meta.extra if isinstance(meta.extra, dict) else {}
+    mapping = extra.get("mapping")
+    name = mapping.get("file") if isinstance(mapping, dict) and mapping.get("file") else "mapping.yaml"
+    candidates = [path.parent / str(name)]
+    if extra.get("source"):  # a rollout: the mapped system it started from
+        candidates.append(Path(str(extra["source"])) / "mapping.yaml")
+    for c in candidates:
+        if c.is_file():
+            m = load_mapping(c)
+            if m.n_beads == n:
+                return np.asarray(m.bead_charges, dtype=np.float64)
+    return None
+
+
+def _mapped_trajectory(directory: Path) -> Path | None:
+    """The bead trajectory of a ``cgsim map`` output directory, if it is one."""
+    return next((directory / n for n in MAPPED_TRAJECTORY_NAMES if (directory / n).is_file()), None)
+
+
+def _trajectory_name(path: Path) -> str:
+    return path.parent.name if path.stem in _GENERIC_STEMS and path.parent.name else path.stem
+
+
 def load_set(path: str | Path, file_index: int = 0, stride: int = 1, where: str = "reference") -> list[BeadTrajectory]:
-    """Load a trajectory set: one file, or every molecule of a ``dataset.json`` directory.
+    """Load a trajectory set (module docstring): a file, a dataset, a mapped system, or a glob.
 
     Parameters
     ----------
     path : path-like
-        Trajectory file or directory with ``dataset.json``.
+        Trajectory file, directory with ``dataset.json``, ``cgsim map`` output directory, or a
+        glob pattern matching any of these.
     file_index : int
-        For datasets: which entry of each molecule's ``files`` list to load.
+        For datasets: which entry of each molecule's ``files`` list to load; -1 = all of them
+        (rollout replicas, kept apart by :attr:`BeadTrajectory.replica`).
     stride : int
         Keep every ``stride``-th frame.
     where : str
@@ -200,18 +251,30 @@ def load_set(path: str | Path, file_index: int = 0, stride: int = 1, where: str 
     Returns
     -------
     list of BeadTrajectory
-        In the dataset's order.
+        In the dataset's (or the glob's sorted) order.
     """
     if int(stride) != stride or stride < 1:
         raise CgsimInputError("stride", f"expected a positive whole number, got {stride!r}")
-    p = Path(str(path))
+    if int(file_index) != file_index or file_index < -1:
+        raise CgsimInputError("file_index", f"expected an index >= 0, or -1 for every file, got {file_index!r}")
+    text = str(path)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        hits = sorted(glob.glob(text))
+        if not hits:
+            raise CgsimInputError(where, f"pattern {text!r} matches nothing; expected trajectory files or directories")
+        return [t for h in hits for t in load_set(h, file_index, stride, where)]
+    p = Path(text)
     if p.is_file():
-        return [load_trajectory(p, stride=stride)]
+        return [load_trajectory(p, name=_trajectory_name(p), stride=stride)]
     if not p.is_dir():
         raise CgsimInputError(where, f"{p} does not exist; expected a trajectory file or a directory with dataset.json")
     index = p / "dataset.json"
     if not index.is_file():
-        raise CgsimInputError(where, f"{p} has no dataset.json; expected a trajectory file or a dataset directory")
+        mapped = _mapped_trajectory(p)
+        if mapped is not None:
+            return [load_trajectory(mapped, name=p.name, stride=stride)]
+        raise CgsimInputError(where, f"{p} has no dataset.json and no {'/'.join(MAPPED_TRAJECTORY_NAMES)}; expected a "
+                                     "trajectory file, a dataset directory or a `cgsim map` output directory")
     try:
         data = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
@@ -222,30 +285,42 @@ def load_set(path: str | Path, file_index: int = 0, stride: int = 1, where: str 
     out = []
     for k, mol in enumerate(molecules):
         files = mol.get("files") or []
-        if not 0 <= file_index < len(files):
+        if file_index == -1 and not files:
+            raise CgsimInputError(str(index), f"field 'molecules[{k}].files' is empty")
+        if file_index >= len(files):
             raise CgsimInputError(str(index), f"field 'molecules[{k}].files' has {len(files)} entries; "
                                               f"file_index={file_index} is out of range")
-        out.append(load_trajectory(p / files[file_index]["trajectory"], name=str(mol.get("name", k)), stride=stride))
+        chosen = range(len(files)) if file_index == -1 else [file_index]
+        for r in chosen:
+            t = load_trajectory(p / _entry_path(files[r], index, k), name=str(mol.get("name", k)), stride=stride)
+            out.append(replace(t, replica=int(r)))
     return out
+
+
+def _entry_path(entry: Any, index: Path, k: int) -> str:
+    if isinstance(entry, dict) and isinstance(entry.get("trajectory"), str):
+        return entry["trajectory"]
+    raise CgsimInputError(str(index), f"field 'molecules[{k}].files' holds an entry without a 'trajectory' path")
 
 
 def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTrajectory], where: str = "rollout") -> None:
     """Refuse a rollout whose trajectories do not match the reference's one to one.
 
-    Trajectories pair up by name (or by position for single files); each pair must have
-    the same bead types in the same order and the same bonds.
+    Trajectories pair up by name (or by position for single files; every replica of a
+    rollout system pairs with the reference of that name); each pair must have the same bead
+    types in the same order and the same bonds.
     """
-    if len(reference) == 1 and len(rollout) == 1:
-        pairs = [(reference[0], rollout[0])]
+    if len(reference) == 1 and len({t.name for t in rollout}) == 1:
+        pairs = [(reference[0], t) for t in rollout]
     else:
         ref = {t.name: t for t in reference}
-        roll = {t.name: t for t in rollout}
-        if set(ref) != set(roll):
-            missing = sorted(set(ref) - set(roll))[:3]
-            extra = sorted(set(roll) - set(ref))[:3]
+        names = {t.name for t in rollout}
+        if set(ref) != names or len(ref) != len(reference):
+            missing = sorted(set(ref) - names)[:3]
+            extra = sorted(names - set(ref))[:3]
             raise CgsimInputError(where, f"topology does not match the reference: molecules differ (missing {missing}, "
                                          f"extra {extra}); set match_topology=false to compare pooled statistics")
-        pairs = [(ref[n], roll[n]) for n in ref]
+        pairs = [(ref[t.name], t) for t in rollout]
     for a, b in pairs:
         if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
             raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bead types differ "

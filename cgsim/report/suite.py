@@ -79,6 +79,7 @@ class Settings:
     rdf_periodic: bool
     rdf_max_frames: int | None
     rdf_workers: int
+    rdf_method: str
     bond_edges: np.ndarray
     angle_edges: np.ndarray
     rg_edges: np.ndarray
@@ -138,8 +139,13 @@ def _padded_range(values: list[np.ndarray], pad: float, floor: float | None = 0.
     return lo, hi
 
 
-def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[str, ...]) -> Settings:
+def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[str, ...],
+                  others: list[BeadTrajectory] | None = None) -> Settings:
     """Bins and windows for every set, from the reference trajectories and the config.
+
+    Bins come from the reference; the default fit window (``dynamics.fit_window_fraction``)
+    from the shortest trajectory of the reference and ``others`` together, so that one window
+    fits every set compared.
 
     Parameters
     ----------
@@ -150,6 +156,8 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
         ``conductivity`` sections).
     observables : tuple of str
         The observables to compute.
+    others : list of BeadTrajectory, optional
+        The other set(s) compared (e.g. the rollout).
 
     Returns
     -------
@@ -195,7 +203,7 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
     angle_edges = np.linspace(0.0, math.pi * (1 + 1e-12), int(cfg.distributions.angle_bins) + 1)
 
     dyn = cfg.dynamics
-    shortest = min(t.duration for t in reference)
+    shortest = min(t.duration for t in [*reference, *(others or [])])
     if dyn.fit_window is not None:
         window = tuple(float(x) for x in dyn.fit_window)
     else:
@@ -217,7 +225,7 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
     return Settings(
         observables=observables, rdf_edges=np.linspace(0.0, r_max, n_bins + 1), rdf_periodic=periodic,
         rdf_max_frames=None if cfg.rdf.max_frames is None else int(cfg.rdf.max_frames),
-        rdf_workers=int(cfg.rdf.workers),
+        rdf_workers=int(cfg.rdf.workers), rdf_method=_rdf_method(cfg.rdf.method),
         bond_edges=bond_edges, angle_edges=angle_edges, rg_edges=rg_edges, ree_edges=ree_edges,
         end_types=None if cfg.polymer.end_types is None else [str(x) for x in cfg.polymer.end_types],
         contact_cutoff=contact, fit_window=(float(window[0]), float(window[1])), n_blocks=int(dyn.n_blocks),
@@ -225,6 +233,14 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
         charges=_charges(cfg.conductivity.charges),
         temperature=None if cfg.conductivity.temperature is None else float(cfg.conductivity.temperature),
         match_topology=bool(cfg.match_topology))
+
+
+def _rdf_method(value: Any) -> str:
+    from cgsim.observables.rdf import METHODS
+
+    if str(value) not in METHODS:
+        raise CgsimInputError("rdf.method", f"got {value!r}, expected one of {list(METHODS)}")
+    return str(value)
 
 
 def _charges(value: Any) -> dict[str, float]:
@@ -262,7 +278,7 @@ def _rdf(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
         f = _frames_for_rdf(t, s.rdf_max_frames)
         res = rdf_by_type(t.xyz[f], t.types, None if t.box is None or not s.rdf_periodic else t.box[f],
                           r_max=float(s.rdf_edges[-1]), n_bins=s.rdf_edges.size - 1, periodic=s.rdf_periodic,
-                          workers=s.rdf_workers)
+                          workers=s.rdf_workers, method=s.rdf_method)
         for pair, r in res.items():
             per_pair.setdefault(_pair_label(pair), []).append(r)
     suite.rdf = {k: combine_rdfs(v) for k, v in sorted(per_pair.items())}
@@ -297,17 +313,19 @@ def _angles(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
 
 def _rg(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
     dists = []
+    sums: dict[str, list[float]] = {}
     for t in trajs:
         chain = _chain_particles(t)
         if not chain.size:
             continue
         series = radius_of_gyration(t.xyz[:, chain], t.masses[chain], t.molecule_ids[chain])
         dists.append(series.distribution(s.rg_edges))
-        for c, m in enumerate(series.chain_means()):
-            suite.rg_chain_means[f"{t.name}/{c}"] = float(m)
+        for c, m in enumerate(series.chain_means()):  # replicas of a system: mean of their means
+            sums.setdefault(f"{t.name}/{c}", []).append(float(m))
     if not dists:
         raise CgsimInputError("observables", "empty selection: rg needs molecules of two or more beads")
     suite.rg = combine_distributions(dists)
+    suite.rg_chain_means = {k: float(np.mean(v)) for k, v in sums.items()}
 
 
 def _end_to_end(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
@@ -327,9 +345,13 @@ def _contacts(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
     if not s.match_topology:
         suite.notes.append("contact_map: skipped (needs match_topology=true: maps compare bead by bead)")
         return
+    maps: dict[str, list[ContactMap]] = {}
     for t in trajs:
         box = t.box if (t.periodic and t.box is not None) else None
-        suite.contact_maps[t.name] = contact_map(t.xyz, s.contact_cutoff, box=box)
+        maps.setdefault(t.name, []).append(contact_map(t.xyz, s.contact_cutoff, box=box))
+    for name, cms in maps.items():  # replicas of a system: frame-weighted mean frequency
+        n = sum(c.n_frames for c in cms)
+        suite.contact_maps[name] = replace(cms[0], frequency=sum(c.frequency * c.n_frames for c in cms) / n, n_frames=n)
 
 
 def _msd_groups(t: BeadTrajectory) -> tuple[np.ndarray, np.ndarray]:
@@ -382,20 +404,40 @@ def _msd_drift(t: BeadTrajectory, xyz: np.ndarray, groups: np.ndarray, dt: float
     return msd(x, dt, groups=groups, box=None if box is None else box[sl])
 
 
+def replica_groups(trajs: list[BeadTrajectory]) -> list[list[BeadTrajectory]] | None:
+    """The set split by replica index when it holds >= 2 replicas of every system, else None."""
+    by_replica: dict[int, list[BeadTrajectory]] = {}
+    for t in trajs:
+        by_replica.setdefault(t.replica, []).append(t)
+    if len(by_replica) < 2:
+        return None
+    names = [sorted(x.name for x in v) for v in by_replica.values()]
+    if any(n != names[0] for n in names):
+        return None
+    return [by_replica[r] for r in sorted(by_replica)]
+
+
 def _diffusion(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
     dt = _check_dt(trajs, suite.label)
-    fulls, blocks = [], []
+    replicas = replica_groups(trajs)
+    fulls: list[MSDResult] = []  # per trajectory, when needed
+    blocks: list[list[MSDResult]] = []  # per trajectory: its blocks
     for t in trajs:
         _wrapped(t)
         xyz, groups = _msd_groups(t)
-        if suite.msd is None:
+        if suite.msd is None or replicas is not None:
             fulls.append(_msd_drift(t, xyz, groups, dt, s))
-        if s.n_blocks > 1:
+        if replicas is None and s.n_blocks > 1:
             blocks.append([_msd_drift(t, xyz, groups, dt, s, sl)
                            for sl in block_slices(t.n_frames, s.n_blocks, "dynamics.n_blocks")])
     full = suite.msd if suite.msd is not None else combine_msds(fulls)
-    per_block = [combine_msds([b[k] for b in blocks]) for k in range(s.n_blocks)] if blocks else []
-    suite.diffusion = diffusion_from_msds(full, per_block, s.fit_window)
+    if replicas is not None:  # independent estimates: one per replica (pooled over its systems)
+        position = {id(t): k for k, t in enumerate(trajs)}
+        estimates = [combine_msds([fulls[position[id(t)]] for t in group]) for group in replicas]
+        suite.notes.append(f"diffusion: errors from the spread of {len(replicas)} replicas (not from blocks)")
+    else:
+        estimates = [combine_msds([b[k] for b in blocks]) for k in range(s.n_blocks)] if blocks else []
+    suite.diffusion = diffusion_from_msds(full, estimates, s.fit_window)
     if suite.msd is None:
         suite.msd = full
 
