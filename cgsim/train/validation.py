@@ -11,6 +11,7 @@ from scipy.stats import wasserstein_distance
 
 from cgsim.data.windows import BeadTrajectory, WindowCollator, WindowDataset
 from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.observables.bonds import bond_lengths
 from cgsim.rollout.core import rollout_positions
 
 
@@ -72,10 +73,6 @@ def one_step_dsm(model: MultiScaleDynamics, dataset: WindowDataset, batch_size: 
     return total / max(count, 1)
 
 
-def _bond_lengths(pos: np.ndarray, bonds: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(pos[..., bonds[0], :] - pos[..., bonds[1], :], axis=-1).ravel()
-
-
 @torch.no_grad()
 def rollout_validation(model: MultiScaleDynamics, trajectories: Sequence[BeadTrajectory], stride: int,
                        n_steps: int, seed: int, device: torch.device | str,
@@ -105,12 +102,12 @@ def rollout_validation(model: MultiScaleDynamics, trajectories: Sequence[BeadTra
         if bonds.shape[1] == 0:
             stable.append(finite)
             continue
-        ref = _bond_lengths(t.positions, bonds)
+        ref = bond_lengths(t.positions, bonds.T).ravel()
         if not finite:
             stable.append(False)
             w1s.append(float(ref.mean()))  # a broken rollout scores like losing every bond
             continue
-        got = _bond_lengths(traj, bonds)
+        got = bond_lengths(traj, bonds.T).ravel()
         stable.append(bool(got.max() < max_bond_factor * ref.max()))
         w1s.append(float(wasserstein_distance(ref, got)))
     w1 = float(np.mean(w1s)) if w1s else float("nan")
