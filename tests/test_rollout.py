@@ -346,3 +346,17 @@ def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
     assert index["molecules"][0]["files"][0]["trajectory"] == "seq_000/replica_000/rollout.h5"
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert metrics and summary["evaluate"]
+
+
+def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):
+    out = tmp_path / "r"
+    rollout(_cfg(compose_cfg, ckpt_refined, out, "refine.sampler=diffusion", "refine.levels=3", "refine.steps_per_level=0",
+                 "guard.enabled=false"))
+    assert _frames(out).shape[0] == 7
+    with pytest.raises(CgsimInputError, match="trained without refinement"):
+        rollout(_cfg(compose_cfg, ckpt, tmp_path / "p", "refine.levels=3"))
+    with pytest.raises(CgsimInputError, match="refine.sampler"):
+        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "q", "refine.sampler=ode"))
+    with pytest.raises(CgsimInputError, match="refine.sigma_start"):
+        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "s", "refine.sigma_start=5.0"))
+    assert not any((tmp_path / d).exists() for d in ("p", "q", "s"))  # refused before anything is written

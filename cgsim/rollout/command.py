@@ -40,7 +40,7 @@ from cgsim.train.checkpoint import load_checkpoint
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
 RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
-                     "write_dcd", "guard")
+                     "write_dcd", "guard", "refine")
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -151,6 +151,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     from cgsim.train.loop import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
+    apply_refine_overrides(model, cfg.get("refine") or {}, str(cfg.checkpoint))
     systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=vocab)
     if systems.time_unit != time_unit:
         raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {time_unit}")
@@ -241,6 +242,37 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     if cfg.evaluate:
         summary["evaluate"] = _evaluate(cfg, out)
     return summary
+
+
+def apply_refine_overrides(model: torch.nn.Module, overrides: Any, checkpoint: str) -> None:
+    """Set the refiner's sampling schedule from ``refine.*`` (null entries keep the trained values).
+
+    Raises
+    ------
+    CgsimInputError
+        If a schedule is given for a model without a refiner, or a value is out of range.
+    """
+    given = {k: v for k, v in dict(overrides).items() if v is not None}
+    if not given:
+        return
+    refiner = getattr(model, "refiner", None)
+    if refiner is None:
+        raise CgsimInputError(f"refine.{next(iter(given))}", f"{checkpoint} was trained without refinement "
+                                                             "(model/refinement=score); nothing to schedule")
+    from cgsim.model.refinement import SAMPLERS
+
+    if "sampler" in given and given["sampler"] not in SAMPLERS:
+        raise CgsimInputError("refine.sampler", f"expected one of {SAMPLERS}, got {given['sampler']!r}")
+    for key in ("levels", "steps_per_level"):
+        if key in given and int(given[key]) < 0:
+            raise CgsimInputError(f"refine.{key}", f"expected an integer >= 0, got {given[key]}")
+    if "step_size" in given and not float(given["step_size"]) > 0:
+        raise CgsimInputError("refine.step_size", f"expected a positive number, got {given['step_size']}")
+    if "sigma_start" in given and not refiner.sigma_min <= float(given["sigma_start"]) <= refiner.sigma_max:
+        raise CgsimInputError("refine.sigma_start", f"expected a level in the trained range [{refiner.sigma_min:g}, "
+                                                    f"{refiner.sigma_max:g}], got {given['sigma_start']}")
+    for key, value in given.items():
+        setattr(refiner, key, value)
 
 
 def _compiled(model: torch.nn.Module, members: Sequence[Member], initial: Sequence[torch.Tensor]) -> torch.nn.Module:

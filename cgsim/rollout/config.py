@@ -25,6 +25,18 @@ class GuardConfig:
 
 
 @dataclass
+class RefineConfig:
+    """Override the checkpoint's refinement schedule (null = as trained; see cgsim/model/refinement.py)."""
+
+    sampler: str | None = None
+    levels: int | None = None
+    steps_per_level: int | None = None
+    step_size: float | None = None
+    sigma_start: float | None = None
+    final_denoise: bool | None = None
+
+
+@dataclass
 class RolloutConfig:
     """Root options of ``cgsim rollout``."""
 
@@ -56,6 +68,8 @@ class RolloutConfig:
     #: failure a one-line warning and the eager model). Slow to compile; see BENCHMARKS.md
     compile: bool = False
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: refinement schedule at rollout time (models trained with model/refinement=score)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     #: after the rollout, run ``cgsim evaluate reference=<reference> rollout=<output>`` into output/evaluate
     evaluate: bool = False
     #: reference trajectory set for ``evaluate`` (a trajectory file with sidecar, or a dataset directory)
