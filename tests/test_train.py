@@ -144,6 +144,7 @@ def _group_options(group: str) -> list[str]:
     *[[f"experiment={e}"] for e in _group_options("experiment")],
     *[[f"model={m}"] for m in _group_options("model")],
     *[["experiment=chain", f"model/refinement={r}"] for r in _group_options("model/refinement")],
+    *[["experiment=chain", f"model/coarse={c}"] for c in _group_options("model/coarse")],
 ], ids=lambda o: ",".join(o))
 def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cfg, overrides):
     from cgsim.train.loop import build_model
@@ -153,4 +154,6 @@ def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cf
     assert model.history == cfg.data.history
     if "refinement" in ",".join(overrides):
         assert model.refiner is not None
+    if "coarse" in ",".join(overrides):
+        assert model.coarse is not None
     assert sum(p.numel() for p in model.parameters()) < 100_000  # debug=tiny really is tiny

@@ -28,6 +28,7 @@ from torch_geometric.utils import scatter
 
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import BondMessageBlock, InteractionBlock
+from cgsim.model.coarse import CoarseLevel
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
@@ -125,11 +126,14 @@ class MultiScaleDynamics(nn.Module):
     refinement : ScoreRefiner, optional
         Score-based refinement applied after each sampled step and trained alongside
         (:mod:`cgsim.model.refinement`); ``None`` = the plain Gaussian step.
+    coarse : CoarseLevel, optional
+        A super-bead level run after the bead processor (:mod:`cgsim.model.coarse`).
     """
 
     def __init__(self, n_atom_types: int, history: int, cutoff: float, hidden_dim: int = 128, fine_layers: int = 7,
                  bead_layers: int = 7, mlp_layers: int = 2, n_rbf: int = 16, target: str = "acceleration",
-                 min_std: float = 1e-3, refinement: ScoreRefiner | None = None) -> None:
+                 min_std: float = 1e-3, refinement: ScoreRefiner | None = None,
+                 coarse: CoarseLevel | None = None) -> None:
         super().__init__()
         if history < 2:
             raise ValueError(f"history must be >= 2 frames (one velocity), got {history}")
@@ -151,6 +155,7 @@ class MultiScaleDynamics(nn.Module):
                                         for _ in range(bead_layers)])
         self.decoder = MLP(hidden_dim, hidden_dim, 6, mlp_layers, layer_norm=False)
         self.refiner = refinement
+        self.coarse = coarse
         # normalisation, set from data by fit_normalization(); saved with the weights
         self.register_buffer("velocity_scale", torch.tensor(1.0))
         self.register_buffer("target_scale", torch.tensor(1.0))
@@ -207,6 +212,8 @@ class MultiScaleDynamics(nn.Module):
         e = self.edge_encoder(self.edge_features(vec, edge_type))
         for block in self.processor:
             h, e = block(h, edge_index, e)
+        if self.coarse is not None:
+            h = self.coarse(h, batch.with_pos(pos))
         out = self.decoder(h)
         std = nn.functional.softplus(out[:, 3:]) + self.min_std
         return GaussianStep(mean=out[:, :3], std=std, scale=self.target_scale, latent=h)
