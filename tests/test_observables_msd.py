@@ -150,3 +150,11 @@ def test_diffusion_matches_polyfit_of_loops_and_hand_made_blocks():
     blocks = [d_of(x[k * 40:(k + 1) * 40]) for k in range(3)]
     assert res.block_D[0] == pytest.approx(blocks, rel=1e-9)
     assert res.D_err[0] == pytest.approx(np.std(blocks, ddof=1) / np.sqrt(3), rel=1e-9)
+
+
+def test_box_lengths_of_three_frames_are_not_read_as_vectors():
+    from cgsim.observables import _checks
+
+    lengths = np.array([[3.0, 3.1, 3.2], [3.0, 3.1, 3.2], [3.05, 3.1, 3.2]])
+    np.testing.assert_array_equal(_checks.box_lengths(lengths, 3, "box"), lengths)
+    np.testing.assert_array_equal(_checks.box_lengths(np.diag([3.0, 3.1, 3.2]), 3, "box"), np.tile([3.0, 3.1, 3.2], (3, 1)))

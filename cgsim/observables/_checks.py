@@ -41,7 +41,10 @@ def box_lengths(box: Any, n_frames: int, where: str) -> np.ndarray:
     if box is None:
         raise CgsimInputError(where, "no box given; a periodic observable needs the box (or periodic=False)")
     arr = np.asarray(box, dtype=np.float64)
-    if arr.shape in ((3, 3), (n_frames, 3, 3)):
+    # a (3, 3) array is ambiguous when n_frames == 3: all-positive = lengths of 3 frames,
+    # otherwise box vectors (an orthorhombic matrix has zeros off the diagonal)
+    lengths_of_frames = arr.shape == (n_frames, 3) and bool((arr > 0).all())
+    if arr.shape in ((3, 3), (n_frames, 3, 3)) and not lengths_of_frames:
         vec = arr.reshape(-1, 3, 3)
         off = vec - np.einsum("fii->fi", vec)[:, :, None] * np.eye(3)
         if np.abs(off).max() > 1e-6 * max(1.0, float(np.abs(vec).max())):
