@@ -104,7 +104,8 @@ class CoarseLevel(nn.Module):
             raise ValueError(f"need beads_per_super >= 1, layers >= 0, cutoff > 0; got {beads_per_super}, {layers}, {cutoff}")
         self.beads_per_super = int(beads_per_super)
         self.cutoff = float(cutoff)
-        self.edge_features = EdgeFeatures(cutoff, n_rbf)
+        # distances only: rotation-invariant, so the level also serves the equivariant model
+        self.edge_features = EdgeFeatures(cutoff, n_rbf, directional=False)
         self.pool = MLP(dim, dim, dim, mlp_layers)
         self.edge_encoder = MLP(self.edge_features.dim, dim, dim, mlp_layers)
         self.blocks = nn.ModuleList([InteractionBlock(dim, dim, dim, mlp_layers) for _ in range(layers)])

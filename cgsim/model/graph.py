@@ -75,16 +75,21 @@ class EdgeFeatures(nn.Module):
         Length scale of the features, nm.
     n_rbf : int
         Radial basis functions.
+    directional : bool
+        Include the displacement components ``vec / cutoff``; without them the features are
+        invariant under rotations (distance and type only).
     """
 
-    def __init__(self, cutoff: float, n_rbf: int) -> None:
+    def __init__(self, cutoff: float, n_rbf: int, directional: bool = True) -> None:
         super().__init__()
         self.cutoff = float(cutoff)
+        self.directional = bool(directional)
         self.rbf = GaussianRBF(n_rbf, cutoff)
-        self.dim = 3 + 1 + n_rbf + 2
+        self.dim = 3 * self.directional + 1 + n_rbf + 2
 
     def forward(self, vec: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
-        """Features (E, 6 + n_rbf) of displacements ``vec`` (E, 3) nm and types (E,)."""
+        """Features (E, dim) of displacements ``vec`` (E, 3) nm and types (E,)."""
         dist = vec.norm(dim=-1)
-        return torch.cat([vec / self.cutoff, (dist / self.cutoff)[:, None], self.rbf(dist),
-                          nn.functional.one_hot(edge_type, 2).to(vec.dtype)], dim=-1)
+        parts = [vec / self.cutoff] if self.directional else []
+        parts += [(dist / self.cutoff)[:, None], self.rbf(dist), nn.functional.one_hot(edge_type, 2).to(vec.dtype)]
+        return torch.cat(parts, dim=-1)

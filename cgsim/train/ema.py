@@ -12,6 +12,11 @@ from torch import nn
 class EMA:
     """Shadow copy of a model's floating-point parameters and buffers, ``w <- d w + (1 - d) w_model``.
 
+    With the update count ``n`` given, the decay is warmed up as ``d_n = min(decay, (1 + n) / (10 + n))``
+    so that early in training the average follows the model instead of holding on to the random
+    initialisation (with ``decay = 0.999`` a plain EMA still carries 74 % of the initial weights
+    after 300 steps).
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -26,12 +31,17 @@ class EMA:
         self.decay = float(decay)
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, n: int | None) -> float:
+        """Decay used for update number ``n`` (0-based; None = the plain ``decay``)."""
+        return self.decay if n is None else min(self.decay, (1.0 + n) / (10.0 + n))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the shadow weights towards the model's."""
+    def update(self, model: nn.Module, n: int | None = None) -> None:
+        """Move the shadow weights towards the model's (``n``: updates done before this one)."""
+        d = self.decay_at(n)
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
             else:
                 self.shadow[k].copy_(v)
 

@@ -203,7 +203,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             opt.step()
             sched.step()
             if ema is not None:
-                ema.update(model)
+                ema.update(model, step)  # warm-up by the global step count, so resume stays exact
             step += 1
             seen += len(idx)
             losses.append(float(loss.detach()))
