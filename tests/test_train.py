@@ -157,3 +157,18 @@ def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cf
     if "coarse" in ",".join(overrides):
         assert model.coarse is not None
     assert sum(p.numel() for p in model.parameters()) < 100_000  # debug=tiny really is tiny
+
+
+def test_ema_warm_up_follows_the_model_early_and_decays_later():
+    from cgsim.train.ema import EMA
+
+    lin = torch.nn.Linear(2, 1)
+    ema = EMA(lin, 0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999
+    before = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin, 0)
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * before + 0.9 * lin.weight.detach())
+    with pytest.raises(ValueError):
+        EMA(lin, 1.0)
