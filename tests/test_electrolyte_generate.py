@@ -4,6 +4,7 @@ import json
 
 import mdtraj as md
 import numpy as np
+import openmm.unit as unit
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -183,6 +184,50 @@ def test_salt_from_ratio_or_explicit(compose_cfg, tmp_path):
     s = settings_from_config(default)
     assert (s.composition.n_atoms, s.composition.n_salt, s.temperature, s.charge_scale) == (1352, 10, 400.0, 0.8)
     assert s.timestep == 0.002 and s.save_steps == 1000 and s.cutoff == 1.0
+
+
+def test_hydrogen_mass_repartitioning_4fs(compose_cfg, tmp_path):
+    """HMR overrides (BENCHMARKS.md): whole step counts at 4 fs, masses moved, recorded in identity and sidecar."""
+    hmr = {"system.hydrogen_mass": 3.0, "system.timestep": 0.004}
+    # the production settings: every interval a whole number of 4 fs steps (2 ps frames = 500 steps)
+    s = settings_from_config(compose_cfg("generate", ["system=electrolyte", *(f"{k}={v}" for k, v in hmr.items())]).system)
+    assert (s.hydrogen_mass, s.timestep) == (3.0, 0.004)
+    assert (s.save_steps, s.production_steps, s.nvt_steps, s.block_steps, s.sample_steps) == (500, 500_000, 5000, 2500, 250)
+    assert s.system_kwargs()["hydrogen_mass"] == 3.0
+
+    # OpenMM moves the added hydrogen mass from the bonded heavy atom: molecules keep their mass
+    top = el.build_topology(el.Composition(1, 2, 1), box_length=3.0)
+
+    def system_masses(hydrogen_mass):
+        system = el.create_system(top, hydrogen_mass=hydrogen_mass).system
+        return np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+
+    natural, m = system_masses(None), system_masses(3.0)
+    is_h = np.array([a.element.symbol == "H" for a in top.atoms()])
+    assert m[is_h] == pytest.approx(3.0) and m.sum() == pytest.approx(natural.sum())
+    methyl_c = 0  # CH3 carbon: 12.011 - 3 x (3.0 - 1.008)
+    assert m[methyl_c] == pytest.approx(natural[methyl_c] - 3 * (3.0 - natural[1]))
+    no_h = np.array([a.residue.name in ("LI", "TFS") for a in top.atoms()])
+    assert m[no_h] == pytest.approx(natural[no_h])  # ions carry no hydrogen
+
+    # a whole tiny run at 4 fs: the identity and the sidecar record both options
+    out = tmp_path / "o"
+    tiny_hmr = {**hmr, "system.npt_sample": 0.5}  # tiny_overrides' 0.25 ps is not a whole number of 4 fs steps
+    summary = run(compose_cfg("generate", tiny_overrides(out, **tiny_hmr)))
+    assert summary["frames"] == 5
+    identity = json.loads((out / ".run" / "identity.json").read_text())
+    assert identity["system"]["hydrogen_mass"] == 3.0 and identity["system"]["timestep"] == 0.004
+    assert identity["plan"]["save_steps"] == 250
+    meta = read_sidecar(out / "peo2x4_litfsi2.xtc")
+    assert meta.extra["forcefield"]["hydrogen_mass"] == 3.0
+    assert meta.system.md_timestep == 0.004 and meta.save_interval == pytest.approx(1.0)
+    assert meta.provenance["config"]["system"]["hydrogen_mass"] == 3.0
+    # the sidecar's masses are the physical (element) masses, not the repartitioned ones
+    h = [i for i, t in enumerate(md.load(out / "peo2x4_litfsi2.pdb").topology.atoms) if t.element.symbol == "H"]
+    assert np.array(meta.system.particle_masses)[h] == pytest.approx(1.008, abs=1e-3)
+    # changing the time step of an existing run directory is refused, not silently mixed
+    with pytest.raises(CgsimInputError, match="different run"):
+        run(compose_cfg("generate", tiny_overrides(out, **{**tiny_hmr, "system.timestep": 0.002})))
 
 
 def test_unknown_option_is_rejected_by_hydra(compose_cfg, tmp_path):
