@@ -24,6 +24,7 @@ import argparse
 import glob
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,8 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
             "bond_w1_nm": float(np.mean(w1)) if w1 else float("nan"),
             "rg_rel_error": float(np.mean(rg_err)) if rg_err else float("nan"),
             "ms_per_step": 1e3 * wall / max(1, state.step),
-            "stop_reasons": sorted({r.split(" at step")[0].split(" ")[0] for r in state.stop_reason if r})}
+            "stop_reasons": dict(Counter(r.split(" ")[0] for r in state.stop_reason if r)),
+            "stop_details": [r for r in state.stop_reason if r][:12]}
 
 
 def main(argv: list[str] | None = None) -> dict:
