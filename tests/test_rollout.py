@@ -340,7 +340,8 @@ def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
     with pytest.raises(CgsimInputError, match="needs reference") as e:
         rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true"))
     _one_line(e)
-    summary = rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true", f"reference={SEQ / 'beads.xtc'}", "steps=8",
+    # a glob reference ('[...]' must survive being handed on as a hydra override)
+    summary = rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true", f"reference='{SEQ.parent / 'seq_00[0]'}'", "steps=8",
                            "guard.enabled=false", "evaluate_overrides=['figures=false','noise_floor=false','observables=[rdf,bond_lengths]']"))
     index = json.loads((out / "dataset.json").read_text())
     assert index["molecules"][0]["files"][0]["trajectory"] == "seq_000/replica_000/rollout.h5"
