@@ -68,7 +68,7 @@ import openmm
 import openmm.unit as u
 
 from cgsim.errors import CgsimInputError
-from cgsim.io_utils import write_json_atomic
+from cgsim.io_utils import json_finite, write_json_atomic
 from cgsim.observables.correlation import autocorrelation
 from cgsim.observables.msd import msd as msd_fn
 from cgsim.observables.polymer import end_to_end_distance, molecule_centres
@@ -745,16 +745,6 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -820,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"total wall time {res['wall_seconds']:.0f} s")
     if args.json is not None:
-        write_json_atomic(args.json, _finite(res))
+        write_json_atomic(args.json, json_finite(res))
         print(f"-> {args.json}")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +56,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def json_finite(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by None, recursively (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_finite(v) for v in obj]
+    return obj
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -37,7 +37,7 @@ from torch_geometric.utils import degree
 
 from cgsim.model.batch import BeadBatch
 from cgsim.model.coarse import CoarseLevel
-from cgsim.model.graph import GaussianRBF
+from cgsim.model.graph import EdgeFeatures
 from cgsim.model.mlp import MLP
 from cgsim.model.refinement import ScoreRefiner
 from cgsim.model.simulator import GaussianStep, MultiScaleDynamics
@@ -46,29 +46,6 @@ from cgsim.model.simulator import GaussianStep, MultiScaleDynamics
 def _norm(v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Norm over the last axis with a finite gradient at zero: ``sqrt(|v|^2 + eps^2)``."""
     return torch.sqrt(v.pow(2).sum(dim=-1) + eps * eps)
-
-
-class InvariantEdgeFeatures(nn.Module):
-    """Rotation-invariant edge input ``[|vec| / cutoff, rbf(|vec|), one_hot(type)]``.
-
-    Parameters
-    ----------
-    cutoff : float
-        Length scale of the features, nm.
-    n_rbf : int
-        Radial basis functions.
-    """
-
-    def __init__(self, cutoff: float, n_rbf: int) -> None:
-        super().__init__()
-        self.cutoff = float(cutoff)
-        self.rbf = GaussianRBF(n_rbf, cutoff)
-        self.dim = 1 + n_rbf + 2
-
-    def forward(self, dist: torch.Tensor, edge_type: torch.Tensor) -> torch.Tensor:
-        """Features (E, 3 + n_rbf) of distances ``dist`` (E,) nm and edge types (E,)."""
-        return torch.cat([(dist / self.cutoff)[:, None], self.rbf(dist),
-                          nn.functional.one_hot(edge_type, 2).to(dist.dtype)], dim=-1)
 
 
 class EquivariantBlock(MessagePassing):
@@ -232,7 +209,7 @@ class EquivariantDynamics(MultiScaleDynamics):
         n_vel = history - 1
         self.n_invariants = n_vel + n_vel * (n_vel - 1) // 2
         self.register_buffer("pairs", torch.triu_indices(n_vel, n_vel, offset=1), persistent=False)
-        self.edge_features = InvariantEdgeFeatures(cutoff, n_rbf)
+        self.edge_features = EdgeFeatures(cutoff, n_rbf, directional=False)  # invariant: distance + type
         self.node_encoder = MLP(hidden_dim + self.n_invariants, hidden_dim, hidden_dim, mlp_layers)
         self.vector_encoder = nn.Linear(n_vel, vector_dim, bias=False)
         self.processor = nn.ModuleList([
@@ -278,7 +255,7 @@ class EquivariantDynamics(MultiScaleDynamics):
         edge_index, vec, edge_type = self.edges(batch.with_pos(pos))
         dist = vec.norm(dim=-1)  # vec = x_source - x_target = x_j - x_i, minimum image
         u = vec / dist.clamp_min(1e-9)[:, None]
-        f = self.edge_features(dist, edge_type)
+        f = self.edge_features(vec, edge_type)
         for block in self.processor:
             s, v = block(s, v, edge_index, u, f)
         if self.coarse is not None:

@@ -56,7 +56,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from cgsim.errors import CgsimInputError
-from cgsim.io_utils import write_json_atomic
+from cgsim.io_utils import json_finite, write_json_atomic
 from cgsim.observables.diffusion import self_diffusion
 from cgsim.observables.msd import check_unwrapped
 from cgsim.observables.msd import msd as msd_fn
@@ -993,7 +993,7 @@ def validate_run(directory: str | Path, output: str | Path | None = None, *, fit
     out_path = Path(output) if output is not None else run.path / VALIDATION_FILE
     result["output"] = str(out_path)
     if write:
-        write_json_atomic(out_path, _finite(result))
+        write_json_atomic(out_path, json_finite(result))
     return result
 
 
@@ -1015,17 +1015,6 @@ def _checks(res: dict[str, Any]) -> dict[str, bool | None]:
     for key in ("li", "tfsi"):
         out[f"D_{key}_in_literature_range"] = _in(diff.get(key, {}).get("D_cm2_s"), TARGETS["diffusion_literature_cm2_s"])
     return out
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
