@@ -76,10 +76,7 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
         if opts["levels"] or opts["final_denoise"]:
             raise SystemExit("this checkpoint has no refiner; only schedule 0x0 applies")
     else:
-        if opts["sigma_start"] is None:
-            opts["sigma_start"] = model.refiner.sigma_start
-        for key, value in opts.items():
-            setattr(model.refiner, key, value)
+        model.refiner.set_schedule(**opts)
     members, initial, max_bond, min_dist = [], [], [], []
     for s, t in enumerate(trajs):
         longest, closest = guard_limits(t, model.cutoff, 50)

@@ -245,12 +245,7 @@ class EquivariantDynamics(MultiScaleDynamics):
         GaussianStep
             ``mean`` and ``std`` (N, 3) in normalised units; ``latent`` = the scalars (N, hidden_dim).
         """
-        if batch.history < self.history:
-            raise ValueError(f"the model reads {self.history} frames of history, the batch has {batch.history}")
-        pos = batch.pos[:, -self.history:]
-        if chem is None:
-            chem = self.chemistry(batch)
-        vel = (pos[:, 1:] - pos[:, :-1]) / self.velocity_scale  # (N, H-1, 3)
+        pos, chem, vel = self.history_inputs(batch, chem)
         s, v = self.encode(chem, vel)
         edge_index, vec, edge_type = self.edges(batch.with_pos(pos))
         dist = vec.norm(dim=-1)  # vec = x_source - x_target = x_j - x_i, minimum image

@@ -100,21 +100,13 @@ class ScoreRefiner(nn.Module):
         super().__init__()
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        if not sigma_min <= sigma_start <= sigma_max:
-            raise ValueError(f"sigma_start must lie in [sigma_min, sigma_max], got {sigma_start}")
-        if levels < 0 or steps_per_level < 0:
-            raise ValueError(f"levels and steps_per_level must be >= 0, got {levels}, {steps_per_level}")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if not step_size > 0 or not cutoff > 0:
-            raise ValueError(f"step_size and cutoff must be positive, got {step_size}, {cutoff}")
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
         self.cutoff = float(cutoff)
-        self.sigma_min, self.sigma_max, self.sigma_start = float(sigma_min), float(sigma_max), float(sigma_start)
-        self.levels, self.steps_per_level = int(levels), int(steps_per_level)
-        self.step_size = float(step_size)
-        self.final_denoise = bool(final_denoise)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.loss_weight = float(loss_weight)
-        self.sampler = sampler
+        self.set_schedule(sampler=sampler, levels=levels, steps_per_level=steps_per_level, step_size=step_size,
+                          sigma_start=sigma_start, final_denoise=final_denoise)
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         # node input: dynamics latent, log-sigma features, displacement from the current frame
         self.node_encoder = MLP(cond_dim + 3 + 4, hidden_dim, hidden_dim, mlp_layers)
@@ -124,6 +116,39 @@ class ScoreRefiner(nn.Module):
         self.decoder = MLP(hidden_dim, hidden_dim, 3, mlp_layers, layer_norm=False)
 
     # -- schedule ----------------------------------------------------------------------------
+    def set_schedule(self, sampler: str | None = None, levels: int | None = None, steps_per_level: int | None = None,
+                     step_size: float | None = None, sigma_start: float | None = None,
+                     final_denoise: bool | None = None) -> None:
+        """Set (and check) the sampling schedule; ``None`` keeps the current value.
+
+        Raises
+        ------
+        ValueError
+            Naming the first argument out of range (the rollout command reports it as ``refine.<name>``).
+        """
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+        for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
+            if value is not None and int(value) < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {value}")
+        if step_size is not None and not float(step_size) > 0:
+            raise ValueError(f"step_size: expected a positive number, got {step_size}")
+        if sigma_start is not None and not self.sigma_min <= float(sigma_start) <= self.sigma_max:
+            raise ValueError(f"sigma_start: expected a level in the trained range [{self.sigma_min:g}, "
+                             f"{self.sigma_max:g}], got {sigma_start}")
+        if sampler is not None:
+            self.sampler = sampler
+        if levels is not None:
+            self.levels = int(levels)
+        if steps_per_level is not None:
+            self.steps_per_level = int(steps_per_level)
+        if step_size is not None:
+            self.step_size = float(step_size)
+        if sigma_start is not None:
+            self.sigma_start = float(sigma_start)
+        if final_denoise is not None:
+            self.final_denoise = bool(final_denoise)
+
     def annealing_levels(self) -> list[float]:
         """Annealing noise levels, largest first, in target-scale units (``levels`` values)."""
         if self.levels == 0:

@@ -190,6 +190,17 @@ class MultiScaleDynamics(nn.Module):
         return self.fine(batch.atom_type, batch.atom_bonds, batch.atom_to_bead, batch.n_beads)
 
     # -- forward ---------------------------------------------------------------------------
+    def history_inputs(self, batch: BeadBatch, chem: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last ``history`` frames (N, H, 3) nm, the chemistry (N, hidden_dim) and the
+        velocities (N, H-1, 3) in units of ``velocity_scale`` that every bead network reads."""
+        if batch.history < self.history:
+            raise ValueError(f"the model reads {self.history} frames of history, the batch has {batch.history}")
+        pos = batch.pos[:, -self.history:]
+        if chem is None:
+            chem = self.chemistry(batch)
+        return pos, chem, (pos[:, 1:] - pos[:, :-1]) / self.velocity_scale
+
     def forward(self, batch: BeadBatch, chem: torch.Tensor | None = None) -> GaussianStep:
         """Gaussian over the next step of every bead.
 
@@ -200,12 +211,7 @@ class MultiScaleDynamics(nn.Module):
         chem : torch.Tensor, optional
             Precomputed :meth:`chemistry` (rollouts compute it once).
         """
-        if batch.history < self.history:
-            raise ValueError(f"the model reads {self.history} frames of history, the batch has {batch.history}")
-        pos = batch.pos[:, -self.history:]
-        if chem is None:
-            chem = self.chemistry(batch)
-        vel = (pos[:, 1:] - pos[:, :-1]) / self.velocity_scale  # (N, H-1, 3)
+        pos, chem, vel = self.history_inputs(batch, chem)
         node_in = torch.cat([chem, vel.flatten(1), vel.norm(dim=-1)], dim=-1)
         edge_index, vec, edge_type = self.edges(batch.with_pos(pos))
         h = self.node_encoder(node_in)

@@ -259,20 +259,11 @@ def apply_refine_overrides(model: torch.nn.Module, overrides: Any, checkpoint: s
     if refiner is None:
         raise CgsimInputError(f"refine.{next(iter(given))}", f"{checkpoint} was trained without refinement "
                                                              "(model/refinement=score); nothing to schedule")
-    from cgsim.model.refinement import SAMPLERS
-
-    if "sampler" in given and given["sampler"] not in SAMPLERS:
-        raise CgsimInputError("refine.sampler", f"expected one of {SAMPLERS}, got {given['sampler']!r}")
-    for key in ("levels", "steps_per_level"):
-        if key in given and int(given[key]) < 0:
-            raise CgsimInputError(f"refine.{key}", f"expected an integer >= 0, got {given[key]}")
-    if "step_size" in given and not float(given["step_size"]) > 0:
-        raise CgsimInputError("refine.step_size", f"expected a positive number, got {given['step_size']}")
-    if "sigma_start" in given and not refiner.sigma_min <= float(given["sigma_start"]) <= refiner.sigma_max:
-        raise CgsimInputError("refine.sigma_start", f"expected a level in the trained range [{refiner.sigma_min:g}, "
-                                                    f"{refiner.sigma_max:g}], got {given['sigma_start']}")
-    for key, value in given.items():
-        setattr(refiner, key, value)
+    try:
+        refiner.set_schedule(**given)
+    except ValueError as exc:
+        name, _, message = str(exc).partition(": ")
+        raise CgsimInputError(f"refine.{name}", message) from None
 
 
 def _compiled(model: torch.nn.Module, members: Sequence[Member], initial: Sequence[torch.Tensor]) -> torch.nn.Module:
