@@ -54,22 +54,24 @@ class _Recorder(RolloutHook):
 
 
 def parse_schedule(text: str) -> dict:
-    """``"[D]LxS[+d][@start]"`` -> options: ``D`` = diffusion (predictor-corrector) sampler, ``L`` levels,
-    ``S`` Langevin steps per level, ``+d`` final denoise, ``@start`` first noise level (target-scale units).
+    """``"[D|O]LxS[+d][@start][:karras]"`` -> options: ``D`` = diffusion (predictor-corrector) sampler,
+    ``O`` = probability-flow ODE (Heun), ``L`` levels, ``S`` Langevin steps per level, ``+d`` final
+    denoise, ``@start`` first noise level (target-scale units), ``:karras`` the rho = 7 ladder.
 
     ``"5x2+d"`` = Langevin 5 levels x 2 steps + denoise; ``"D8x0+d@1.0"`` = 8-level reverse diffusion from 1.0.
     """
+    text, _, spacing = text.partition(":")
     body, _, start = text.partition("@")
-    sampler = "diffusion" if body.startswith("D") else "langevin"
-    body = body.lstrip("D")
+    sampler = {"D": "diffusion", "O": "ode"}.get(body[:1], "langevin")
+    body = body.lstrip("DO")
     body, _, flag = body.partition("+")
     levels, steps = (int(v) for v in body.split("x"))
     return {"sampler": sampler, "levels": levels, "steps_per_level": steps, "final_denoise": flag == "d",
-            "sigma_start": float(start) if start else None}
+            "sigma_start": float(start) if start else None, "spacing": spacing or "geometric"}
 
 
 def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int,
-                 temperature: float = 1.0) -> dict:
+                 temperature: float = 1.0, redraws: int = 0) -> dict:
     """Roll out every system x replica with one refinement schedule and score it."""
     opts = parse_schedule(schedule)
     if model.refiner is None:
@@ -86,7 +88,8 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
             max_bond.append(1.5 * longest)
             min_dist.append(0.5 * closest)
     rec = _Recorder(every)
-    engine = RolloutEngine(model, members, temperature=temperature, hooks=[StabilityGuard(max_bond, min_dist), rec])
+    engine = RolloutEngine(model, members, temperature=temperature, hooks=[StabilityGuard(max_bond, min_dist), rec],
+                           max_redraws=redraws)
     t0 = time.perf_counter()
     state = engine.run(engine.initial_state(initial), steps)
     wall = time.perf_counter() - t0
@@ -110,6 +113,7 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
             "bond_w1_nm": float(np.mean(w1)) if w1 else float("nan"),
             "rg_rel_error": float(np.mean(rg_err)) if rg_err else float("nan"),
             "ms_per_step": 1e3 * wall / max(1, state.step),
+            "redraws_per_1000_steps": 1e3 * sum(state.redraws) / max(1, sum(survived)),
             "stop_reasons": dict(Counter(r.split(" ")[0] for r in state.stop_reason if r)),
             "stop_details": [r for r in state.stop_reason if r][:12]}
 
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--schedules", nargs="+", default=["0x0", "0x0+d", "1x1+d", "2x2+d", "5x2+d"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=1.0, help="scale of the Gaussian step's noise")
+    ap.add_argument("--redraws", type=int, default=0, help="resample a step that fails the guard up to N times")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,16 +144,18 @@ def main(argv: list[str] | None = None) -> dict:
         long = Path(d + args.reference_suffix)
         refs.append(load_systems([str(long)], "reference").trajectories[0].positions if long.is_dir() else t.positions)
     print(f"{len(trajs)} systems x {args.replicas} replicas, {args.steps} learned steps, checkpoint {args.checkpoint}")
-    print(f"{'schedule':>12} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8}")
+    print(f"{'schedule':>12} {'calls':>5} {'stable':>6} {'survived':>8} {'bond W1 nm':>10} {'Rg err':>7} {'ms/step':>8} "
+          f"{'redraw/1k':>9}")
     rows = []
     for sched in args.schedules:
         r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every,
-                         args.temperature)
+                         args.temperature, args.redraws)
         rows.append(r)
         print(f"{r['schedule']:>12} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
-              f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f}", flush=True)
+              f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f} "
+              f"{r['redraws_per_1000_steps']:>9.2f}", flush=True)
     result = {"checkpoint": str(args.checkpoint), "steps": args.steps, "replicas": args.replicas,
-              "temperature": args.temperature,
+              "temperature": args.temperature, "redraws": args.redraws,
               "systems": [t.name for t in trajs], "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -31,14 +31,34 @@ def test_schedule_and_calls_per_step():
     assert ScoreRefiner(cond_dim=4, cutoff=1.0, levels=0, final_denoise=False).calls_per_step == 0
     d = ScoreRefiner(cond_dim=4, cutoff=1.0, levels=6, steps_per_level=1, final_denoise=True, sampler="diffusion")
     assert d.calls_per_step == 5 + 6 + 1  # predictor between levels + correctors + final denoise
+    o = ScoreRefiner(cond_dim=4, cutoff=1.0, levels=6, steps_per_level=1, final_denoise=True, sampler="ode")
+    assert o.calls_per_step == 2 * 5 + 6 + 1  # two Heun calls between levels + correctors + final denoise
     with pytest.raises(ValueError, match="sampler"):
-        ScoreRefiner(cond_dim=4, cutoff=1.0, sampler="ode")
+        ScoreRefiner(cond_dim=4, cutoff=1.0, sampler="euler")
+    with pytest.raises(ValueError, match="spacing"):
+        ScoreRefiner(cond_dim=4, cutoff=1.0, spacing="linear")
 
 
-def test_diffusion_sampler_counts_calls_and_is_reproducible():
+def test_karras_ladder():
+    r = ScoreRefiner(cond_dim=4, cutoff=1.0, sigma_min=0.02, sigma_max=2.0, sigma_start=2.0, levels=5,
+                     spacing="karras")
+    lv = np.array(r.annealing_levels())
+    # ends as given, decreasing; rho = 7 (Karras et al. 2022): sigma^(1/7) evenly spaced
+    np.testing.assert_allclose(lv[[0, -1]], [2.0, 0.02])
+    np.testing.assert_allclose(np.diff(lv ** (1 / 7)), np.diff(lv ** (1 / 7))[0])
+    assert np.all(np.diff(lv) < 0)
+    # in log sigma the steps grow towards small noise, unlike the geometric ladder's equal ratios
+    ratios = lv[:-1] / lv[1:]
+    assert np.all(np.diff(ratios) > 0)
+    r.set_schedule(spacing="geometric")
+    assert lv[2] > r.annealing_levels()[2]
+
+
+@pytest.mark.parametrize("sampler, predictor", [("diffusion", 1), ("ode", 2)])
+def test_diffusion_sampler_counts_calls_and_is_reproducible(sampler, predictor):
     sys, pos = _chain_system(15, BOX, 2)
     batch = collate([sys], [pos])
-    m = _model(levels=3, steps_per_level=1, sampler="diffusion")
+    m = _model(levels=3, steps_per_level=1, sampler=sampler)
     calls = {"n": 0}
     original = m.refiner.forward
 
@@ -48,7 +68,7 @@ def test_diffusion_sampler_counts_calls_and_is_reproducible():
 
     m.refiner.forward = counting
     a = m.step(batch, generator=torch.Generator().manual_seed(5))
-    assert calls["n"] == m.refiner.calls_per_step == 2 + 3 + 1
+    assert calls["n"] == m.refiner.calls_per_step == predictor * 2 + 3 + 1
     b = m.step(batch, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
     assert torch.isfinite(a).all()

@@ -17,6 +17,7 @@ from cgsim.cli import VERBS
 from cgsim.data.load import load_systems
 from cgsim.errors import CgsimInputError
 from cgsim.model.simulator import GaussianStep
+from cgsim.report.loading import load_set
 from cgsim.rollout.command import initial_history, rollout
 from cgsim.rollout.core import rollout_positions
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
@@ -189,6 +190,8 @@ def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path
     assert np.all(np.isfinite(_frames(out, "seq_000/replica_001")))
     meta = json.loads((out / "seq_000/replica_001/rollout.json").read_text())
     assert meta["extra"]["status"] == "stopped" and reason in meta["extra"]["stop_reason"]
+    loaded = load_set(out, file_index=-1)  # what `cgsim evaluate` reads: dynamics leave the victim out
+    assert [t.stop_step for t in loaded] == [None, 3, None] and reason in loaded[1].stop_reason
     for k, m in zip((0, 2), others, strict=True):
         assert m["status"] == "finished" and m["frames"] == 7
         name = f"seq_000/replica_{k:03d}"
@@ -354,10 +357,78 @@ def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):
     rollout(_cfg(compose_cfg, ckpt_refined, out, "refine.sampler=diffusion", "refine.levels=3", "refine.steps_per_level=0",
                  "guard.enabled=false"))
     assert _frames(out).shape[0] == 7
+    ode = rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "o", "refine.sampler=ode", "refine.levels=3",
+                       "refine.spacing=karras", "guard.enabled=false"))
+    assert ode["steps"] == 6 and np.isfinite(_frames(tmp_path / "o")).all()
+    with pytest.raises(CgsimInputError, match="refine.spacing"):
+        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "k", "refine.spacing=linear"))
     with pytest.raises(CgsimInputError, match="trained without refinement"):
         rollout(_cfg(compose_cfg, ckpt, tmp_path / "p", "refine.levels=3"))
     with pytest.raises(CgsimInputError, match="refine.sampler"):
-        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "q", "refine.sampler=ode"))
+        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "q", "refine.sampler=euler"))
     with pytest.raises(CgsimInputError, match="refine.sigma_start"):
         rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "s", "refine.sigma_start=5.0"))
-    assert not any((tmp_path / d).exists() for d in ("p", "q", "s"))  # refused before anything is written
+    assert not any((tmp_path / d).exists() for d in ("p", "q", "s", "k"))  # refused before anything is written
+
+
+class _Reject(RolloutHook):
+    """Reject member ``victim``'s draws of step ``at``: the first ``times`` of them (all if None)."""
+
+    def __init__(self, victim: int, at: int, times: int | None) -> None:
+        self.victim, self.at, self.times, self.seen = victim, at, times, 0
+
+    def check(self, engine, state, proposal):
+        if proposal.step != self.at or self.victim not in proposal.active:
+            return {}
+        self.seen += 1
+        if self.times is None or self.seen <= self.times:
+            return {self.victim: f"rejected draw {self.seen} at step {proposal.step}"}
+        return {}
+
+
+@pytest.mark.parametrize("which", ["plain", "refined"])
+def test_redraw_replaces_a_failed_step_and_leaves_others_alone(ckpt, ckpt_refined, which):
+    model, traj, hist = _engine_setup(ckpt if which == "plain" else ckpt_refined)
+    members = [Member(0, r, f"r{r}", traj.graph, member_seed(5, 0, r)) for r in range(3)]
+    base = RolloutEngine(model, members)
+    sb = base.run(base.initial_state([hist] * 3), 5)
+    hook = _Reject(victim=1, at=3, times=1)
+    eng = RolloutEngine(model, members, hooks=[hook], max_redraws=2)
+    s = eng.run(eng.initial_state([hist] * 3), 5)
+    assert s.active == [0, 1, 2] and s.redraws == [0, 1, 0] and hook.seen == 2
+    for r in (0, 2):  # the other replicas' noise streams are untouched by the redraw
+        torch.testing.assert_close(s.pos[eng.member_slice(r)], sb.pos[base.member_slice(r)], rtol=0, atol=1e-5)
+    one = eng.member_slice(1)
+    # steps 1-2 are the same draws, step 3 onwards differs (fresh noise)
+    torch.testing.assert_close(s.pos[one][:, :-3], sb.pos[base.member_slice(1)][:, :-3], rtol=0, atol=1e-5)
+    assert not torch.allclose(s.pos[one][:, -1], sb.pos[base.member_slice(1)][:, -1])
+    # deterministic: again gives bitwise the same frames and counts
+    again = RolloutEngine(model, members, hooks=[_Reject(victim=1, at=3, times=1)], max_redraws=2)
+    s2 = again.run(again.initial_state([hist] * 3), 5)
+    assert torch.equal(s2.pos, s.pos) and s2.redraws == s.redraws
+
+
+def test_redraws_exhausted_stop_the_member(ckpt):
+    model, traj, hist = _engine_setup(ckpt)
+    members = [Member(0, r, f"r{r}", traj.graph, member_seed(5, 0, r)) for r in range(2)]
+    eng = RolloutEngine(model, members, hooks=[_Reject(victim=0, at=2, times=None)], max_redraws=3)
+    s = eng.run(eng.initial_state([hist] * 2), 4)
+    assert s.stop_step == [2, -1] and s.redraws == [3, 0]
+    assert s.stop_reason[0] == "rejected draw 4 at step 2"  # the reason of the last failed draw
+    with pytest.raises(ValueError, match="max_redraws"):
+        RolloutEngine(model, members, max_redraws=-1)
+
+
+def test_redraws_reported_and_checked_by_the_command(compose_cfg, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage("nan"))
+    out = tmp_path / "o"
+    summary = rollout(_cfg(compose_cfg, ckpt, out, "replicas=3", "temperature=0.0", "guard.max_bond_factor=50",
+                           "guard.redraws=2"))
+    # the sabotage breaks the victim only in the full 3-member batch (steps 3-6); each redraw runs it
+    # alone, which succeeds: one redraw per step rescues it and nobody is stopped
+    assert [m["redraws"] for m in summary["members"]] == [0, 4, 0] and summary["redraws"] == 4
+    assert summary["n_stopped"] == 0 and np.isfinite(_frames(out, "seq_000/replica_001")).all()
+    meta = json.loads((out / "seq_000/replica_001/rollout.json").read_text())
+    assert meta["extra"]["redraws"] == 4
+    with pytest.raises(CgsimInputError, match=r"guard\.redraws"):
+        rollout(_cfg(compose_cfg, ckpt, tmp_path / "neg", "guard.redraws=-1"))

@@ -33,6 +33,16 @@ the manifold of physical configurations. The refiner fixes that, as in Fu et al.
   step. Calls: ``(levels - 1) + levels * steps_per_level (+ 1)``. This samples the denoiser's
   learned conditional distribution from a well-defined start, so far fewer calls are needed
   than for Langevin alone from the raw Gaussian sample.
+- **Sampling** (``sampler="ode"``, Karras et al. 2022). As ``diffusion``, but each level is
+  reached by a deterministic Heun step of the probability-flow ODE ``dy/dsigma = eps_hat``
+  (second order: the slope is averaged over both ends of the step), so the only noise after
+  the first level is that of the Langevin correctors. Calls:
+  ``2 (levels - 1) + levels * steps_per_level (+ 1)``.
+
+The ladder of levels is geometric (``spacing="geometric"``, equal ratios) or the ``rho = 7``
+power law of Karras et al. 2022 (``spacing="karras"``: ``sigma^(1/7)`` evenly spaced, so the
+absolute steps shrink towards small noise while the ratios grow; it spends more levels at large
+noise than the geometric ladder).
 
 Noise levels are given in units of the dynamics model's ``target_scale`` (the rms of its
 target, fitted from data), so one config serves systems whose steps differ in size.
@@ -54,7 +64,10 @@ from cgsim.model.mlp import MLP
 #: a source of standard-normal noise shaped like the positions, (N, 3)
 NoiseFn = Callable[[], torch.Tensor]
 
-SAMPLERS = ("langevin", "diffusion")
+SAMPLERS = ("langevin", "diffusion", "ode")
+SPACINGS = ("geometric", "karras")
+#: exponent of the Karras et al. (2022) noise ladder
+KARRAS_RHO = 7.0
 
 
 class ScoreRefiner(nn.Module):
@@ -88,15 +101,17 @@ class ScoreRefiner(nn.Module):
         End with one Tweedie denoising step at ``sigma_min``.
     loss_weight : float
         Weight of the denoising loss next to the dynamics NLL.
-    sampler : {"langevin", "diffusion"}
-        Annealed Langevin from the Gaussian sample, or predictor-corrector reverse diffusion
-        (see the module docstring).
+    sampler : {"langevin", "diffusion", "ode"}
+        Annealed Langevin from the Gaussian sample, predictor-corrector reverse diffusion, or
+        the probability-flow ODE with Heun steps (see the module docstring).
+    spacing : {"geometric", "karras"}
+        How the annealing levels are spread between ``sigma_start`` and ``sigma_min``.
     """
 
     def __init__(self, cond_dim: int, cutoff: float, hidden_dim: int = 64, layers: int = 3, mlp_layers: int = 2,
                  n_rbf: int = 16, sigma_min: float = 0.02, sigma_max: float = 1.0, sigma_start: float = 0.5,
                  levels: int = 5, steps_per_level: int = 2, step_size: float = 0.2, final_denoise: bool = True,
-                 loss_weight: float = 1.0, sampler: str = "langevin") -> None:
+                 loss_weight: float = 1.0, sampler: str = "langevin", spacing: str = "geometric") -> None:
         super().__init__()
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -106,7 +121,7 @@ class ScoreRefiner(nn.Module):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.loss_weight = float(loss_weight)
         self.set_schedule(sampler=sampler, levels=levels, steps_per_level=steps_per_level, step_size=step_size,
-                          sigma_start=sigma_start, final_denoise=final_denoise)
+                          sigma_start=sigma_start, final_denoise=final_denoise, spacing=spacing)
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         # node input: dynamics latent, log-sigma features, displacement from the current frame
         self.node_encoder = MLP(cond_dim + 3 + 4, hidden_dim, hidden_dim, mlp_layers)
@@ -118,7 +133,7 @@ class ScoreRefiner(nn.Module):
     # -- schedule ----------------------------------------------------------------------------
     def set_schedule(self, sampler: str | None = None, levels: int | None = None, steps_per_level: int | None = None,
                      step_size: float | None = None, sigma_start: float | None = None,
-                     final_denoise: bool | None = None) -> None:
+                     final_denoise: bool | None = None, spacing: str | None = None) -> None:
         """Set (and check) the sampling schedule; ``None`` keeps the current value.
 
         Raises
@@ -128,6 +143,8 @@ class ScoreRefiner(nn.Module):
         """
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+        if spacing is not None and spacing not in SPACINGS:
+            raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
         for name, value in (("levels", levels), ("steps_per_level", steps_per_level)):
             if value is not None and int(value) < 0:
                 raise ValueError(f"{name}: expected an integer >= 0, got {value}")
@@ -148,6 +165,8 @@ class ScoreRefiner(nn.Module):
             self.sigma_start = float(sigma_start)
         if final_denoise is not None:
             self.final_denoise = bool(final_denoise)
+        if spacing is not None:
+            self.spacing = spacing
 
     def annealing_levels(self) -> list[float]:
         """Annealing noise levels, largest first, in target-scale units (``levels`` values)."""
@@ -155,13 +174,18 @@ class ScoreRefiner(nn.Module):
             return []
         if self.levels == 1:
             return [self.sigma_start]
-        ratio = (self.sigma_min / self.sigma_start) ** (1.0 / (self.levels - 1))
+        n = self.levels - 1
+        if self.spacing == "karras":
+            hi, lo = self.sigma_start ** (1.0 / KARRAS_RHO), self.sigma_min ** (1.0 / KARRAS_RHO)
+            return [(hi + k / n * (lo - hi)) ** KARRAS_RHO for k in range(self.levels)]
+        ratio = (self.sigma_min / self.sigma_start) ** (1.0 / n)
         return [self.sigma_start * ratio**k for k in range(self.levels)]
 
     @property
     def calls_per_step(self) -> int:
         """Network evaluations per learned step."""
-        predictor = max(self.levels - 1, 0) if self.sampler == "diffusion" else 0
+        per_level = {"langevin": 0, "diffusion": 1, "ode": 2}[self.sampler]
+        predictor = per_level * max(self.levels - 1, 0)
         return predictor + self.levels * self.steps_per_level + int(self.final_denoise)
 
     def _sigma_features(self, sigma_rel: torch.Tensor) -> torch.Tensor:
@@ -239,13 +263,19 @@ class ScoreRefiner(nn.Module):
         previous = None
         for sigma in self.annealing_levels():
             s = torch.full((y.shape[0],), sigma, device=y.device, dtype=y.dtype)
-            if self.sampler == "diffusion":
+            if self.sampler != "langevin":
                 if previous is None:  # diffuse the Gaussian sample to the top level
                     y = y + sigma * scale * noise()
-                else:  # reverse-diffusion predictor from the previous level
+                elif self.sampler == "diffusion":  # reverse-diffusion predictor from the previous level
                     sp = torch.full_like(s, previous)
                     dvar = previous**2 - sigma**2
                     y = y - dvar / previous * scale * self(batch, latent, y, sp, scale) + math.sqrt(dvar) * scale * noise()
+                else:  # Heun step of the probability-flow ODE dy/dsigma = eps_hat
+                    sp = torch.full_like(s, previous)
+                    slope = self(batch, latent, y, sp, scale)
+                    euler = y - (previous - sigma) * scale * slope
+                    slope = 0.5 * (slope + self(batch, latent, euler, s, scale))
+                    y = y - (previous - sigma) * scale * slope
                 previous = sigma
             for _ in range(self.steps_per_level):
                 eps_hat = self(batch, latent, y, s, scale)

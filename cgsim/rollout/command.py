@@ -197,7 +197,10 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
     if cfg.compile:
         model = _compiled(model, members, initial)
-    engine = RolloutEngine(model, members, float(cfg.temperature), hooks, state_path, checkpoint_every)
+    redraws = int(gc.redraws) if gc.enabled else 0
+    if redraws < 0:
+        raise CgsimInputError("guard.redraws", f"expected an integer >= 0, got {redraws}")
+    engine = RolloutEngine(model, members, float(cfg.temperature), hooks, state_path, checkpoint_every, redraws)
 
     if cfg.resume:
         state = load_state(state_path)
@@ -224,11 +227,13 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
                      "status": "stopped" if state.stop_step[k] >= 0 else "finished",
                      "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
-                     "stop_reason": state.stop_reason[k] or None} for k, m in enumerate(members)],
+                     "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k]}
+                    for k, m in enumerate(members)],
         "steps": state.step, "learned_dt": learned_dt, "time_unit": time_unit, "simulated_time": state.step * learned_dt,
         "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
         "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members), "bead_steps_per_second": bead_steps / max(wall, 1e-12),
-        "n_stopped": sum(s >= 0 for s in state.stop_step), "device": str(device), "finished": now_iso(),
+        "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
+        "device": str(device), "finished": now_iso(),
     }
     if time_unit == "ps":
         summary["ns_per_day"] = rate * 86400 / 1000.0
@@ -236,9 +241,10 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     per_day = f"{summary['ns_per_day']:.4g} ns/day" if time_unit == "ps" else f"{rate * 86400:.4g} tau/day"
     stopped = summary["n_stopped"]
     first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
+    redrawn = f", {summary['redraws']} step(s) redrawn" if summary["redraws"] else ""
     print(f"rollout: {len(members)} member(s) x {done} step(s) = {sim:.4g} {time_unit} in {wall:.1f} s: "
           f"{rate:.4g} {time_unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
-          f"{stopped} stopped{f' (first: {first})' if stopped else ''} -> {out}")
+          f"{stopped} stopped{f' (first: {first})' if stopped else ''}{redrawn} -> {out}")
     if cfg.evaluate:
         summary["evaluate"] = _evaluate(cfg, out)
     return summary

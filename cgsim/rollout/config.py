@@ -22,6 +22,9 @@ class GuardConfig:
     min_distance_factor: float = 0.5
     #: initial frames (evenly spaced) scanned for the longest bond / closest approach
     scan_frames: int = 50
+    #: a replica whose step fails a check is sampled again (fresh noise) up to this many times
+    #: before it is stopped; 0 = stop at the first failure. Counted per replica in the outputs.
+    redraws: int = 0
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RefineConfig:
     step_size: float | None = None
     sigma_start: float | None = None
     final_denoise: bool | None = None
+    spacing: str | None = None
 
 
 @dataclass

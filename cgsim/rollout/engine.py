@@ -105,6 +105,8 @@ class RolloutState:
         Frames of each member committed to its trajectory files.
     wall_seconds : float
         Wall time spent stepping so far (over all resumes).
+    redraws : list of int
+        Steps of each member sampled again because a draw failed a check (see ``max_redraws``).
     extra : dict
         Whatever the command stores with the state (the config, checked on resume).
     """
@@ -116,7 +118,12 @@ class RolloutState:
     stop_reason: list[str]
     frames_written: list[int]
     wall_seconds: float = 0.0
+    redraws: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.redraws:  # states saved before redraws existed
+            self.redraws = [0] * len(self.stop_step)
 
     @property
     def active(self) -> list[int]:
@@ -128,7 +135,7 @@ class RolloutState:
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "pos": self.pos.detach().cpu(), "step": self.step,
                 "rng_states": [s.cpu() for s in self.rng_states], "stop_step": list(self.stop_step),
                 "stop_reason": list(self.stop_reason), "frames_written": list(self.frames_written),
-                "wall_seconds": self.wall_seconds, "extra": dict(self.extra)}
+                "wall_seconds": self.wall_seconds, "redraws": list(self.redraws), "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> RolloutState:
@@ -229,13 +236,22 @@ class RolloutEngine:
         Where rollout checkpoints go (none written if ``None``).
     checkpoint_every : int
         Learned steps between rollout checkpoints (0 = only at the end).
+    max_redraws : int
+        A member whose sampled step fails a check (a guard hook, non-finite coordinates) is
+        sampled again, with fresh noise from its own generator, up to this many times before
+        it is stopped (0 = stop at the first failure). Redraws are counted per member in
+        ``state.redraws``: they reject rare unphysical draws (a hard-wall constraint, not a
+        force), so a rollout that needs many is not sampling the model's own distribution.
     """
 
     def __init__(self, model: MultiScaleDynamics, members: Sequence[Member], temperature: float = 1.0,
                  hooks: Sequence[RolloutHook] = (), state_path: str | Path | None = None,
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 0, max_redraws: int = 0) -> None:
         if not members:
             raise ValueError("a rollout needs at least one member")
+        if int(max_redraws) < 0:
+            raise ValueError(f"max_redraws must be >= 0, got {max_redraws}")
+        self.max_redraws = int(max_redraws)
         self.model = model.eval()
         self.members = list(members)
         self.temperature = float(temperature)
@@ -265,7 +281,7 @@ class RolloutEngine:
         rng = [torch.Generator(device=self.device).manual_seed(m.seed).get_state() for m in self.members]
         n = len(self.members)
         return RolloutState(pos=pos, step=0, rng_states=rng, stop_step=[-1] * n, stop_reason=[""] * n,
-                            frames_written=[0] * n)
+                            frames_written=[0] * n, redraws=[0] * n)
 
     def member_slice(self, m: int) -> slice:
         """Bead rows of member ``m`` in ``state.pos``."""
@@ -296,6 +312,57 @@ class RolloutEngine:
         return torch.cat([torch.randn((self.members[m].n_beads, 3), generator=self._generators[m],
                                       device=self.device, dtype=self.dtype) for m in active])
 
+    # -- one step ---------------------------------------------------------------------------
+    def _propose(self, state: RolloutState, active: list[int]) -> tuple[Proposal, torch.Tensor]:
+        """Sample the next frame of the members ``active``; also returns their rows in ``state.pos``."""
+        batch, rows, chem, member_of_bead = self._active_batch(active)
+        hist = state.pos[rows] if len(active) < len(self.members) else state.pos
+        batch = batch.with_pos(hist)
+        pred = self.model(batch, chem)
+        value = (pred.mean + self.temperature * pred.std * self._noise(active)) * pred.scale
+        new = self.model.positions_from_target(hist, value)
+        new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
+        return Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new,
+                        member_of_bead=member_of_bead), rows
+
+    def _check(self, state: RolloutState, proposal: Proposal) -> dict[int, str]:
+        """Members of ``proposal`` to stop, with the reason: every hook's check, then non-finite rows."""
+        stops: dict[int, str] = {}
+        for hook in self.hooks:
+            for m, why in hook.check(self, state, proposal).items():
+                stops.setdefault(m, why)
+        new = proposal.new_pos
+        if not bool(torch.isfinite(new).all()):  # always, even without a guard hook: NaN never enters the state
+            bad = torch.zeros(len(proposal.active), device=self.device).index_add_(
+                0, proposal.member_of_bead, (~torch.isfinite(new).all(1)).to(new.dtype)) > 0
+            for k in torch.nonzero(bad).flatten().tolist():
+                stops.setdefault(proposal.active[k], f"non-finite coordinates at step {proposal.step}")
+        return stops
+
+    def _redraw(self, state: RolloutState, proposal: Proposal, retry: list[int]) -> dict[int, str]:
+        """Sample the step again for the members ``retry`` (fresh noise from their own generators).
+
+        Members whose new draw passes the checks get their rows of ``proposal.new_pos``
+        replaced; returns the members that fail again, with the reason.
+        """
+        sub, _ = self._propose(state, retry)
+        stops = self._check(state, sub)
+        start_full, start_sub = self._starts(proposal.active), self._starts(retry)
+        for m in retry:
+            state.redraws[m] += 1
+            if m not in stops:
+                n = self.members[m].n_beads
+                proposal.new_pos[start_full[m]:start_full[m] + n] = sub.new_pos[start_sub[m]:start_sub[m] + n]
+        return stops
+
+    def _starts(self, members: list[int]) -> dict[int, int]:
+        """First row of each of ``members`` in a batch of exactly those members, in that order."""
+        starts, row = {}, 0
+        for m in members:
+            starts[m] = row
+            row += self.members[m].n_beads
+        return starts
+
     # -- loop -------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, state: RolloutState, n_steps: int) -> RolloutState:
@@ -318,23 +385,13 @@ class RolloutEngine:
         t_last = time.perf_counter()
         while state.step < n_steps and state.active:
             active = state.active
-            batch, rows, chem, member_of_bead = self._active_batch(active)
-            hist = state.pos[rows] if len(active) < len(self.members) else state.pos
-            batch = batch.with_pos(hist)
-            pred = self.model(batch, chem)
-            value = (pred.mean + self.temperature * pred.std * self._noise(active)) * pred.scale
-            new = self.model.positions_from_target(hist, value)
-            new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
-            proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
-            stops: dict[int, str] = {}
-            for hook in self.hooks:
-                for m, why in hook.check(self, state, proposal).items():
-                    stops.setdefault(m, why)
-            if not bool(torch.isfinite(new).all()):  # always, even without a guard hook: NaN never enters the state
-                bad = torch.zeros(len(active), device=self.device).index_add_(
-                    0, member_of_bead, (~torch.isfinite(new).all(1)).to(new.dtype)) > 0
-                for k in torch.nonzero(bad).flatten().tolist():
-                    stops.setdefault(active[k], f"non-finite coordinates at step {state.step + 1}")
+            proposal, rows = self._propose(state, active)
+            stops = self._check(state, proposal)
+            for _ in range(self.max_redraws):
+                if not stops:
+                    break
+                stops = self._redraw(state, proposal, [m for m in active if m in stops])
+            hist, new, member_of_bead = proposal.batch.pos, proposal.new_pos, proposal.member_of_bead
             new_hist = torch.cat([hist[:, 1:], new[:, None]], dim=1)
             if stops:
                 keep = torch.tensor([m not in stops for m in active], device=self.device)[member_of_bead]

@@ -313,7 +313,7 @@ class TrajectoryOutput(RolloutHook):
         extra = {**o.extra, "learned_dt": self.learned_dt, "time_unit": self.time_unit,
                  "steps_done": last, "simulated_time": last * self.learned_dt,
                  "status": "stopped" if stopped else "running", "stop_step": state.stop_step[m] if stopped else None,
-                 "stop_reason": state.stop_reason[m] or None, "also_written": ["rollout.dcd"] if self.write_dcd else []}
+                 "stop_reason": state.stop_reason[m] or None, "redraws": state.redraws[m], "also_written": ["rollout.dcd"] if self.write_dcd else []}
         meta = TrajectoryMetadata(kind="rollout", trajectory="rollout.h5", topology="beads.pdb", system=replace(o.system),
                                   save_interval=self.learned_dt * self.save_every, n_frames=state.frames_written[m],
                                   start_time=0.0, coordinates="unwrapped",
