@@ -432,3 +432,25 @@ def test_redraws_reported_and_checked_by_the_command(compose_cfg, ckpt, tmp_path
     assert meta["extra"]["redraws"] == 4
     with pytest.raises(CgsimInputError, match=r"guard\.redraws"):
         rollout(_cfg(compose_cfg, ckpt, tmp_path / "neg", "guard.redraws=-1"))
+
+
+def test_exported_model_rolls_out_like_its_checkpoint(ckpt, tmp_path):
+    from cgsim.train.checkpoint import load_checkpoint
+    from cgsim.train.export import export_model
+
+    full = torch.load(ckpt, weights_only=False)
+    with_ema = {**full, "ema": {k: v + 0.01 if v.is_floating_point() else v for k, v in full["model"].items()},
+                "optimizer": {"state": {}, "blob": torch.zeros(1000)}}
+    src = save_checkpoint(tmp_path / "train.pt", with_ema)
+    rec = export_model(src, tmp_path / "ship" / "model.pt")
+    slim = load_checkpoint(tmp_path / "ship" / "model.pt")
+    assert rec["weights"] == "ema" and slim["ema"] is None and "optimizer" not in slim
+    assert slim["exported"]["source_sha256"].startswith("sha256:")
+    a = train_loop.model_from_checkpoint(with_ema, use_ema=True)
+    b = train_loop.model_from_checkpoint(slim, use_ema=True)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with pytest.raises(CgsimInputError, match="not a readable checkpoint"):
+        (tmp_path / "junk.pt").write_bytes(b"junk")
+        export_model(tmp_path / "junk.pt", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()

@@ -1,0 +1,80 @@
+"""Slim a training checkpoint into a model file to ship or share (``python -m cgsim.train.export``).
+
+A training checkpoint (``best.pt`` / ``last.pt``) carries the optimiser, scheduler and random
+states needed to resume training, about three quarters of its size. A rollout needs only the
+config, the weights it runs with and the data record. :func:`export_model` keeps those: the
+EMA weights when the run kept an EMA (that is what validation and ``use_ema=true`` rollouts
+use), else the raw weights, stored as ``model`` with ``ema: None``. The result is an ordinary
+checkpoint (same format and version) that ``cgsim rollout checkpoint=...`` loads; it cannot be
+resumed (``exported`` records where it came from).
+
+    python -m cgsim.train.export runs/chain/checkpoints/best.pt data/checkpoints/chain.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cgsim.metadata import now_iso
+from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
+
+#: entries of a training checkpoint a rollout needs (weights are chosen separately)
+KEEP = ("config", "epoch", "step", "best", "data", "metrics", "n_parameters")
+
+
+def export_model(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Write the slim model file ``dst`` from the training checkpoint ``src``.
+
+    Parameters
+    ----------
+    src : path-like
+        A checkpoint written by ``cgsim train``.
+    dst : path-like
+        Output file (written atomically; parent folders are created).
+
+    Returns
+    -------
+    dict
+        The ``exported`` record: source path, its sha256, which weights were kept, time.
+
+    Raises
+    ------
+    CgsimInputError
+        If ``src`` is missing, truncated or not a cgsim checkpoint.
+    """
+    ckpt = load_checkpoint(src)
+    use_ema = ckpt.get("ema") is not None
+    weights = ckpt["ema"] if use_ema else ckpt["model"]
+    record = {"source": str(src), "source_sha256": _sha256(Path(src)), "weights": "ema" if use_ema else "model",
+              "date": now_iso()}
+    slim = {k: ckpt[k] for k in KEEP if k in ckpt}
+    slim.update({"model": weights, "ema": None, "exported": record})
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dst, slim)
+    return record
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src", help="training checkpoint (best.pt / last.pt)")
+    ap.add_argument("dst", help="model file to write")
+    args = ap.parse_args(argv)
+    rec = export_model(args.src, args.dst)
+    size = Path(args.dst).stat().st_size / 2**20
+    print(f"export: {args.src} -> {args.dst} ({size:.2f} MiB, {rec['weights']} weights)")
+
+
+if __name__ == "__main__":
+    main()
