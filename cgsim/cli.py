@@ -76,6 +76,29 @@ def load_verb(name: str) -> Callable[[Any], Any]:
     return module.run
 
 
+def hydra_quoted(value: Any) -> str:
+    """A value as one single-quoted hydra override string (quotes and backslashes escaped), so
+    globs (``seq_00[0-5]``), '=' and other grammar characters pass through unchanged."""
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def compose_verb(name: str, overrides: Sequence[str]) -> Any:
+    """The composed config of verb ``name`` with hydra ``overrides``, inside or outside a hydra app.
+
+    Verbs that run other verbs (``rollout evaluate=true``, ``demo``) compose their configs with
+    this, so every step is exactly what ``cgsim NAME overrides...`` would run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    load_verb(name)  # registers the verb's structured configs
+    if GlobalHydra.instance().is_initialized():  # inside a `cgsim` verb: hydra already knows conf/
+        return compose(name, list(overrides))
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(name, list(overrides))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cgsim`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)

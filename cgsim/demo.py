@@ -1,38 +1,102 @@
 """``cgsim demo``: the main job on the shipped example data.
 
-For now (foundation stage) the demo generates a small set of graft copolymer chains with the
-reference MD engine and prints their radius of gyration and bond-length statistics. Later
-stages replace it with: load the shipped model, roll out held-out systems, evaluate.
+For each *case* of ``conf/demo.yaml`` (a shipped model, held-out initial systems and their
+reference MD) the demo runs exactly two documented verbs and prints them, so users can copy
+the lines:
+
+1. ``cgsim rollout checkpoint=MODEL initial=SYSTEMS steps=N output=OUT/CASE ...`` (the learned
+   simulator, far longer than its training trajectories), and
+2. ``cgsim evaluate reference=REFERENCE rollout=OUT/CASE output=OUT/CASE/evaluate`` (through the
+   rollout's ``evaluate=true``): ``report.md``, ``metrics.json`` and ``figures/``.
+
+Then it prints the headline errors next to the MD-vs-MD noise floor and where the report is.
+A case whose model file is missing is refused with one line (nothing is downloaded). Running
+the demo again continues (``resume=true``) what an earlier, possibly killed, run left in the
+same output and evaluates it again.
 """
 
 from __future__ import annotations
 
-import json
+import shlex
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
-from cgsim.reference.generate import run as generate_run
+from cgsim.cli import hydra_quoted
+from cgsim.errors import CgsimInputError
 
 
 def register_configs() -> None:
-    """The demo composes the ``generate`` schema for its ``generate`` block."""
-    from cgsim.reference.config import register
+    """The demo composes ``rollout`` and ``evaluate`` configs; it has no schema of its own."""
 
-    register()
+
+def case_overrides(case: DictConfig, output: Path, progress: bool) -> list[str]:
+    """The ``cgsim rollout`` overrides one demo case runs (evaluation included)."""
+    return [f"checkpoint={case.checkpoint}", f"initial={hydra_quoted(case.initial)}", f"steps={int(case.steps)}",
+            f"output={output}", f"replicas={int(case.replicas)}", "evaluate=true",
+            f"reference={hydra_quoted(case.reference)}",
+            f"progress={str(progress).lower()}", *[str(o) for o in case.rollout_overrides],
+            *([f"evaluate_overrides=[{','.join(hydra_quoted(o) for o in case.evaluate_overrides)}]"]
+              if case.get("evaluate_overrides") else [])]
+
+
+
+def shell_word(override: str) -> str:
+    """An override as typed in a POSIX shell: hydra's single quotes kept inside double quotes."""
+    if "'" in override:
+        return '"' + override.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`") + '"'
+    return shlex.quote(override)
+
+
+def headline(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """Per observable: the median over its keys of the first error measure, and of its noise floor."""
+    rows = []
+    for name, per_key in metrics.get("observables", {}).items():
+        errs, floors, measure = [], [], None
+        for entry in per_key.values():
+            if not isinstance(entry, dict) or not isinstance(entry.get("error"), dict):
+                continue
+            measure = measure or next((k for k, v in entry["error"].items() if isinstance(v, (int, float))), None)
+            if measure is None:
+                continue
+            errs.append(entry["error"].get(measure, np.nan))
+            floors.append((entry.get("noise_floor") or {}).get(measure, np.nan))
+        if errs:
+            rows.append((f"{name} ({measure})", float(np.nanmedian(errs)),
+                         float(np.nanmedian(floors)) if np.isfinite(floors).any() else float("nan")))
+    return rows
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Generate the demo chains (resuming if already there) and print their statistics."""
-    summary = generate_run(cfg)
-    out = Path(cfg.output)
-    index = json.loads((out / "dataset.json").read_text())
-    print(f"\n{'chain':<10} {'monomers':>8} {'<b>/sigma':>10} {'<Rg>/sigma':>11} {'sd(Rg)':>7} {'T*':>6}  sequence")
-    for mol in index["molecules"]:
-        s = mol["summary"]
-        seq = mol["sequence"] if len(mol["sequence"]) <= 32 else mol["sequence"][:29] + "..."
-        print(f"{mol['name']:<10} {len(mol['sequence']):>8d} {s['mean_bond_length']:>10.3f} {s['mean_rg']:>11.2f} "
-              f"{s['std_rg']:>7.2f} {s['mean_temperature']:>6.3f}  {seq}")
-    print(f"\ndemo: wrote {len(index['molecules'])} chain trajectories (PDB + XTC + JSON) to {out.resolve()}")
-    return summary
+    """Run every case of the demo config; return ``{case: {"summary", "report", "headline"}}``."""
+    from cgsim.cli import compose_verb, load_verb
+
+    rollout = load_verb("rollout")
+    out = Path(str(cfg.output))
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for name, case in cfg.cases.items():
+        if not Path(str(case.checkpoint)).is_file():
+            raise CgsimInputError(f"cases.{name}.checkpoint", f"{case.checkpoint} not found (the shipped models live "
+                                                              "in data/checkpoints/)")
+        overrides = case_overrides(case, out / name, bool(cfg.progress))
+        if (out / name / "rollout_state.pt").is_file():  # a finished or killed earlier demo: continue it
+            overrides.append("resume=true")
+        print(f"\n== demo case '{name}': {case.description}\n$ cgsim rollout {' '.join(map(shell_word, overrides))}",
+              flush=True)
+        summary = rollout(compose_verb("rollout", overrides))
+        metrics = summary.pop("evaluate")
+        report = (out / name / "evaluate" / "report.md").resolve()
+        rows = headline(metrics)
+        print(f"\n{'observable (error measure)':<40} {'rollout':>10} {'MD noise':>10}")
+        for label, err, floor in rows:
+            print(f"{label:<40} {err:>10.4g} {floor:>10.4g}")
+        print(f"report: {report}")
+        results[name] = {"summary": summary, "report": str(report), "headline": rows}
+    cases = ", ".join(f"{n}: {r['summary']['steps']} steps, {r['summary']['n_stopped']} stopped" for n, r in results.items())
+    print(f"\ndemo: {len(results)} case(s) in {time.perf_counter() - t0:.0f} s ({cases}); reports under {out.resolve()}")
+    return results
+

@@ -298,26 +298,14 @@ def _dataset_index(labels: Sequence[str], replicas: int, time_unit: str) -> dict
                                                     for r in range(replicas)]} for label in labels]}
 
 
-def _quoted(value: Any) -> str:
-    """A value as a single-quoted hydra override string (quotes and backslashes escaped)."""
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
 def _evaluate(cfg: DictConfig, out: Path) -> Any:
     """Run ``cgsim evaluate`` on the finished rollout against ``cfg.reference``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from cgsim.cli import conf_dir, load_verb
+    from cgsim.cli import compose_verb, hydra_quoted, load_verb
 
     run_evaluate = load_verb("evaluate")
     # paths are quoted so globs ('seq_00[0-5]') and odd characters survive hydra's override grammar
-    overrides = [f"reference={_quoted(cfg.reference)}", f"rollout={_quoted(out)}", f"output={_quoted(out / 'evaluate')}",
+    overrides = [f"reference={hydra_quoted(cfg.reference)}", f"rollout={hydra_quoted(out)}",
+                 f"output={hydra_quoted(out / 'evaluate')}",
                  f"progress={str(bool(cfg.progress)).lower()}", *cfg.evaluate_overrides]
-    if GlobalHydra.instance().is_initialized():  # inside `cgsim rollout`: hydra already knows conf/
-        ecfg = compose("evaluate", overrides)
-    else:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            ecfg = compose("evaluate", overrides)
+    ecfg = compose_verb("evaluate", overrides)
     return run_evaluate(ecfg)
