@@ -11,9 +11,9 @@ Measured on one device and thread count:
 3. **rebuild rate at the learned step**: the reference trajectory the rollout starts from
    (frames one learned step apart) and, with a checkpoint, the timed rollout, replayed through
    a :class:`cgsim.geometry.VerletList`.
-4. **refinement**: engine steps of a model with the score refiner (``model/refinement=score``:
-   11 refiner calls per learned step, each building the radius graph of its current
-   positions); the positions of every refiner call are recorded and searched again with a
+4. **refinement**: engine steps of a model with the score refiner (``experiment=chain``'s
+   ``model/refinement=score``: its schedule's network calls per learned step, each building
+   the radius graph of its current positions); the positions of every refiner call are recorded and searched again with a
    fresh ``radius_graph`` per call and with Verlet lists of several skins: time per call,
    rebuild rate, and the share of a step the Verlet list would save.
 5. **Verlet vs plain** on a synthetic sequence of small moves (each bead moves 0.01-0.05 nm in
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import untrained_model
 
 from cgsim.data.load import load_systems
 from cgsim.geometry import VerletList, radius_graph
@@ -102,34 +103,13 @@ class _Recorder(RolloutHook):
 
 
 def chain_model(n_atom_types: int, refine: bool, positions: torch.Tensor) -> MultiScaleDynamics:
-    """Untrained model of ``experiment=chain`` (``+ model/refinement=score`` if ``refine``).
+    """Untrained model of ``experiment=chain``, with its refiner (``refine``) or without refiner calls.
 
-    Its cost per step is that of a trained one: the network's cost depends on the graph, not on
-    the weights. So that the graph stays the one of a physical chain, the target is the
-    displacement and the last layer of each decoder is zeroed: the mean step is 0 and at
-    temperature 0 a replica stays at its initial configuration (the refiner only adds its
+    See :func:`bench_common.untrained_model` (decoders' last layers zeroed: mean step 0, so at
+    temperature 0 a replica stays at its initial configuration; the refiner only adds its
     Langevin noise). Normalisation is fitted to ``positions`` (T, N, 3), nm.
     """
-    from hydra import compose, initialize_config_dir
-
-    from cgsim.cli import conf_dir, load_verb
-    from cgsim.train.loop import build_model
-
-    load_verb("train")
-    overrides = ["experiment=chain", "model.target=displacement"] + (["model/refinement=score"] if refine else [])
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides)
-    torch.manual_seed(0)
-    model = build_model(cfg, n_atom_types)
-    h = model.history
-    windows = torch.cat([positions[k:k + h + 1].permute(1, 0, 2) for k in range(0, positions.shape[0] - h, 4)])
-    model.fit_normalization(windows)
-    with torch.no_grad():
-        for decoder in [model.decoder] + ([model.refiner.decoder] if getattr(model, "refiner", None) is not None else []):
-            last = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
-            last.weight.zero_()
-            last.bias.zero_()
-    return model.eval()
+    return untrained_model("chain", n_atom_types, positions, refine=refine)[0]
 
 
 def load_model(args: argparse.Namespace, device: torch.device, refine: bool = False) -> dict[str, Any]:

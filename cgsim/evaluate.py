@@ -13,7 +13,12 @@ from their spread. The observables
 follow from the config: ``observables`` lists them, or, when null, ``presets[<system>]`` is
 used, where ``<system>`` is ``observables_preset`` or else the ``system.name`` that the
 reference's sidecar declares. Bins are fixed from the reference and the default fit window from
-the shortest trajectory of both sets, so every set is measured identically. With ``noise_floor`` the first and second halves of every reference
+the shortest trajectory of both sets, so every set is measured identically. Rollout replicas that
+the stability guard stopped early (their ``rollout.json`` says so) are left out of the dynamical
+observables (MSD, D, Rg^2 ACF, conductivity) and of that window, but kept for the structural
+ones over the frames they have (:func:`cgsim.report.suite.dynamical_set` gives the reasons);
+the report says how many and why, and a set with no replica left for the dynamics is refused
+in one line. With ``noise_floor`` the first and second halves of every reference
 trajectory are compared with the same measures, so a reader can tell whether a rollout's error
 is beyond MD-vs-MD noise.
 
@@ -160,10 +165,17 @@ def _observables(cfg: DictConfig, system: str) -> tuple[str, ...]:
     return tuple(o for o in OBSERVABLES if o in chosen)
 
 
-def _set_info(path: str, trajs: list[Any]) -> dict[str, Any]:
+def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...]) -> dict[str, Any]:
+    from cgsim.report.suite import DYNAMIC, stopped_early
+
+    dynamic = [o for o in observables if o in DYNAMIC]
+    stopped = stopped_early(trajs) if dynamic else []
     return {"path": str(path), "n_trajectories": len(trajs), "n_frames": int(sum(t.n_frames for t in trajs)),
             "dt_ps": float(trajs[0].dt), "system": trajs[0].system, "names": [t.name for t in trajs][:50],
-            "n_particles": int(sum(t.n_particles for t in trajs))}
+            "n_particles": int(sum(t.n_particles for t in trajs)),
+            "excluded_from_dynamics": {"n": len(stopped), "of": len(trajs), "observables": dynamic,
+                                       "reason": "stopped early by the rollout's stability guard",
+                                       "trajectories": stopped}}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -265,8 +277,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         units_note += "; chain systems are in reduced LJ units with sigma = 1 nm, tau = 1 ps by default"
     metrics = {
         "format": "cgsim-evaluation", "version": 1, "created": now_iso(),
-        "reference": _set_info(cfg.reference, reference),
-        "rollout": _set_info(cfg.rollout, rollout) if rollout is not None else None,
+        "reference": _set_info(cfg.reference, reference, observables),
+        "rollout": _set_info(cfg.rollout, rollout, observables) if rollout is not None else None,
         "match_topology": bool(cfg.match_topology), "observables_computed": list(observables),
         "settings": {"rdf_r_max_nm": float(settings.rdf_edges[-1]), "rdf_n_bins": int(settings.rdf_edges.size - 1),
                      "rdf_periodic": settings.rdf_periodic, "rdf_method": settings.rdf_method,

@@ -237,3 +237,93 @@ def test_noise_floor_is_skipped_with_a_note_when_halves_are_too_short(chains, tm
     entry = metrics["observables"]["diffusion"]["com:chain"]
     assert entry["noise_floor"] is None and entry["reference"]["D_err_nm2_ps"] is None  # one block: no error bar
     assert "No noise floor" in (tmp_path / "nf" / "report.md").read_text()
+
+
+# --- rollouts with replicas stopped early by the stability guard --------------------------------
+
+MAPPED_SEQ = Path(__file__).resolve().parents[1] / "data" / "chain" / "mapped" / "test" / "seq_000"
+
+
+def _fake_rollout(out: Path, frames: list[int], stopped: dict[int, int]) -> Path:
+    """A `cgsim rollout` output directory of seq_000 with one replica per entry of ``frames``.
+
+    Replica ``r`` holds the first ``frames[r]`` frames of the mapped reference (odd replicas run
+    it backwards, so replicas differ); replicas in ``stopped`` carry the guard's verdict in
+    their ``rollout.json`` and ``summary.json`` as the rollout writer records it (stopped at
+    step ``stopped[r]``, frames up to the step before).
+    """
+    from dataclasses import replace
+
+    from cgsim.metadata import read_sidecar
+    from cgsim.rollout.command import _dataset_index
+
+    src = md.load(str(MAPPED_SEQ / "beads.xtc"), top=str(MAPPED_SEQ / "beads.pdb"))
+    meta = read_sidecar(MAPPED_SEQ / "beads.xtc")
+    members = []
+    for r, n in enumerate(frames):
+        d = out / "seq_000" / f"replica_{r:03d}"
+        d.mkdir(parents=True)
+        shutil.copyfile(MAPPED_SEQ / "beads.pdb", d / "beads.pdb")
+        traj = (src if r % 2 == 0 else src[::-1])[:n]
+        traj.time = np.arange(n) * meta.save_interval
+        traj.save_hdf5(str(d / "rollout.h5"))
+        step = stopped.get(r)
+        reason = f"bond 3-4 stretched to 9.1 nm > limit 2.5 nm at step {step}" if step is not None else None
+        extra = {"source": str(MAPPED_SEQ), "replica": r, "learned_dt": meta.save_interval, "time_unit": "tau",
+                 "steps_done": (step - 1) if step is not None else n - 1,
+                 "status": "stopped" if step is not None else "finished", "stop_step": step, "stop_reason": reason}
+        write_sidecar(replace(meta, kind="rollout", trajectory="rollout.h5", topology="beads.pdb", n_frames=n,
+                              extra=extra), d / "rollout.h5")
+        members.append({"name": f"seq_000/replica_{r:03d}", "frames": n, "status": extra["status"],
+                        "stop_step": step, "stop_reason": reason})
+    (out / "dataset.json").write_text(json.dumps(_dataset_index(["seq_000"], len(frames), "tau")))
+    (out / "summary.json").write_text(json.dumps({"members": members, "n_stopped": len(stopped)}))
+    return out
+
+
+def test_replicas_stopped_early_are_left_out_of_dynamics(tmp_path):
+    roll = _fake_rollout(tmp_path / "ro", frames=[201, 4, 201], stopped={1: 4})
+    out = tmp_path / "eval"
+    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={out}", "figures=false"])
+    # the fit window comes from the full-length trajectories (1000 tau), not the 15-tau stopped one
+    assert metrics["settings"]["fit_window_ps"] == pytest.approx([20.0, 200.0])
+    obs = metrics["observables"]
+    assert {"msd", "diffusion", "rg_acf"} <= set(obs)
+    assert obs["msd"]["com:M1"]["rollout"]["max_lag_ps"] == pytest.approx(1000.0)
+    assert obs["msd"]["com:M1"]["rollout"]["n_particles"] == 2  # the two full-length replicas
+    assert "diffusion: errors from the spread of 2 replicas (not from blocks)" in metrics["notes"]
+    assert obs["rg_acf"]["rg^2"]["rollout"]["tau_ps"] is not None
+    # structural observables still pool every frame of every replica, the stopped one's too
+    assert obs["rg"]["all"]["rollout"]["n_samples"] == 201 + 4 + 201
+    assert obs["rg"]["all"]["error"]["jsd"] is not None
+    excluded = metrics["rollout"]["excluded_from_dynamics"]
+    assert excluded["n"] == 1 and excluded["of"] == 3
+    (entry,) = excluded["trajectories"]
+    assert entry["name"] == "seq_000" and entry["replica"] == 1 and entry["stop_step"] == 4
+    assert "stretched" in entry["stop_reason"]
+    assert metrics["reference"]["excluded_from_dynamics"]["n"] == 0
+    note = next(n for n in metrics["notes"] if "excluded from the dynamical observables" in n)
+    assert note.startswith("rollout: 1 of 3 trajectories") and "stability guard" in note and "step 4" in note
+    report = (out / "report.md").read_text()
+    assert "1 of 3 trajectories stopped early by the stability guard" in report
+
+
+def test_replica_with_a_single_frame_still_counts_for_structure(tmp_path):
+    roll = _fake_rollout(tmp_path / "ro", frames=[201, 1, 201], stopped={1: 3})
+    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={tmp_path / 'e'}",
+                    "figures=false", "noise_floor=false", "observables=[bond_lengths,rg,diffusion]"])
+    assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 403
+    assert metrics["rollout"]["excluded_from_dynamics"]["n"] == 1
+
+
+def test_no_replica_left_for_dynamics_is_one_clear_error(tmp_path):
+    roll = _fake_rollout(tmp_path / "ro", frames=[5, 4], stopped={0: 5, 1: 4})
+    base = [f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false", "noise_floor=false"]
+    with pytest.raises(CgsimInputError, match="no replica left for the dynamical observables") as e:
+        _run([*base, f"output={tmp_path / 'a'}", "observables=[rg,msd,rg_acf]"])
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("rollout: ") and "all 2 trajectories" in text and "msd, rg_acf" in text
+    assert not (tmp_path / "a").exists()  # refused before anything is computed or written
+    # structure alone needs no full-length replica
+    metrics = _run([*base, f"output={tmp_path / 'b'}", "observables=[bond_lengths,rg]"])
+    assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 9

@@ -79,6 +79,11 @@ class BeadTrajectory:
         System name from the sidecar (``"chain"``, ``"electrolyte"``, ...).
     replica : int
         Index of the file among its system's files in a dataset (rollout replica); 0 else.
+    stop_step : int or None
+        For a rollout replica that the stability guard stopped early: the learned step it was
+        stopped at (its sidecar's ``extra.stop_step``); None for a complete trajectory.
+    stop_reason : str or None
+        The guard's reason for stopping it (sidecar ``extra.stop_reason``).
     """
 
     name: str
@@ -97,6 +102,13 @@ class BeadTrajectory:
     charges: np.ndarray | None
     system: str
     replica: int = 0
+    stop_step: int | None = None
+    stop_reason: str | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the rollout's stability guard stopped this replica before the last step."""
+        return self.stop_step is not None
 
     @property
     def n_frames(self) -> int:
@@ -173,8 +185,12 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
     if types.shape != (n,) or masses.shape != (n,):
         raise CgsimInputError(side, f"fields 'system.particle_types'/'particle_masses' have {types.size}/{masses.size} "
                                     f"entries, expected {n} (the trajectory's particles)")
-    if traj.n_frames < 2:
-        raise CgsimInputError(str(path), f"expected at least 2 frames, got {traj.n_frames}")
+    stop_step, stop_reason = _stop(meta, side)
+    # a replica the guard stopped before its first saved step holds just the initial frame: it
+    # still counts for structure (dynamical observables leave stopped replicas out)
+    min_frames = 1 if stop_step is not None else 2
+    if traj.n_frames < min_frames:
+        raise CgsimInputError(str(path), f"expected at least {min_frames} frames, got {traj.n_frames}")
     if not (np.isfinite(meta.save_interval) and meta.save_interval > 0):
         raise CgsimInputError(side, f"field 'save_interval' is {meta.save_interval!r}, expected a positive number")
     charges = meta.extra.get("particle_charges") if isinstance(meta.extra, dict) else None
@@ -202,7 +218,26 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         name=name or path.stem, path=path, xyz=np.asarray(traj.xyz, dtype=np.float64),
         dt=float(meta.save_interval) * t_factor * stride, box=box, types=types, masses=masses, bonds=bonds,
         molecule_ids=ids, molecule_kinds=kinds, periodic=bool(meta.system.periodic), coordinates=meta.coordinates,
-        temperature=float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name))
+        temperature=float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name),
+        stop_step=stop_step, stop_reason=stop_reason)
+
+
+def _stop(meta: TrajectoryMetadata, where: str) -> tuple[int | None, str | None]:
+    """Step and reason at which the stability guard stopped a rollout replica (None, None if it did not).
+
+    ``cgsim rollout`` records them in every replica's sidecar (``extra.status == "stopped"``,
+    ``extra.stop_step``, ``extra.stop_reason``; the same as its ``summary.json``).
+    """
+    extra = meta.extra if isinstance(meta.extra, dict) else {}
+    if meta.kind != "rollout" or (extra.get("status") != "stopped" and extra.get("stop_step") is None):
+        return None, None
+    try:
+        step = int(extra.get("stop_step"))
+    except (TypeError, ValueError):
+        raise CgsimInputError(where, f"field 'extra.stop_step' is {extra.get('stop_step')!r}, expected the step at "
+                                     "which the stability guard stopped this replica") from None
+    reason = extra.get("stop_reason")
+    return step, (str(reason) if reason else "stopped by the stability guard")
 
 
 def _mapping_charges(path: Path, meta: TrajectoryMetadata, n: int) -> np.ndarray | None:

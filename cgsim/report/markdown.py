@@ -42,6 +42,15 @@ def _cells(d: dict[str, Any] | None) -> str:
     return "<br>".join(f"{k} = {_fmt(v)}" for k, v in d.items())
 
 
+def _excluded(info: dict[str, Any]) -> str:
+    """Clause on the replicas a set's dynamics leave out (stopped early by the stability guard)."""
+    ex = info.get("excluded_from_dynamics") or {}
+    if not ex.get("n"):
+        return ""
+    return (f"; {ex['n']} of {ex['of']} trajectories stopped early by the stability guard are excluded from the "
+            f"dynamical observables ({', '.join(ex['observables'])}) and kept for the structural ones (see Notes)")
+
+
 def render(metrics: dict[str, Any], figures: dict[str, str]) -> str:
     """Markdown text of the report.
 
@@ -55,10 +64,10 @@ def render(metrics: dict[str, Any], figures: dict[str, str]) -> str:
     ref, roll = metrics["reference"], metrics.get("rollout")
     lines = ["# cgsim evaluation report", ""]
     lines += [f"- reference: `{ref['path']}` ({ref['n_trajectories']} trajectories, {ref['n_frames']} frames, "
-              f"{_fmt(ref['dt_ps'])} ps between frames, system `{ref['system']}`)"]
+              f"{_fmt(ref['dt_ps'])} ps between frames, system `{ref['system']}`)" + _excluded(ref)]
     if roll:
         lines += [f"- rollout: `{roll['path']}` ({roll['n_trajectories']} trajectories, {roll['n_frames']} frames, "
-                  f"{_fmt(roll['dt_ps'])} ps between frames)"]
+                  f"{_fmt(roll['dt_ps'])} ps between frames)" + _excluded(roll)]
     else:
         lines += ["- rollout: none (reference alone)"]
     lines += [f"- created: {metrics['created']}; topology matched one to one: {_fmt(metrics['match_topology'])}",

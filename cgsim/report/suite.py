@@ -139,13 +139,65 @@ def _padded_range(values: list[np.ndarray], pad: float, floor: float | None = 0.
     return lo, hi
 
 
+def _describe_stop(t: BeadTrajectory) -> str:
+    reason = t.stop_reason or "stopped by the stability guard"
+    return f"{t.name} replica {t.replica}: {reason}" + ("" if "step" in reason else f" (step {t.stop_step})")
+
+
+def dynamical_set(trajs: list[BeadTrajectory], label: str, observables: tuple[str, ...] | list[str] = DYNAMIC
+                  ) -> list[BeadTrajectory]:
+    """The trajectories of a set that the dynamical observables use: all but replicas stopped early.
+
+    MSD, D, the Rg^2 ACF and the conductivity are curves in lag time, pooled over trajectories
+    only up to the shortest one's longest lag (:func:`~cgsim.observables.msd.combine_msds`,
+    :func:`~cgsim.observables.correlation.combine_acfs`), and the default fit window is a
+    fraction of the shortest trajectory: one rollout replica that the stability guard stopped
+    after a few steps would shrink the window and the lags of the whole set until the fit
+    fails, and its frames end exactly where the model went unstable. So such replicas are
+    left out of the dynamics (:func:`compute_suite` notes it). The structural observables
+    (RDF, bond and angle distributions, Rg, end-to-end distance, contact maps) keep them, as
+    they always did: those are per-frame histograms with no time window, the stopped
+    replica's frames all passed the guard, they weigh by their (few) frames, and dropping them
+    would hide the structure a failing replica drifted into (a survivor bias).
+
+    Parameters
+    ----------
+    trajs : list of BeadTrajectory
+        The set.
+    label : str
+        Name of the set in the error (``"reference"``, ``"rollout"``).
+    observables : sequence of str
+        The dynamical observables asked for (named in the error).
+
+    Raises
+    ------
+    CgsimInputError
+        If every trajectory of the set was stopped early (one line naming the first reason).
+    """
+    kept = [t for t in trajs if not t.stopped_early]
+    if trajs and not kept:
+        raise CgsimInputError(label, f"no replica left for the dynamical observables ({', '.join(observables)}): all "
+                                     f"{len(trajs)} trajectories were stopped early by the stability guard (first: "
+                                     f"{_describe_stop(trajs[0])}); evaluate structure alone (e.g. observables=[rdf,rg]) "
+                                     "or roll out again with a more stable model or schedule")
+    return kept
+
+
+def stopped_early(trajs: list[BeadTrajectory]) -> list[dict[str, Any]]:
+    """JSON entries (name, replica, stop step and reason, frames) of the replicas the guard stopped early."""
+    return [{"name": t.name, "replica": t.replica, "stop_step": t.stop_step, "stop_reason": t.stop_reason,
+             "n_frames": t.n_frames, "path": str(t.path)} for t in trajs if t.stopped_early]
+
+
 def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[str, ...],
-                  others: list[BeadTrajectory] | None = None) -> Settings:
+                  others: list[BeadTrajectory] | None = None, other_label: str = "rollout") -> Settings:
     """Bins and windows for every set, from the reference trajectories and the config.
 
     Bins come from the reference; the default fit window (``dynamics.fit_window_fraction``)
     from the shortest trajectory of the reference and ``others`` together, so that one window
-    fits every set compared.
+    fits every set compared. When dynamical observables are asked for, rollout replicas that
+    the stability guard stopped early do not count (they are left out of the dynamics, see
+    :func:`dynamical_set`).
 
     Parameters
     ----------
@@ -158,10 +210,18 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
         The observables to compute.
     others : list of BeadTrajectory, optional
         The other set(s) compared (e.g. the rollout).
+    other_label : str
+        Name of ``others`` in errors.
 
     Returns
     -------
     Settings
+
+    Raises
+    ------
+    CgsimInputError
+        Bad options; or dynamical observables asked for a set whose every trajectory was
+        stopped early (before anything is computed).
     """
     periodic = cfg.rdf.periodic
     if periodic is None:
@@ -203,7 +263,11 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
     angle_edges = np.linspace(0.0, math.pi * (1 + 1e-12), int(cfg.distributions.angle_bins) + 1)
 
     dyn = cfg.dynamics
-    shortest = min(t.duration for t in [*reference, *(others or [])])
+    dynamic = tuple(o for o in observables if o in DYNAMIC)
+    timed = [*reference, *(others or [])]
+    if dynamic:  # the window must fit the trajectories the dynamics use, not a replica stopped early
+        timed = [*dynamical_set(reference, "reference", dynamic), *dynamical_set(others or [], other_label, dynamic)]
+    shortest = min(t.duration for t in timed)
     if dyn.fit_window is not None:
         window = tuple(float(x) for x in dyn.fit_window)
     else:
@@ -506,12 +570,21 @@ def compute_suite(trajs: list[BeadTrajectory], settings: Settings, label: str, p
         raise CgsimInputError(label, "empty selection: no trajectories")
     suite = Suite(label=label, n_trajectories=len(trajs), n_frames=int(sum(t.n_frames for t in trajs)),
                   dt=float(trajs[0].dt))
+    dynamic = tuple(o for o in settings.observables if o in DYNAMIC)
+    # replicas stopped early by the stability guard: structure yes, dynamics no (see dynamical_set)
+    moving = dynamical_set(trajs, label, dynamic) if dynamic else trajs
+    if len(moving) < len(trajs):
+        stopped = [t for t in trajs if t.stopped_early]
+        shown = "; ".join(_describe_stop(t) for t in stopped[:3]) + ("; ..." if len(stopped) > 3 else "")
+        suite.notes.append(f"{label}: {len(stopped)} of {len(trajs)} trajectories excluded from the dynamical "
+                           f"observables ({', '.join(dynamic)}): stopped early by the stability guard ({shown}); "
+                           "they still count for the structural observables over the frames they have")
     bar = tqdm(settings.observables, desc=f"evaluate {label}", unit="observable", disable=not progress, leave=False)
     for name in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         try:
-            _COMPUTE[name](trajs, settings, suite)
+            _COMPUTE[name](moving if name in DYNAMIC else trajs, settings, suite)
         except CgsimInputError as exc:
             where = exc.where if exc.where.startswith(label) else f"{label}: {exc.where}"
             raise CgsimInputError(where, exc.message) from None
