@@ -125,6 +125,7 @@ def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, ckpt_refine
     # what a kill leaves is readable: every frame up to the last commit (steps 0..8)
     assert _frames(split).shape[0] == committed
     assert load_state(split / "rollout_state.pt").step == (8 if where == "step" else 4)
+    assert json.loads((split / "seq_000/replica_000/rollout.json").read_text())["extra"]["status"] == "running"
     rollout(_cfg(compose_cfg, ckpt, split, *opts, "resume=true"))
     for member in ("seq_000/replica_000", "seq_000/replica_001"):
         a, b = _frames(full, member), _frames(split, member)
@@ -194,6 +195,8 @@ def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path
     assert [t.stop_step for t in loaded] == [None, 3, None] and reason in loaded[1].stop_reason
     for k, m in zip((0, 2), others, strict=True):
         assert m["status"] == "finished" and m["frames"] == 7
+        side = json.loads((out / f"seq_000/replica_{k:03d}/rollout.json").read_text())
+        assert side["extra"]["status"] == "finished" and side["extra"]["steps_done"] == 6
         name = f"seq_000/replica_{k:03d}"
         np.testing.assert_allclose(_frames(out, name), _frames(tmp_path / "clean", name), atol=1e-5)
 
@@ -454,3 +457,14 @@ def test_exported_model_rolls_out_like_its_checkpoint(ckpt, tmp_path):
         (tmp_path / "junk.pt").write_bytes(b"junk")
         export_model(tmp_path / "junk.pt", tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from cgsim.runtime import keep_freed_memory
+
+    applied = keep_freed_memory()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    torch.randn(4_000_000).sum()  # large allocations still work afterwards

@@ -36,6 +36,7 @@ from cgsim.io_utils import write_json_atomic
 from cgsim.metadata import command_line, now_iso, read_sidecar
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
 from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
+from cgsim.runtime import keep_freed_memory
 from cgsim.train.checkpoint import load_checkpoint
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
@@ -129,6 +130,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     checkpoint_every = _positive(cfg, "checkpoint_every", 0)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     device = torch.device(str(cfg.device))
     out = Path(cfg.output)
     state_path = out / "rollout_state.pt"

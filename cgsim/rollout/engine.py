@@ -269,6 +269,8 @@ class RolloutEngine:
             full = collate([m.graph for m in self.members],
                            [torch.zeros(m.n_beads, 1, 3) for m in self.members]).to(self.device)
             self._chem_full = model.chemistry(full)  # once: depends on topology only
+        #: ``n_steps`` of the current (or last) :meth:`run` call
+        self.target_steps: int | None = None
         self._active_key: tuple[int, ...] | None = None
         self._cache: tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -377,6 +379,7 @@ class RolloutEngine:
         """
         if n_steps <= 0:
             raise CgsimInputError("steps", f"expected a positive number of learned steps, got {n_steps}")
+        self.target_steps = int(n_steps)
         for g, s in zip(self._generators, state.rng_states, strict=True):
             g.set_state(s.cpu())
         state.pos = state.pos.to(self.device, self.dtype)

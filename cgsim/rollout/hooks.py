@@ -306,13 +306,14 @@ class TrajectoryOutput(RolloutHook):
             for chunk in md.iterload(str(src), chunk=1000):
                 w.write(chunk.xyz, chunk.time, chunk.unitcell_vectors)
 
-    def _sidecar(self, m: int, state: RolloutState) -> None:
+    def _sidecar(self, m: int, state: RolloutState, finished: bool = False) -> None:
         o = self.outputs[m]
         stopped = state.stop_step[m] >= 0
+        status = "stopped" if stopped else ("finished" if finished else "running")
         last = (state.stop_step[m] - 1) if stopped else state.step
         extra = {**o.extra, "learned_dt": self.learned_dt, "time_unit": self.time_unit,
                  "steps_done": last, "simulated_time": last * self.learned_dt,
-                 "status": "stopped" if stopped else "running", "stop_step": state.stop_step[m] if stopped else None,
+                 "status": status, "stop_step": state.stop_step[m] if stopped else None,
                  "stop_reason": state.stop_reason[m] or None, "redraws": state.redraws[m], "also_written": ["rollout.dcd"] if self.write_dcd else []}
         meta = TrajectoryMetadata(kind="rollout", trajectory="rollout.h5", topology="beads.pdb", system=replace(o.system),
                                   save_interval=self.learned_dt * self.save_every, n_frames=state.frames_written[m],
@@ -322,9 +323,10 @@ class TrajectoryOutput(RolloutHook):
         write_sidecar(meta, self.h5_path(m))
 
     def on_end(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
+        done = engine.target_steps is not None and state.step >= engine.target_steps
         for m in range(len(self.outputs)):
             if state.stop_step[m] < 0:
-                self._sidecar(m, state)
+                self._sidecar(m, state, finished=done)
 
 
 class ProgressBar(RolloutHook):
