@@ -327,3 +327,11 @@ def test_no_replica_left_for_dynamics_is_one_clear_error(tmp_path):
     # structure alone needs no full-length replica
     metrics = _run([*base, f"output={tmp_path / 'b'}", "observables=[bond_lengths,rg]"])
     assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 9
+
+
+def test_structure_only_with_a_one_frame_replica(tmp_path):
+    # every replica stopped, one after its first frame: no dynamics asked, so no fit window is needed
+    roll = _fake_rollout(tmp_path / "ro", frames=[1, 4], stopped={0: 1, 1: 4})
+    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false",
+                    "noise_floor=false", f"output={tmp_path / 'e'}", "observables=[bond_lengths,rg]"])
+    assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 5

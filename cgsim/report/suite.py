@@ -264,8 +264,10 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
 
     dyn = cfg.dynamics
     dynamic = tuple(o for o in observables if o in DYNAMIC)
-    timed = [*reference, *(others or [])]
-    if dynamic:  # the window must fit the trajectories the dynamics use, not a replica stopped early
+    # the window must fit the trajectories the dynamics use, not a replica stopped early; with no
+    # dynamical observable it is unused, so only the reference (never stopped) sets it
+    timed = list(reference)
+    if dynamic:
         timed = [*dynamical_set(reference, "reference", dynamic), *dynamical_set(others or [], other_label, dynamic)]
     shortest = min(t.duration for t in timed)
     if dyn.fit_window is not None:
@@ -275,7 +277,7 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
         if not 0 <= f0 < f1 <= 1:
             raise CgsimInputError("dynamics.fit_window_fraction", f"expected 0 <= start < end <= 1, got [{f0}, {f1}]")
         window = (f0 * shortest, f1 * shortest)
-    if len(window) != 2 or not (0 <= window[0] < window[1]):
+    if dynamic and (len(window) != 2 or not (0 <= window[0] < window[1])):
         raise CgsimInputError("dynamics.fit_window", f"expected [t_start, t_end] in ps with 0 <= t_start < t_end, got {list(window)}")
     if int(dyn.n_blocks) < 1:
         raise CgsimInputError("dynamics.n_blocks", f"expected a positive number of blocks, got {dyn.n_blocks}")
