@@ -335,3 +335,15 @@ def test_structure_only_with_a_one_frame_replica(tmp_path):
     metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false",
                     "noise_floor=false", f"output={tmp_path / 'e'}", "observables=[bond_lengths,rg]"])
     assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 5
+
+
+def test_topology_pairs_renamed_systems_in_order():
+    from cgsim.report.loading import check_same_topology, load_set
+
+    test = MAPPED_SEQ.parent
+    short = load_set(str(test / "seq_00[0-1]"), 0, 50, "rollout")
+    long = load_set(str(test / "seq_00[0-1]_long"), 0, 500, "reference")
+    check_same_topology(long, short)  # seq_000 <-> seq_000_long, seq_001 <-> seq_001_long: same topologies
+    swapped = load_set(str(test / "seq_00[1-2]"), 0, 50, "rollout")
+    with pytest.raises(CgsimInputError, match="molecules differ"):
+        check_same_topology(long, swapped)  # same count, other chains: refused

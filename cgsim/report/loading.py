@@ -338,12 +338,20 @@ def _entry_path(entry: Any, index: Path, k: int) -> str:
     raise CgsimInputError(str(index), f"field 'molecules[{k}].files' holds an entry without a 'trajectory' path")
 
 
+def _same_topology(a: BeadTrajectory, b: BeadTrajectory) -> bool:
+    """Same bead types in the same order and the same bonds."""
+    if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
+        return False
+    return np.array_equal(np.unique(np.sort(a.bonds, axis=1), axis=0), np.unique(np.sort(b.bonds, axis=1), axis=0))
+
+
 def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTrajectory], where: str = "rollout") -> None:
     """Refuse a rollout whose trajectories do not match the reference's one to one.
 
     Trajectories pair up by name (or by position for single files; every replica of a
-    rollout system pairs with the reference of that name); each pair must have the same bead
-    types in the same order and the same bonds.
+    rollout system pairs with the reference of that name; if the names differ but the counts
+    agree, in sorted name order provided every pair's topology agrees); each pair must have the
+    same bead types in the same order and the same bonds.
     """
     if len(reference) == 1 and len({t.name for t in rollout}) == 1:
         pairs = [(reference[0], t) for t in rollout]
@@ -353,9 +361,19 @@ def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTraje
         if set(ref) != names or len(ref) != len(reference):
             missing = sorted(set(ref) - names)[:3]
             extra = sorted(names - set(ref))[:3]
-            raise CgsimInputError(where, f"topology does not match the reference: molecules differ (missing {missing}, "
-                                         f"extra {extra}); set match_topology=false to compare pooled statistics")
-        pairs = [(ref[t.name], t) for t in rollout]
+            mismatch = CgsimInputError(where, f"topology does not match the reference: molecules differ (missing "
+                                              f"{missing}, extra {extra}); set match_topology=false to compare pooled "
+                                              "statistics")
+            # other names, same systems (e.g. rollouts from seq_000 against the long reference
+            # seq_000_long): pair in sorted name order, accepted only if every pair's topology agrees
+            if len(ref) != len(reference) or len(ref) != len(names):
+                raise mismatch
+            by_order = dict(zip(sorted(names), sorted(ref), strict=True))
+            pairs = [(ref[by_order[t.name]], t) for t in rollout]
+            if not all(_same_topology(a, b) for a, b in pairs):
+                raise mismatch
+        else:
+            pairs = [(ref[t.name], t) for t in rollout]
     for a, b in pairs:
         if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
             raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bead types differ "
