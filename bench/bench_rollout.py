@@ -49,14 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import untrained_model
+from bench_common import StepTimer, untrained_model
 
 from cgsim.data.load import load_systems
 from cgsim.geometry import VerletList, radius_graph
 from cgsim.model.batch import SystemGraph, collate
 from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.rollout.command import initial_history
-from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, RolloutState, member_seed
+from cgsim.rollout.engine import Member, RolloutEngine, RolloutState, member_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INITIAL = ROOT / "data" / "chain" / "mapped" / "test" / "seq_000"
@@ -84,22 +84,16 @@ def _amortised(times: list[float], built: list[bool]) -> float:
     return total / max(len(times), 1)
 
 
-class _Recorder(RolloutHook):
-    """Keeps the current frame (N, 3) of every committed step and the wall time of each step."""
+class _Recorder(StepTimer):
+    """A :class:`StepTimer` that also keeps the current frame (N, 3) of every committed step."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.frames: list[torch.Tensor] = []
-        self.step_s: list[float] = []
-        self._last = 0.0
-
-    def on_start(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
-        self._last = time.perf_counter()
 
     def on_step(self, engine: RolloutEngine, state: RolloutState) -> None:  # noqa: D102
-        now = time.perf_counter()
-        self.step_s.append(now - self._last)
+        super().on_step(engine, state)
         self.frames.append(state.pos[:, -1].clone())
-        self._last = time.perf_counter()
 
 
 def chain_model(n_atom_types: int, refine: bool, positions: torch.Tensor) -> MultiScaleDynamics:
