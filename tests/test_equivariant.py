@@ -10,7 +10,7 @@ from cgsim.model.equivariant import EquivariantDynamics
 from cgsim.model.refinement import ScoreRefiner
 from cgsim.train.checkpoint import load_checkpoint
 from cgsim.train.loop import build_model, model_from_checkpoint, train
-from tests.test_model import BOX, H, _chain_system
+from tests.test_model import BOX, H, _chain_system, assert_batched_equals_single, overfit_one_batch
 from tests.test_train import _train_overrides, mapped_chains  # noqa: F401 - session fixture
 
 #: float64 tolerance of the exact symmetries (only round-off separates the two sides)
@@ -124,14 +124,7 @@ def test_permutation_equivariance():
 @pytest.mark.parametrize("box", [None, BOX])
 def test_batched_equals_single(box):
     systems = [_chain_system(n, box, s) for s, n in enumerate([12, 30, 7])]
-    m = _model()
-    batched = m(collate([s for s, _ in systems], [p for _, p in systems]))
-    offset = 0
-    for s, p in systems:
-        single = m(collate([s], [p]))
-        torch.testing.assert_close(batched.mean[offset:offset + s.n_beads], single.mean, **TOL)
-        torch.testing.assert_close(batched.std[offset:offset + s.n_beads], single.std, **TOL)
-        offset += s.n_beads
+    assert_batched_equals_single(_model(), systems, **TOL)
 
 
 def test_wrapped_and_unwrapped_images_give_same_prediction():
@@ -161,24 +154,9 @@ def test_step_at_zero_temperature_is_the_mean_and_refiner_runs():
 
 @pytest.mark.parametrize("target", ["acceleration", "displacement"])
 def test_overfits_one_batch(target):
-    sys, pos = _chain_system(20, BOX, 5)
-    g = torch.Generator().manual_seed(9)
-    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=g, dtype=torch.float64)
-    m = _model(target=target).train()
-    m.fit_normalization(torch.cat([pos, nxt[:, None]], dim=1))
-    batch = collate([sys], [pos])
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    first = m.loss(batch, nxt).item()
-    for _ in range(300):
-        opt.zero_grad()
-        loss = m.loss(batch, nxt)
-        loss.backward()
-        opt.step()
-    assert loss.item() < first - 1.0, (first, loss.item())
-    m.eval()
-    err = (m.step(batch, temperature=0.0) - nxt).norm(dim=-1).mean().item()
-    target_value = m.target_from_positions(torch.cat([pos, nxt[:, None]], dim=1))
-    assert err < 0.5 * target_value.norm(dim=-1).mean().item()
+    first, last, err, scale = overfit_one_batch(_model(target=target))
+    assert last < first - 1.0, (first, last)
+    assert err < 0.5 * scale
 
 
 def test_bad_arguments():

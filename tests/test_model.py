@@ -37,6 +37,39 @@ def _model(seed=0, **kw) -> MultiScaleDynamics:
 BOX = torch.tensor([6.0, 6.0, 6.0], dtype=torch.float64)
 
 
+def assert_batched_equals_single(m, systems, **tol) -> None:
+    """Each system's mean and std from one disjoint batch equal those of a lone forward."""
+    batched = m(collate([s for s, _ in systems], [p for _, p in systems]))
+    offset = 0
+    for s, p in systems:
+        single = m(collate([s], [p]))
+        torch.testing.assert_close(batched.mean[offset:offset + s.n_beads], single.mean, **tol)
+        torch.testing.assert_close(batched.std[offset:offset + s.n_beads], single.std, **tol)
+        offset += s.n_beads
+
+
+def overfit_one_batch(m, steps: int = 300) -> tuple[float, float, float, float]:
+    """Train ``m`` on one 20-bead window; return (first loss, last loss, mean error of the
+    deterministic step, mean norm of the target), the last two in nm."""
+    sys, pos = _chain_system(20, BOX, 5)
+    g = torch.Generator().manual_seed(9)
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=g, dtype=torch.float64)
+    m.train()
+    m.fit_normalization(torch.cat([pos, nxt[:, None]], dim=1))
+    batch = collate([sys], [pos])
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    first = m.loss(batch, nxt).item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = m.loss(batch, nxt)
+        loss.backward()
+        opt.step()
+    m.eval()
+    err = (m.step(batch, temperature=0.0) - nxt).norm(dim=-1).mean().item()
+    scale = m.target_from_positions(torch.cat([pos, nxt[:, None]], dim=1)).norm(dim=-1).mean().item()
+    return first, loss.item(), err, scale
+
+
 @pytest.mark.parametrize("box", [None, BOX])
 def test_shapes(box):
     sys, pos = _chain_system(30, box, 0)
@@ -74,14 +107,7 @@ def test_permutation_equivariance():
 @pytest.mark.parametrize("box", [None, BOX])
 def test_batched_equals_single(box):
     systems = [_chain_system(n, box, s) for s, n in enumerate([12, 30, 7])]
-    m = _model()
-    batched = m(collate([s for s, _ in systems], [p for _, p in systems]))
-    offset = 0
-    for s, p in systems:
-        single = m(collate([s], [p]))
-        torch.testing.assert_close(batched.mean[offset:offset + s.n_beads], single.mean)
-        torch.testing.assert_close(batched.std[offset:offset + s.n_beads], single.std)
-        offset += s.n_beads
+    assert_batched_equals_single(_model(), systems)
 
 
 def test_wrapped_and_unwrapped_images_give_same_prediction():
@@ -106,25 +132,10 @@ def test_step_returns_positions_and_zero_temperature_is_mean():
 
 @pytest.mark.parametrize("target", ["acceleration", "displacement"])
 def test_overfits_one_batch(target):
-    sys, pos = _chain_system(20, BOX, 5)
-    g = torch.Generator().manual_seed(9)
-    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=g, dtype=torch.float64)
-    m = _model(target=target).train()
-    m.fit_normalization(torch.cat([pos, nxt[:, None]], dim=1))
-    batch = collate([sys], [pos])
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    first = m.loss(batch, nxt).item()
-    for _ in range(300):
-        opt.zero_grad()
-        loss = m.loss(batch, nxt)
-        loss.backward()
-        opt.step()
+    first, last, err, scale = overfit_one_batch(_model(target=target))
     # memorised: the NLL fell far and the mean prediction lands on the target
-    assert loss.item() < first - 1.5, (first, loss.item())
-    m.eval()
-    err = (m.step(batch, temperature=0.0) - nxt).norm(dim=-1).mean().item()
-    target = m.target_from_positions(torch.cat([pos, nxt[:, None]], dim=1))
-    assert err < 0.25 * target.norm(dim=-1).mean().item()
+    assert last < first - 1.5, (first, last)
+    assert err < 0.25 * scale
 
 
 def test_rejects_short_history_and_bad_args():
