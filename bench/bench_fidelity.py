@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from cgsim.report.markdown import median_over_keys
 
 #: (label, observable, error measure, target as a relative error; None = the noise floor)
 CHECKS = [
@@ -34,13 +34,6 @@ CHECKS = [
 ]
 
 
-def _median(metrics: dict[str, Any], observable: str, measure: str, part: str) -> float | None:
-    values = [entry.get(part, {}).get(measure) for entry in metrics.get("observables", {}).get(observable, {}).values()
-              if isinstance(entry, dict)]
-    values = [v for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
-    return float(np.median(values)) if values else None
-
-
 def fidelity(rollout_dir: str | Path, metrics_path: str | Path | None = None) -> dict[str, Any]:
     """The fidelity table of one evaluated rollout directory (see the module docstring)."""
     out = Path(rollout_dir)
@@ -48,10 +41,10 @@ def fidelity(rollout_dir: str | Path, metrics_path: str | Path | None = None) ->
     metrics = json.loads(Path(metrics_path or out / "evaluate" / "metrics.json").read_text())
     rows = []
     for label, obs, measure, target in CHECKS:
-        err = _median(metrics, obs, measure, "error")
+        err = median_over_keys(metrics, obs, measure, "error")
         if err is None:
             continue
-        floor = _median(metrics, obs, measure, "noise_floor")
+        floor = median_over_keys(metrics, obs, measure, "noise_floor")
         limit = target if target is not None else floor
         rows.append({"check": label, "rollout": err, "noise_floor": floor, "target": target,
                      "meets": None if limit is None else bool(err <= limit)})

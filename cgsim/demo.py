@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 from cgsim.cli import hydra_quoted
 from cgsim.errors import CgsimInputError
+from cgsim.report.markdown import median_over_keys
 
 
 def register_configs() -> None:
@@ -52,21 +52,17 @@ def shell_word(override: str) -> str:
 
 
 def headline(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """Per observable: the median over its keys of the first error measure, and of its noise floor."""
+    """Per observable: the median over its keys of its first error measure, and of its noise floor."""
     rows = []
     for name, per_key in metrics.get("observables", {}).items():
-        errs, floors, measure = [], [], None
-        for entry in per_key.values():
-            if not isinstance(entry, dict) or not isinstance(entry.get("error"), dict):
-                continue
-            measure = measure or next((k for k, v in entry["error"].items() if isinstance(v, (int, float))), None)
-            if measure is None:
-                continue
-            errs.append(entry["error"].get(measure, np.nan))
-            floors.append((entry.get("noise_floor") or {}).get(measure, np.nan))
-        if errs:
-            rows.append((f"{name} ({measure})", float(np.nanmedian(errs)),
-                         float(np.nanmedian(floors)) if np.isfinite(floors).any() else float("nan")))
+        measure = next((k for entry in per_key.values() if isinstance(entry, dict) and isinstance(entry.get("error"), dict)
+                        for k, v in entry["error"].items() if isinstance(v, (int, float))), None)
+        if measure is None:
+            continue
+        err = median_over_keys(metrics, name, measure, "error")
+        floor = median_over_keys(metrics, name, measure, "noise_floor")
+        rows.append((f"{name} ({measure})", float("nan") if err is None else err,
+                     float("nan") if floor is None else floor))
     return rows
 
 

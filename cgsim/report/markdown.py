@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 _TITLES = {
     "rdf": "Radial distribution functions",
@@ -22,6 +25,18 @@ _FIGURE_OF = {
     "end_to_end": "chain_size.png", "contact_map": "contact_map.png", "msd": "msd.png", "diffusion": "msd.png",
     "rg_acf": "rg_acf.png", "conductivity": "conductivity.png",
 }
+
+
+def median_over_keys(metrics: dict[str, Any], observable: str, measure: str, part: str = "error") -> float | None:
+    """Median of one measure over an observable's keys (type pairs, groups) in ``metrics.json``.
+
+    ``part`` is ``"error"`` (rollout vs reference) or ``"noise_floor"``; keys without a finite
+    value are skipped; ``None`` if none has one.
+    """
+    values = [(entry.get(part) or {}).get(measure) for entry in metrics.get("observables", {}).get(observable, {}).values()
+              if isinstance(entry, dict)]
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(np.median(finite)) if finite else None
 
 
 def _fmt(v: Any) -> str:
