@@ -338,11 +338,13 @@ def _entry_path(entry: Any, index: Path, k: int) -> str:
     raise CgsimInputError(str(index), f"field 'molecules[{k}].files' holds an entry without a 'trajectory' path")
 
 
-def _same_topology(a: BeadTrajectory, b: BeadTrajectory) -> bool:
-    """Same bead types in the same order and the same bonds."""
+def _topology_difference(a: BeadTrajectory, b: BeadTrajectory) -> str | None:
+    """How ``b``'s topology differs from ``a``'s (bead types in order, bonds), or None if it does not."""
     if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
-        return False
-    return np.array_equal(np.unique(np.sort(a.bonds, axis=1), axis=0), np.unique(np.sort(b.bonds, axis=1), axis=0))
+        return f"bead types differ ({a.n_particles} vs {b.n_particles} particles)"
+    if not np.array_equal(np.unique(np.sort(a.bonds, axis=1), axis=0), np.unique(np.sort(b.bonds, axis=1), axis=0)):
+        return "bonds differ"
+    return None
 
 
 def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTrajectory], where: str = "rollout") -> None:
@@ -370,15 +372,11 @@ def check_same_topology(reference: list[BeadTrajectory], rollout: list[BeadTraje
                 raise mismatch
             by_order = dict(zip(sorted(names), sorted(ref), strict=True))
             pairs = [(ref[by_order[t.name]], t) for t in rollout]
-            if not all(_same_topology(a, b) for a, b in pairs):
+            if any(_topology_difference(a, b) for a, b in pairs):
                 raise mismatch
         else:
             pairs = [(ref[t.name], t) for t in rollout]
     for a, b in pairs:
-        if a.n_particles != b.n_particles or not np.array_equal(a.types, b.types):
-            raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bead types differ "
-                                               f"({a.n_particles} vs {b.n_particles} particles)")
-        bonds_a = np.unique(np.sort(a.bonds, axis=1), axis=0)
-        bonds_b = np.unique(np.sort(b.bonds, axis=1), axis=0)
-        if not np.array_equal(bonds_a, bonds_b):
-            raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: bonds differ")
+        difference = _topology_difference(a, b)
+        if difference:
+            raise CgsimInputError(str(b.path), f"topology does not match the reference {a.path}: {difference}")
