@@ -289,21 +289,24 @@ class RolloutEngine:
         """Bead rows of member ``m`` in ``state.pos``."""
         return slice(int(self.offsets[m]), int(self.offsets[m + 1]))
 
-    def _active_batch(self, active: list[int]) -> tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _active_batch(self, active: list[int], cache: bool = True) -> tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Collated topology of the active members (re-built only when the set changes).
 
         Returns the batch (positions to be filled), the rows of ``state.pos`` it holds, their
-        chemistry embeddings and the batch position of each bead's member.
+        chemistry embeddings and the batch position of each bead's member. ``cache=False``
+        (a redraw's subset) builds them without replacing the cached active set.
         """
         key = tuple(active)
-        if key != self._active_key:
-            graphs = [self.members[m].graph for m in active]
-            b = collate(graphs, [torch.zeros(g.n_beads, 1, 3) for g in graphs]).to(self.device)
-            rows = torch.cat([torch.arange(int(self.offsets[m]), int(self.offsets[m + 1])) for m in active]).to(self.device)
-            self._cache = (b, rows, self._chem_full[rows], b.batch)
-            self._active_key = key
-        assert self._cache is not None
-        return self._cache
+        if key == self._active_key:
+            assert self._cache is not None
+            return self._cache
+        graphs = [self.members[m].graph for m in active]
+        b = collate(graphs, [torch.zeros(g.n_beads, 1, 3) for g in graphs]).to(self.device)
+        rows = torch.cat([torch.arange(int(self.offsets[m]), int(self.offsets[m + 1])) for m in active]).to(self.device)
+        built = (b, rows, self._chem_full[rows], b.batch)
+        if cache:
+            self._cache, self._active_key = built, key
+        return built
 
     def _noise(self, active: list[int]) -> torch.Tensor:
         """Standard-normal noise (N_active, 3), each member's rows from its own generator.
@@ -315,9 +318,9 @@ class RolloutEngine:
                                       device=self.device, dtype=self.dtype) for m in active])
 
     # -- one step ---------------------------------------------------------------------------
-    def _propose(self, state: RolloutState, active: list[int]) -> tuple[Proposal, torch.Tensor]:
+    def _propose(self, state: RolloutState, active: list[int], cache: bool = True) -> tuple[Proposal, torch.Tensor]:
         """Sample the next frame of the members ``active``; also returns their rows in ``state.pos``."""
-        batch, rows, chem, member_of_bead = self._active_batch(active)
+        batch, rows, chem, member_of_bead = self._active_batch(active, cache)
         hist = state.pos[rows] if len(active) < len(self.members) else state.pos
         batch = batch.with_pos(hist)
         pred = self.model(batch, chem)
@@ -347,7 +350,7 @@ class RolloutEngine:
         Members whose new draw passes the checks get their rows of ``proposal.new_pos``
         replaced; returns the members that fail again, with the reason.
         """
-        sub, _ = self._propose(state, retry)
+        sub, _ = self._propose(state, retry, cache=False)  # keep the running set's collated batch
         stops = self._check(state, sub)
         start_full, start_sub = self._starts(proposal.active), self._starts(retry)
         for m in retry:
