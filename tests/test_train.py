@@ -60,6 +60,17 @@ def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, comp
     assert model.history == 3 and model.velocity_scale.item() > 0
 
 
+def test_validate_every_skips_validation_between_and_picks_best_among_validated(mapped_chains, tmp_path, compose_cfg):
+    out = tmp_path / "run"
+    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=3",
+                                                          "trainer.validate_every=2")))
+    rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
+    col = rows[0].index("val_nll")
+    assert rows[1][col] == "nan" and rows[2][col] != "nan" and rows[3][col] != "nan"  # epochs 1 / 2 / 3 (last)
+    assert summary["best"]["epoch"] in (2, 3)
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
+
+
 @pytest.mark.parametrize("refinement", [[], ["model/refinement=score"]], ids=["plain", "refinement"])
 def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compose_cfg, refinement):
     full, split = tmp_path / "full", tmp_path / "split"
@@ -90,7 +101,8 @@ def test_output_with_run_needs_resume_and_compatible_config(mapped_chains, tmp_p
     "extra, match",
     [(("data.stride=0",), "data.stride: expected a stride of at least 1"),
      (("data.history=40", "data.stride=2"), "trajectory has 61 frames; a window of history 40 x stride 2 needs 81"),
-     (("data.train=['/nonexistent/dir']",), "data.train: no mapped system at '/nonexistent/dir'")],
+     (("data.train=['/nonexistent/dir']",), "data.train: no mapped system at '/nonexistent/dir'"),
+     (("trainer.validate_every=0",), "trainer.validate_every: must be >= 1 epoch, got 0")],
 )
 def test_bad_training_input(mapped_chains, tmp_path, compose_cfg, extra, match):
     with pytest.raises(CgsimInputError, match=match):

@@ -56,6 +56,9 @@ class TrainerConfig:
     val_windows: int = 256
     #: learned steps of rollout validation (0 = skip)
     rollout_steps: int = 50
+    #: validate (one-step NLL, DSM, rollout) every N epochs and after the last one; the best
+    #: checkpoint is chosen among validated epochs (N > 1 when validation costs as much as an epoch)
+    validate_every: int = 1
     progress: bool = True
     tensorboard: bool = True
     #: torch.distributed backend when launched by torchrun (gloo on CPU, nccl on GPU)

@@ -141,6 +141,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if model.history != int(data.history):
         raise CgsimInputError("model.history", f"model reads {model.history} frames but data.history is {data.history}")
 
+    validate_every = int(tc.validate_every)
+    if validate_every < 1:
+        raise CgsimInputError("trainer.validate_every", f"must be >= 1 epoch, got {validate_every}")
     n_per_rank = len(ds_train) // world
     steps_per_epoch = max(1, math.ceil(n_per_rank / int(tc.batch_size)))
     if tc.max_steps_per_epoch:
@@ -213,20 +216,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         epochs_this_call += 1
         if rank == 0:
             model.eval()
-            ctx = ema.applied(model) if ema is not None else contextlib.nullcontext(model)
-            with ctx:
-                val_nll = one_step_nll(model, ds_val, int(tc.batch_size), device, int(tc.val_windows))
-                val_dsm = (one_step_dsm(model, ds_val, int(tc.batch_size), device, int(tc.val_windows), int(tc.seed))
-                           if model.refiner is not None else float("nan"))
-                roll = (rollout_validation(model, val_set.trajectories, int(data.stride), int(tc.rollout_steps),
-                                           int(tc.seed), device) if int(tc.rollout_steps) > 0 else None)
-            score = roll.score if roll is not None else val_nll
+            validate = (epoch + 1) % validate_every == 0 or epoch + 1 == int(tc.max_epochs)
+            val_nll = val_dsm = score = float("nan")
+            roll = None
+            if validate:
+                ctx = ema.applied(model) if ema is not None else contextlib.nullcontext(model)
+                with ctx:
+                    val_nll = one_step_nll(model, ds_val, int(tc.batch_size), device, int(tc.val_windows))
+                    val_dsm = (one_step_dsm(model, ds_val, int(tc.batch_size), device, int(tc.val_windows), int(tc.seed))
+                               if model.refiner is not None else float("nan"))
+                    roll = (rollout_validation(model, val_set.trajectories, int(data.stride), int(tc.rollout_steps),
+                                               int(tc.seed), device) if int(tc.rollout_steps) > 0 else None)
+                score = roll.score if roll is not None else val_nll
             row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val_nll, "val_dsm": val_dsm,
                    "rollout_bond_w1": roll.bond_w1 if roll else float("nan"),
                    "rollout_stable_fraction": roll.stable_fraction if roll else float("nan"),
                    "score": score, "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,
                    "windows_per_second": seen * world / max(train_time, 1e-9)}
-            improved = score < best["score"]
+            improved = validate and score < best["score"]
             if improved:
                 best = {"score": float(score), "epoch": epoch + 1}
             state = {"config": cfg_dict, "model": model.state_dict(), "ema": ema.state_dict() if ema else None,

@@ -1,0 +1,50 @@
+"""bench/bench_variants.py: arms, nested data fractions, a tiny train-only run and its read-back."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_train import mapped_chains  # noqa: F401 - session fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # bench scripts import their siblings by name
+spec = importlib.util.spec_from_file_location("bench_variants", ROOT / "bench" / "bench_variants.py")
+bench_variants = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_variants)
+
+
+def test_arms_named_and_custom():
+    assert bench_variants.parse_arm("equivariant") == ("equivariant", ["model=equivariant_gnn"])
+    assert bench_variants.parse_arm("wide=model.hidden_dim=96,model.bead_layers=3") == (
+        "wide", ["model.hidden_dim=96", "model.bead_layers=3"])
+    with pytest.raises(SystemExit, match="unknown arm 'nope'"):
+        bench_variants.parse_arm("nope")
+
+
+def test_fractions_are_nested_prefixes():
+    systems = [f"s{i}" for i in range(30)]
+    assert bench_variants.subset(systems, 0.25) == systems[:8]
+    assert bench_variants.subset(systems, 0.5) == systems[:15]
+    assert bench_variants.subset(systems, 1.0) == systems
+    assert bench_variants.subset(systems[:2], 0.01) == ["s0"]
+    with pytest.raises(SystemExit, match="not in"):
+        bench_variants.subset(systems, 0.0)
+
+
+def test_tiny_train_only_run_and_read_back(mapped_chains, tmp_path, capsys):  # noqa: F811
+    common = ["--train-overrides", "debug=tiny", f"data.train=['{mapped_chains}/seq_00[0-2]']",
+              f"data.val=['{mapped_chains}/seq_003']", "model.cutoff=2.0",
+              "--arms", "plain", "coarse", "--fractions", "0.5", "1.0", "--epochs", "1", "--steps-per-epoch", "2",
+              "--rollout-steps", "0", "--out", str(tmp_path)]
+    rows = bench_variants.main(common)
+    assert [(r["arm"], r["train_systems"]) for r in rows] == [("plain", 2), ("coarse", 2), ("plain", 3), ("coarse", 3)]
+    assert all(r["optimizer_steps"] == 2 and r["n_parameters"] > 0 and r["val_nll"] == r["val_nll"] for r in rows)
+    assert rows[1]["n_parameters"] > rows[0]["n_parameters"]  # the coarse level adds parameters
+    assert (tmp_path / "variants.md").read_text().count("\n") == 6
+    again = bench_variants.main(common)  # finished runs are read back, not retrained
+    assert [r["val_nll"] for r in again] == [r["val_nll"] for r in rows]
+    assert "nothing to do" in capsys.readouterr().out
