@@ -36,6 +36,7 @@ import bench_fidelity
 
 from cgsim.cli import compose_verb, hydra_quoted, load_verb
 from cgsim.data.load import expand_paths
+from cgsim.errors import CgsimInputError
 from cgsim.report.markdown import median_over_keys
 from cgsim.train.checkpoint import load_checkpoint
 
@@ -46,6 +47,9 @@ ARMS: dict[str, list[str]] = {
     "coarse": ["model/coarse=segments"],
     "equivariant+coarse": ["model=equivariant_gnn", "model/coarse=segments"],
 }
+
+#: the structural observables evaluated when no replica finished (dynamics need full-length replicas)
+STRUCTURE = ("rdf", "bond_lengths", "bond_angles", "rg")
 
 #: rollout errors reported per run: (column, observable, error measure)
 ERRORS = [
@@ -117,12 +121,21 @@ def rollout_arm(checkpoint: str, initial: str, reference: str, steps: int, out: 
             f"reference={hydra_quoted(reference)}"]
     if (out / "rollout_state.pt").is_file():
         args.append("resume=true")
-    rollout(compose_verb("rollout", args))
+    note = None
+    try:
+        rollout(compose_verb("rollout", args))
+    except CgsimInputError as exc:  # every replica stopped early: no dynamics to compare, structure still
+        if not (out / "summary.json").is_file():
+            raise
+        note = str(exc)
+        load_verb("evaluate")(compose_verb("evaluate", [
+            f"reference={hydra_quoted(reference)}", f"rollout={out}", f"output={out / 'evaluate'}",
+            f"observables=[{','.join(STRUCTURE)}]", "progress=false"]))
     summary = json.loads((out / "summary.json").read_text())
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     fid = bench_fidelity.fidelity(out)
     finished = next(r["rollout"] for r in fid["rows"] if r["check"] == "replicas finished")
-    record = {"finished": finished, "redraws_per_1000_steps": fid["redraws_per_1000_steps"],
+    record = {"finished": finished, "evaluate_note": note, "redraws_per_1000_steps": fid["redraws_per_1000_steps"],
               "bead_steps_per_second": summary.get("bead_steps_per_second")}
     for column, obs, measure in ERRORS:
         record[column] = median_over_keys(metrics, obs, measure, "error")

@@ -48,3 +48,16 @@ def test_tiny_train_only_run_and_read_back(mapped_chains, tmp_path, capsys):  # 
     again = bench_variants.main(common)  # finished runs are read back, not retrained
     assert [r["val_nll"] for r in again] == [r["val_nll"] for r in rows]
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_tiny_run_with_rollout_reports_errors_and_speed(mapped_chains, tmp_path):  # noqa: F811
+    rows = bench_variants.main([
+        "--train-overrides", "debug=tiny", f"data.train=['{mapped_chains}/seq_00[0-2]']",
+        f"data.val=['{mapped_chains}/seq_003']", "model.cutoff=2.0",
+        "--arms", "plain", "--epochs", "1", "--steps-per-epoch", "2", "--rollout-steps", "12", "--save-every", "1",
+        "--redraws", "0", "--initial", f"{mapped_chains}/seq_003", "--reference", f"{mapped_chains}/seq_003",
+        "--out", str(tmp_path)])
+    (row,) = rows
+    assert 0.0 <= row["finished"] <= 1.0 and row["bead_steps_per_second"] > 0
+    assert row["rg_err"] is not None and row["bond_jsd"] is not None  # structure is compared in every case
+    assert (row["finished"] == 1.0) == (row["evaluate_note"] is None)
