@@ -43,6 +43,7 @@ from cgsim.train.checkpoint import load_checkpoint
 #: named arms: ``cgsim train`` overrides on top of the experiment
 ARMS: dict[str, list[str]] = {
     "plain": [],
+    "plain+symmetries": ["data.augment_symmetry=true"],
     "equivariant": ["model=equivariant_gnn"],
     "coarse": ["model/coarse=segments"],
     "equivariant+coarse": ["model=equivariant_gnn", "model/coarse=segments"],

@@ -60,6 +60,13 @@ def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, comp
     assert model.history == 3 and model.velocity_scale.item() > 0
 
 
+def test_symmetry_augmentation_changes_training_but_not_validation(mapped_chains, tmp_path, compose_cfg):
+    base = train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "a", "trainer.max_epochs=1")))
+    aug = train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "b", "trainer.max_epochs=1",
+                                                      "data.augment_symmetry=true")))
+    assert aug["train_loss"] == aug["train_loss"] and aug["train_loss"] != base["train_loss"]
+
+
 def test_validate_every_skips_validation_between_and_picks_best_among_validated(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
     summary = train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=3",

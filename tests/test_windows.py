@@ -54,3 +54,50 @@ def test_collator_batches_and_noises_inputs_only():
     torch.testing.assert_close(noisy.target, clean.target)
     diff = (noisy.inputs.pos - clean.inputs.pos).std().item()
     assert 0.07 < diff < 0.13
+
+
+def test_random_symmetry_without_a_box_is_uniform_over_o3():
+    from cgsim.data.windows import random_symmetry
+
+    gen = torch.Generator().manual_seed(0)
+    mats = torch.stack([random_symmetry(None, gen) for _ in range(2000)])
+    torch.testing.assert_close(mats @ mats.transpose(1, 2), torch.eye(3).expand(2000, 3, 3), atol=1e-5, rtol=0)
+    dets = torch.linalg.det(mats)
+    assert 0.45 < (dets > 0).float().mean() < 0.55  # rotations and reflections alike
+    # a uniform orthogonal matrix sends a fixed unit vector uniformly over the sphere: mean ~ 0, <v_i^2> = 1/3
+    v = mats[:, :, 0]
+    assert v.mean(0).abs().max() < 0.06 and ((v ** 2).mean(0) - 1 / 3).abs().max() < 0.04
+
+
+@pytest.mark.parametrize("box, n_expected", [((2.0, 2.0, 2.0), 48), ((2.0, 2.0, 3.0), 16), ((1.0, 2.0, 3.0), 8)])
+def test_random_symmetry_with_a_box_maps_the_lattice_onto_itself(box, n_expected):
+    from cgsim.data.windows import random_symmetry
+    from cgsim.geometry.pbc import minimum_image
+
+    lengths = torch.tensor(box)
+    gen = torch.Generator().manual_seed(1)
+    seen = set()
+    pos = torch.rand(20, 3, generator=gen) * 3.0 * lengths - lengths  # unwrapped, some outside the box
+    d0 = minimum_image(pos[:, None] - pos[None], lengths).norm(dim=-1)
+    for _ in range(600):
+        r = random_symmetry(lengths, gen)
+        seen.add(tuple(r.flatten().tolist()))
+        torch.testing.assert_close(r.abs() @ lengths, lengths)  # signed permutation of equal edges only
+        moved = pos @ r.T
+        torch.testing.assert_close(minimum_image(moved[:, None] - moved[None], lengths).norm(dim=-1), d0,
+                                   atol=1e-5, rtol=0)
+    assert len(seen) == n_expected
+
+
+def test_collator_symmetries_move_inputs_and_target_together():
+    trajs = [_traj("a", 20, 4)]
+    trajs[0].positions[:] = np.random.default_rng(0).normal(size=trajs[0].positions.shape).astype(np.float32)
+    ds = WindowDataset(trajs, history=3, stride=1)
+    items = [ds[0], ds[5]]
+    clean = WindowCollator(trajs)(items)
+    turned = WindowCollator(trajs, generator=torch.Generator().manual_seed(2), symmetries=True)(items)
+    assert not torch.allclose(turned.inputs.pos, clean.inputs.pos)
+    for sel in (slice(0, 4), slice(4, 8)):  # per window: all distances, across frames and to the target, kept
+        a = torch.cat([clean.inputs.pos[sel].reshape(-1, 3), clean.target[sel]])
+        b = torch.cat([turned.inputs.pos[sel].reshape(-1, 3), turned.target[sel]])
+        torch.testing.assert_close(torch.cdist(b, b), torch.cdist(a, a), atol=1e-4, rtol=0)

@@ -117,6 +117,43 @@ class WindowBatch:
         return WindowBatch(self.inputs.to(device), self.target.to(device))
 
 
+def random_symmetry(box: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random exact symmetry of a system's dynamics, as a 3x3 orthogonal matrix.
+
+    Classical MD is invariant under rotations and reflections of the whole system, so a window
+    transformed by one is an equally valid training example. Without a box any orthogonal
+    matrix qualifies (drawn uniformly from O(3): Haar rotation, reflected with probability 1/2).
+    With an orthorhombic box only the symmetries of the lattice do: axis sign flips, and
+    permutations of axes of equal length (all 48 for a cubic box, 8 for three different edges).
+
+    Parameters
+    ----------
+    box : torch.Tensor or None
+        Box lengths, shape (3,), nm; ``None`` if not periodic.
+    generator : torch.Generator, optional
+        Source of randomness.
+
+    Returns
+    -------
+    torch.Tensor
+        Orthogonal matrix R, shape (3, 3), float32; apply as ``x @ R.T``.
+    """
+    if box is None:
+        q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))
+        q = q * torch.sign(torch.diagonal(r))  # Haar-uniform rotation-or-reflection (Mezzadri 2007)
+        if torch.det(q) < 0:
+            q[:, 0] = -q[:, 0]
+        if float(torch.rand((), generator=generator)) < 0.5:
+            q = -q
+        return q.to(torch.float32)
+    lengths = box.to(torch.float64)
+    perms = [p for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+             if torch.allclose(lengths[list(p)], lengths, rtol=1e-6, atol=0.0)]
+    perm = perms[int(torch.randint(len(perms), (), generator=generator))]
+    signs = torch.randint(2, (3,), generator=generator).to(torch.float32) * 2.0 - 1.0
+    return torch.eye(3)[list(perm)] * signs[:, None]
+
+
 class WindowCollator:
     """Collate ``(trajectory index, window)`` items of a :class:`WindowDataset` into a batch.
 
@@ -129,23 +166,31 @@ class WindowCollator:
         (nm, chosen uniformly) added to its input frames, not to the target (as in the method:
         it teaches the model to correct its own errors). Empty or ``[0]`` = none.
     generator : torch.Generator, optional
-        Source of the noise.
+        Source of the noise (and of the symmetries).
+    symmetries : bool
+        Transform each window (inputs and target together) by a random exact symmetry of its
+        system (:func:`random_symmetry`): data augmentation for a network that is not
+        equivariant by construction.
     """
 
     def __init__(self, trajectories: Sequence[BeadTrajectory], noise_std: Sequence[float] = (),
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, symmetries: bool = False) -> None:
         self.graphs = [t.graph for t in trajectories]
         self.noise_std = [float(s) for s in noise_std]
         self.generator = generator
+        self.symmetries = bool(symmetries)
 
     def __call__(self, items: Sequence[tuple[int, torch.Tensor]]) -> WindowBatch:
         graphs = [self.graphs[k] for k, _ in items]
         inputs, targets = [], []
-        for _, w in items:
-            x = w[:, :-1].to(torch.float32)
+        for (_, w), graph in zip(items, graphs, strict=True):
+            w = w.to(torch.float32)
+            if self.symmetries:
+                w = w @ random_symmetry(graph.box, self.generator).T
+            x = w[:, :-1]
             if self.noise_std and max(self.noise_std) > 0:
                 pick = int(torch.randint(len(self.noise_std), (1,), generator=self.generator))
                 x = x + self.noise_std[pick] * torch.randn(x.shape, generator=self.generator)
             inputs.append(x)
-            targets.append(w[:, -1].to(torch.float32))
+            targets.append(w[:, -1])
         return WindowBatch(collate(graphs, inputs), torch.cat(targets))

@@ -25,6 +25,10 @@ class DataConfig:
     window_step: int = 1
     #: input-noise augmentation stds, nm (one drawn per window; 0 = clean)
     noise_std: list[float] = field(default_factory=lambda: [0.0])
+    #: transform each training window by a random exact symmetry of its system (rotation or
+    #: reflection without a box, axis flips and equal-edge permutations with one): augmentation
+    #: for networks that are not equivariant by construction (cgsim.data.windows.random_symmetry)
+    augment_symmetry: bool = False
     #: windows used to fit the model's normalisation
     normalization_windows: int = 256
 

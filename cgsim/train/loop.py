@@ -189,7 +189,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         perm = torch.randperm(len(ds_train), generator=torch.Generator().manual_seed(int(tc.seed) * 100_003 + epoch))
         shard = perm[: n_per_rank * world][rank::world][: steps_per_epoch * int(tc.batch_size)]
         noise_gen = torch.Generator().manual_seed((int(tc.seed) * 100_003 + epoch) * 131 + rank)
-        collate = WindowCollator(train_set.trajectories, list(data.noise_std), generator=noise_gen)
+        collate = WindowCollator(train_set.trajectories, list(data.noise_std), generator=noise_gen,
+                                  symmetries=bool(data.augment_symmetry))
         # the refiner's denoising noise: its own stream, also fixed by (seed, epoch, rank)
         loss_gen = torch.Generator(device=device).manual_seed((int(tc.seed) * 100_003 + epoch) * 137 + rank)
         t0, seen, losses = time.perf_counter(), 0, []
