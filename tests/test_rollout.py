@@ -468,3 +468,34 @@ def test_keep_freed_memory_applies_on_glibc():
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert applied is True
     torch.randn(4_000_000).sum()  # large allocations still work afterwards
+
+
+def test_guard_in_a_periodic_box_with_a_member_already_stopped():
+    """Overlap check of the members left after a bond check stopped one (each has its own box row)."""
+    from cgsim.model.batch import collate
+    from cgsim.rollout.engine import Proposal
+    from cgsim.rollout.hooks import StabilityGuard
+
+    box_dir = ROOT / "data" / "electrolyte" / "mapped" / "train" / "peo7x20_eoli8"
+    traj = load_systems([str(box_dir)], "t").trajectories[0]
+    graph = traj.graph
+    assert graph.box is not None
+    frame = torch.from_numpy(traj.positions[:2]).permute(1, 0, 2)  # (N, 2, 3)
+    batch = collate([graph] * 3, [frame] * 3)
+    n = frame.shape[0]
+    new = batch.pos[:, -1].clone()
+    mob = batch.batch.clone()
+    a, b = (int(i) for i in graph.bead_bonds[:, 0])
+    new[2 * n + a] += torch.tensor([0.0, 0.0, 1.0], dtype=new.dtype)  # member 2: a stretched bond
+    new[b] = new[a] + 0.01  # member 0: two bonded beads 0.017 nm apart
+    guard = StabilityGuard(max_bond=[0.6] * 3, min_distance=[0.1] * 3)
+    stops = guard.check(_FakeEngine(), None, Proposal(1, [0, 1, 2], batch, new, mob))
+    assert set(stops) == {0, 2}
+    assert "stretched" in stops[2] and "overlap" in stops[0]
+
+
+class _FakeEngine:
+    """Only what StabilityGuard.check reads from the engine: the model's cutoff."""
+
+    class model:  # noqa: N801
+        cutoff = 0.8

@@ -92,8 +92,14 @@ class StabilityGuard(RolloutHook):
         if cut > 0:
             sel = ok[mob]
             idx = torch.nonzero(sel).flatten()
+            # members already stopped above drop out: renumber the rest 0..K-1 and keep their boxes
+            kept = torch.nonzero(ok).flatten()
+            renum = torch.full((na,), -1, dtype=torch.long, device=dev)
+            renum[kept] = torch.arange(len(kept), device=dev)
             box = p.batch.box
-            g = radius_graph(x[idx], cut, box, mob[idx])
+            if box is not None and box.dim() > 1 and box.shape[0] > 1:
+                box = box[kept]
+            g = radius_graph(x[idx], cut, box, renum[mob[idx]])
             d = g.vec.norm(dim=1)
             tgt_member = mob[idx][g.edge_index[1]]
             hit = d < min_d[tgt_member]
