@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--redraws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("outputs/bench/variants"))
+    ap.add_argument("--report", default="variants",
+                    help="stem of the written tables (OUT/REPORT.json, OUT/REPORT.md): several comparisons can "
+                         "share one OUT and so its trained arms")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -200,12 +203,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                           run / "rollout", args.redraws, args.save_every, args.threads, args.progress))
             rows.append(record)
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "variants.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+            (args.out / f"{args.report}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                                  "rows": rows}, indent=2))
     table = markdown(rows)
-    (args.out / "variants.md").write_text(table + "\n")
+    (args.out / f"{args.report}.md").write_text(table + "\n")
     print(table)
-    print(f"bench_variants: {len(rows)} run(s) in {time.perf_counter() - t0:.0f} s -> {args.out / 'variants.json'}")
+    print(f"bench_variants: {len(rows)} run(s) in {time.perf_counter() - t0:.0f} s -> {args.out / f'{args.report}.json'}")
     return rows
 
 
