@@ -98,11 +98,16 @@ def train_arm(experiment: str, overrides: list[str], systems: list[str], out: Pa
     args = [f"experiment={experiment}", *overrides, f"data.train=[{','.join(hydra_quoted(s) for s in systems)}]",
             f"trainer.max_epochs={epochs}", f"trainer.max_steps_per_epoch={steps}", f"trainer.num_threads={threads}",
             f"trainer.progress={str(progress).lower()}", "trainer.tensorboard=false", f"output={out}"]
-    last = out / "checkpoints" / "last.pt"
-    if last.is_file():
-        args.append("resume=true")
-    train(compose_verb("train", args))
-    rows = _metrics_rows(out / "metrics.csv")
+    last, metrics = out / "checkpoints" / "last.pt", out / "metrics.csv"
+    done = metrics.is_file() and (out / "checkpoints" / "best.pt").is_file() and \
+        any(int(r["epoch"]) >= epochs for r in _metrics_rows(metrics))
+    if done:  # read back as it is (its config may predate options added since)
+        print(f"{out}: finished ({epochs} epochs), read back", flush=True)
+    else:
+        if last.is_file():
+            args.append("resume=true")
+        train(compose_verb("train", args))
+    rows = _metrics_rows(metrics)
     validated = [r for r in rows if not math.isnan(r["val_nll"])]
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     return {"n_parameters": int(best["n_parameters"]), "train_seconds": sum(r["epoch_seconds"] for r in rows),

@@ -11,7 +11,7 @@ import torch
 from cgsim.errors import CgsimInputError
 from cgsim.mapping.command import run as map_run
 from cgsim.reference.generate import run as generate_run
-from cgsim.train.checkpoint import load_checkpoint
+from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.loop import model_from_checkpoint, train
 from tests.conftest import tiny_chain_overrides
 
@@ -102,6 +102,20 @@ def test_output_with_run_needs_resume_and_compatible_config(mapped_chains, tmp_p
         train(compose_cfg("train", _train_overrides(mapped_chains, out, "resume=true", "model.hidden_dim=8")))
     with pytest.raises(CgsimInputError, match="no checkpoint to resume from"):
         train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "new", "resume=true")))
+
+
+def test_checkpoint_from_before_an_option_existed_resumes_while_it_is_off(mapped_chains, tmp_path, compose_cfg):
+    out = tmp_path / "run"
+    train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "stop_after_epochs=1")))
+    last = out / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["data"]["augment_symmetry"]  # as written before the option was added
+    save_checkpoint(last, ckpt)
+    with pytest.raises(CgsimInputError, match="different 'data' config"):
+        train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true",
+                                                    "data.augment_symmetry=true")))
+    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true")))
+    assert load_checkpoint(last)["epoch"] == 1 and summary["train_loss"] == summary["train_loss"]
 
 
 @pytest.mark.parametrize(
