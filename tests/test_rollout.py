@@ -499,3 +499,55 @@ class _FakeEngine:
 
     class model:  # noqa: N801
         cutoff = 0.8
+
+
+def test_guard_by_type_pair_stops_a_pair_closer_than_its_own_limit():
+    """Two Li+ at 0.12 nm pass an overall limit of 0.11 nm but not the Li-Li one (0.5 x 0.349 nm)."""
+    from cgsim.model.batch import collate
+    from cgsim.rollout.command import closest_by_type_pair
+    from cgsim.rollout.engine import Proposal
+    from cgsim.rollout.hooks import StabilityGuard
+
+    box_dir = ROOT / "data" / "electrolyte" / "mapped" / "train" / "peo7x20_eoli8"
+    traj = load_systems([str(box_dir)], "t").trajectories[0]
+    types = json.loads((box_dir / "beads.json").read_text())["system"]["particle_types"]
+    names, index, closest = closest_by_type_pair(traj, types, 0.8, 20)
+    li = names.index("LI")
+    assert index.shape == (traj.graph.n_beads,) and np.allclose(closest, closest.T)
+    # independent check of the Li-Li closest approach: all Li pairs, minimum image, same frames
+    frames = np.unique(np.linspace(0, traj.n_frames - 1, 20).round().astype(int))
+    x = traj.positions[frames][:, index == li]
+    d = x[:, :, None] - x[:, None]
+    edge = traj.graph.box.numpy()
+    d -= edge * np.round(d / edge)
+    r = np.linalg.norm(d, axis=-1)
+    r[:, np.arange(r.shape[1]), np.arange(r.shape[1])] = np.inf
+    assert closest[li, li] == pytest.approx(r.min(), abs=1e-5)
+
+    table = torch.from_numpy(0.5 * np.where(np.isfinite(closest), closest, np.nanmin(closest)))
+    frame = torch.from_numpy(traj.positions[:2]).permute(1, 0, 2)
+    batch = collate([traj.graph] * 2, [frame] * 2)
+    new = batch.pos[:, -1].clone()
+    a, b = np.flatnonzero(index == li)[:2]
+    n = frame.shape[0]
+    assert 0.5 * closest[li, li] > 0.12
+    new[n + b] = new[n + a] + torch.tensor([0.12, 0.0, 0.0], dtype=new.dtype)  # member 1: Li-Li at 0.12 nm
+    pairs = [(torch.from_numpy(index), table)] * 2
+    prop = Proposal(1, [0, 1], batch, new, batch.batch.clone())
+    plain = StabilityGuard(max_bond=[9.0] * 2, min_distance=[0.11] * 2)
+    assert plain.check(_FakeEngine(), None, prop) == {}
+    typed = StabilityGuard(max_bond=[9.0] * 2, min_distance=[float(table.max())] * 2, pair_min_distance=pairs)
+    stops = typed.check(_FakeEngine(), None, prop)
+    assert list(stops) == [1]
+    assert f"overlap at 0.12 nm < {float(table[li, li]):.4g} nm" in stops[1] and f"beads {b} and {a}" in stops[1]
+
+
+def test_guard_by_type_pair_with_an_absolute_limit_is_an_error(compose_cfg, ckpt, tmp_path):
+    with pytest.raises(CgsimInputError, match="guard.by_type_pair"):
+        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "guard.min_distance=0.1"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_guard_by_type_pair_runs_from_the_command(compose_cfg, ckpt, tmp_path):
+    summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "temperature=0.0"))
+    assert summary["steps"] == 6 and summary["n_stopped"] == 0

@@ -94,6 +94,46 @@ def guard_limits(traj: BeadTrajectory, cutoff: float, scan_frames: int) -> tuple
     return longest, (0.0 if math.isinf(closest) else closest)
 
 
+def closest_by_type_pair(traj: BeadTrajectory, types: Sequence[str], cutoff: float,
+                         scan_frames: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Closest approach (nm) of each pair of bead types over evenly spaced frames of ``traj``.
+
+    Parameters
+    ----------
+    traj : BeadTrajectory
+        Mapped trajectory, ``n_beads`` beads.
+    types : sequence of str
+        Bead type of each bead, length ``n_beads``.
+    cutoff : float
+        Search radius, nm: pairs never closer than this get ``inf``.
+    scan_frames : int
+        At most this many frames, evenly spaced over the trajectory.
+
+    Returns
+    -------
+    names : list of str
+        The distinct types, sorted (T of them).
+    index : numpy.ndarray
+        Type index of each bead, shape (n_beads,), int64.
+    closest : numpy.ndarray
+        Symmetric (T, T) closest approaches, nm (``inf`` where no pair came within ``cutoff``).
+    """
+    if len(types) != traj.graph.n_beads:
+        raise CgsimInputError("particle_types", f"{traj.name}: expected one type per bead ({traj.graph.n_beads}), "
+                                                f"got {len(types)}")
+    names = sorted(set(types))
+    index = np.array([names.index(t) for t in types], dtype=np.int64)
+    closest = np.full((len(names), len(names)), np.inf)
+    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
+    for frame in traj.positions[idx]:
+        g = radius_graph(torch.from_numpy(frame), cutoff, traj.graph.box)
+        if g.n_edges:
+            d = g.vec.norm(dim=1).numpy()
+            a, b = index[g.edge_index[0].numpy()], index[g.edge_index[1].numpy()]
+            np.minimum.at(closest, (a, b), d)
+    return names, index, np.minimum(closest, closest.T)
+
+
 def _trajectory_file(directory: Path) -> Path:
     return next(directory / n for n in TRAJECTORY_NAMES if (directory / n).is_file())
 
@@ -169,7 +209,11 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     outputs: list[MemberOutput] = []
     max_bond: list[float] = []
     min_dist: list[float] = []
+    pair_min: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     gc = cfg.guard
+    if gc.enabled and gc.by_type_pair and gc.min_distance is not None:
+        raise CgsimInputError("guard.by_type_pair", "per type pair limits come from guard.min_distance_factor; "
+                                                    "leave guard.min_distance null")
     ps_per_unit = 1.0
     for s, (traj, label, hist) in enumerate(zip(systems.trajectories, labels, histories, strict=True)):
         d = Path(traj.name)
@@ -179,12 +223,22 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         top = md.load_topology(str(d / "beads.pdb"))
         box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
         longest, closest = guard_limits(traj, model.cutoff, int(gc.scan_frames))
+        limit = float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest
+        pair_limits = None
+        if gc.by_type_pair:
+            names = list(meta.system.particle_types or [])
+            _, type_index, pair_closest = closest_by_type_pair(traj, names, model.cutoff, int(gc.scan_frames))
+            # pairs never seen within the cutoff keep the overall limit
+            table = np.where(np.isfinite(pair_closest), float(gc.min_distance_factor) * pair_closest, limit)
+            pair_limits = (torch.from_numpy(type_index), torch.from_numpy(table))
+            limit = float(table.max())
         for r in range(replicas):
             seed = member_seed(int(cfg.seed), s, r)
             members.append(Member(system=s, replica=r, name=f"{label}/replica_{r:03d}", graph=traj.graph, seed=seed))
             initial.append(hist)
             max_bond.append(float(gc.max_bond_factor) * longest)
-            min_dist.append(float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest)
+            min_dist.append(limit)
+            pair_min.append(pair_limits)
             outputs.append(MemberOutput(directory=out / label / f"replica_{r:03d}", topology=top, source_pdb=d / "beads.pdb",
                                         system=meta.system, box=box,
                                         extra={"source": str(d), "system_index": s, "replica": r, "member_seed": seed,
@@ -196,7 +250,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     writer = TrajectoryOutput(outputs, save_every, learned_dt, time_unit, ps_per_unit, bool(cfg.write_dcd), provenance)
     hooks: list[RolloutHook] = []
     if gc.enabled:
-        hooks.append(StabilityGuard(max_bond, min_dist))
+        hooks.append(StabilityGuard(max_bond, min_dist, pair_min if gc.by_type_pair else None))
     hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
     if cfg.compile:
         model = _compiled(model, members, initial)

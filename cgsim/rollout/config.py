@@ -20,6 +20,10 @@ class GuardConfig:
     #: approach of two beads in the initial trajectory
     min_distance: float | None = None
     min_distance_factor: float = 0.5
+    #: true: the overlap limit is per pair of bead types (min_distance_factor x the closest
+    #: approach of that pair in the scanned frames; pairs never within the cutoff keep the
+    #: overall limit)
+    by_type_pair: bool = False
     #: initial frames (evenly spaced) scanned for the longest bond / closest approach
     scan_frames: int = 50
     #: a replica whose step fails a check is sampled again (fresh noise) up to this many times

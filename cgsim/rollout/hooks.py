@@ -54,6 +54,11 @@ class StabilityGuard(RolloutHook):
         Longest allowed bond of each member, nm (``inf`` = no bond check).
     min_distance : sequence of float
         Closest allowed approach of two beads of each member, nm (0 = no overlap check).
+    pair_min_distance : sequence of (torch.Tensor, torch.Tensor) or None, optional
+        Per member, ``(bead_type, limits)``: a type index per bead, shape (n_beads,), int64,
+        and the closest allowed approach of each pair of types, shape (T, T), nm, symmetric.
+        Given, it replaces ``min_distance`` for that member's pairs (``min_distance`` must
+        then be the largest of its limits: it sets the search radius).
 
     Notes
     -----
@@ -61,9 +66,21 @@ class StabilityGuard(RolloutHook):
     graph with the largest ``min_distance`` as cutoff (skipped when every limit is 0).
     """
 
-    def __init__(self, max_bond: Sequence[float], min_distance: Sequence[float]) -> None:
+    def __init__(self, max_bond: Sequence[float], min_distance: Sequence[float],
+                 pair_min_distance: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.max_bond = torch.as_tensor(list(max_bond), dtype=torch.float64)
         self.min_distance = torch.as_tensor(list(min_distance), dtype=torch.float64)
+        self.pairs = None
+        if pair_min_distance is not None:
+            # one table for all members: member m's types are offset by the types before it
+            offsets = np.cumsum([0] + [int(lim.shape[0]) for _, lim in pair_min_distance])
+            n_types = int(offsets[-1])
+            table = torch.zeros(n_types, n_types, dtype=torch.float64)
+            for (_, lim), o in zip(pair_min_distance, offsets[:-1], strict=True):
+                k = int(lim.shape[0])
+                table[o:o + k, o:o + k] = lim.to(torch.float64)
+            self.pairs = ([(ty.long() + int(o)) for (ty, _), o in zip(pair_min_distance, offsets[:-1], strict=True)],
+                          table)
 
     def check(self, engine: RolloutEngine, state: RolloutState, p: Proposal) -> dict[int, str]:  # noqa: D102
         x, mob, dev = p.new_pos, p.member_of_bead, p.new_pos.device
@@ -88,7 +105,7 @@ class StabilityGuard(RolloutHook):
         ok = ~(bad_nf | bad_bond) & (min_d > 0)
         # search radius: the largest limit, but not so small that the cell grid explodes
         cut = max(float(min_d[ok].max()), 0.1 * engine.model.cutoff) if bool(ok.any()) else 0.0
-        close_d = close_e = None
+        close_d = close_e = close_ratio = None
         if cut > 0:
             sel = ok[mob]
             idx = torch.nonzero(sel).flatten()
@@ -102,9 +119,17 @@ class StabilityGuard(RolloutHook):
             g = radius_graph(x[idx], cut, box, renum[mob[idx]])
             d = g.vec.norm(dim=1)
             tgt_member = mob[idx][g.edge_index[1]]
-            hit = d < min_d[tgt_member]
+            if self.pairs is None:
+                limit = min_d[tgt_member]
+            else:
+                types, table = self.pairs
+                ty = torch.cat([types[m] for m in p.active]).to(dev)[idx]
+                limit = table.to(dev, x.dtype)[ty[g.edge_index[0]], ty[g.edge_index[1]]]
+            hit = d < limit
             bad_close = torch.zeros(na, device=dev).index_add_(0, tgt_member, hit.to(x.dtype)) > 0
+            # the worst pair of a member is reported: the smallest distance relative to its limit
             close_d, close_e = d, idx[g.edge_index]
+            close_ratio = torch.where(hit, d / limit, torch.full_like(d, float("inf")))
         stops: dict[int, str] = {}
         if not bool((bad_nf | bad_bond | bad_close).any()):
             return stops
@@ -118,14 +143,23 @@ class StabilityGuard(RolloutHook):
                 stops[m] = (f"bond {a}-{b} stretched to {float(blen[j]):.4g} nm > limit {float(max_bond[k]):.4g} nm "
                             f"at step {p.step}")
             elif bad_close[k]:
-                assert close_d is not None and close_e is not None
+                assert close_d is not None and close_e is not None and close_ratio is not None
                 mine = mob[close_e[1]] == k
-                dd = torch.where(mine, close_d, torch.full_like(close_d, float("inf")))
-                j = int(torch.argmin(dd))
+                j = int(torch.argmin(torch.where(mine, close_ratio, torch.full_like(close_ratio, float("inf")))))
                 a, b = _local(p, k, int(close_e[0, j])), _local(p, k, int(close_e[1, j]))
-                stops[m] = (f"beads {a} and {b} overlap at {float(close_d[j]):.4g} nm < {float(min_d[k]):.4g} nm "
+                pair = self._pair_limit(m, a, b)
+                lim = float(min_d[k]) if pair is None else pair
+                stops[m] = (f"beads {a} and {b} overlap at {float(close_d[j]):.4g} nm < {lim:.4g} nm "
                             f"at step {p.step}")
         return stops
+
+
+    def _pair_limit(self, member: int, a: int, b: int) -> float | None:
+        """Closest allowed approach (nm) of beads ``a`` and ``b`` of ``member`` by their types."""
+        if self.pairs is None:
+            return None
+        types, table = self.pairs
+        return float(table[types[member][a], types[member][b]])
 
 
 def _local(p: Proposal, k: int, bead: int) -> int:
