@@ -125,28 +125,46 @@ def rollout_arm(checkpoint: str, initial: str, reference: str, steps: int, out: 
             f"guard.redraws={redraws}", f"save_every={save_every}", f"checkpoint_every={max(save_every, 100)}",
             f"num_threads={threads}", f"progress={str(progress).lower()}", "evaluate=true",
             f"reference={hydra_quoted(reference)}"]
-    if (out / "rollout_state.pt").is_file():
-        args.append("resume=true")
     note = None
-    try:
-        rollout(compose_verb("rollout", args))
-    except CgsimInputError as exc:  # every replica stopped early: no dynamics to compare, structure still
-        if not (out / "summary.json").is_file():
-            raise
-        note = str(exc)
-        load_verb("evaluate")(compose_verb("evaluate", [
-            f"reference={hydra_quoted(reference)}", f"rollout={out}", f"output={out / 'evaluate'}",
-            f"observables=[{','.join(STRUCTURE)}]", "progress=false"]))
-    summary = json.loads((out / "summary.json").read_text())
-    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    summary_path, metrics_path = out / "summary.json", out / "evaluate" / "metrics.json"
+    done = summary_path.is_file() and metrics_path.is_file() and \
+        json.loads(summary_path.read_text())["steps"] >= steps
+    if done:
+        print(f"{out}: finished ({steps} steps), read back", flush=True)
+        members = json.loads(summary_path.read_text())["members"]
+        if all(m["status"] == "stopped" for m in members):
+            note = "every replica was stopped early by the stability guard: structure only"
+    else:
+        if (out / "rollout_state.pt").is_file():
+            args.append("resume=true")
+        try:
+            rollout(compose_verb("rollout", args))
+        except CgsimInputError as exc:  # every replica stopped early: no dynamics to compare, structure still
+            if not (summary_path.is_file() and "no replica left" in str(exc)):
+                raise
+            note = str(exc)
+            load_verb("evaluate")(compose_verb("evaluate", [
+                f"reference={hydra_quoted(reference)}", f"rollout={out}", f"output={out / 'evaluate'}",
+                f"observables=[{','.join(STRUCTURE)}]", "progress=false"]))
+    summary = json.loads(summary_path.read_text())
+    metrics = json.loads(metrics_path.read_text())
     fid = bench_fidelity.fidelity(out)
     finished = next(r["rollout"] for r in fid["rows"] if r["check"] == "replicas finished")
     record = {"finished": finished, "evaluate_note": note, "redraws_per_1000_steps": fid["redraws_per_1000_steps"],
-              "bead_steps_per_second": summary.get("bead_steps_per_second")}
+              "bead_steps_per_second": bead_steps_per_second(summary)}
     for column, obs, measure in ERRORS:
         record[column] = median_over_keys(metrics, obs, measure, "error")
         record[column + "_noise"] = median_over_keys(metrics, obs, measure, "noise_floor")
     return record
+
+
+def bead_steps_per_second(summary: dict[str, Any]) -> float:
+    """Beads x steps per wall second over the whole rollout (all calls, resumed ones included)."""
+    steps = int(summary["steps"])
+    work = sum(int(m["n_beads"]) * (int(m["stop_step"]) if m.get("stop_step") is not None else steps)
+               for m in summary["members"])
+    wall = float(summary.get("wall_seconds_total") or 0.0)
+    return work / wall if wall > 0 else float("nan")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -145,6 +145,20 @@ def test_resume_needs_same_settings(compose_cfg, ckpt, tmp_path):
         rollout(_cfg(compose_cfg, ckpt, tmp_path / "none", "resume=true"))
 
 
+def test_rollout_from_before_an_option_existed_resumes_while_it_is_off(compose_cfg, ckpt, tmp_path):
+    from cgsim.rollout.engine import save_state
+
+    out = tmp_path / "ro"
+    rollout(_cfg(compose_cfg, ckpt, out, "steps=2", "temperature=0.0"))
+    state = load_state(out / "rollout_state.pt")
+    del state.extra["config"]["guard"]["by_type_pair"]  # as written before the option was added
+    save_state(out / "rollout_state.pt", state)
+    with pytest.raises(CgsimInputError, match="different 'guard'"):
+        rollout(_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true", "guard.by_type_pair=true"))
+    summary = rollout(_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true"))
+    assert summary["steps"] == 4 and summary["n_stopped"] == 0
+
+
 def _sabotage(kind: str, victim: int = 1, at_call: int = 3):
     """Wrap model_from_checkpoint so the model breaks batch member ``victim`` from its ``at_call``-th step."""
     real = train_loop.model_from_checkpoint

@@ -28,12 +28,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import TRAJECTORY_NAMES, load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.errors import CgsimInputError
 from cgsim.geometry import radius_graph
 from cgsim.io_utils import write_json_atomic
 from cgsim.metadata import command_line, now_iso, read_sidecar
+from cgsim.rollout.config import RolloutConfig
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
 from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
 from cgsim.runtime import keep_freed_memory
@@ -261,7 +263,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
 
     if cfg.resume:
         state = load_state(state_path)
-        saved = state.extra.get("config", {})
+        saved = with_added_defaults(state.extra.get("config", {}), RolloutConfig())
         for key in RESUME_MUST_MATCH:
             if saved.get(key) != cfg_dict.get(key):
                 raise CgsimInputError(str(state_path), f"rollout was started with a different '{key}'; resume with the same settings")

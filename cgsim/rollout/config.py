@@ -65,9 +65,9 @@ class RolloutConfig:
     device: str = "cpu"
     #: noise scale (0 = deterministic mean)
     temperature: float = 1.0
-    #: continue the rollout in ``output`` from its last checkpoint (same frames as one uninterrupted run)
     #: keep freed heap memory in the process (glibc): no page faults on the big per-step tensors
     keep_freed_memory: bool = True
+    #: continue the rollout in ``output`` from its last checkpoint (same frames as one uninterrupted run)
     resume: bool = False
     #: use the EMA weights of the checkpoint when it has them
     use_ema: bool = True

@@ -15,7 +15,6 @@ epoch's permutation; rank 0 validates, logs and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import time
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import load_systems
 from cgsim.data.windows import WindowCollator, WindowDataset
 from cgsim.errors import CgsimInputError
@@ -86,24 +86,8 @@ def _select(cfg: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _with_added_defaults(saved: Any, schema: Any) -> Any:
-    """``saved`` plus the fields of dataclass instance ``schema`` it lacks, at their defaults.
-
-    Options added to the config since a checkpoint was written resume as long as they are left
-    at their default (off); set to anything else they differ, and resuming is refused.
-    """
-    if not (isinstance(saved, dict) and dataclasses.is_dataclass(schema)):
-        return saved
-    out = dict(saved)
-    for f in dataclasses.fields(schema):
-        value = getattr(schema, f.name)
-        out[f.name] = _with_added_defaults(out[f.name], value) if f.name in out else \
-            (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
-    return out
-
-
 def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    saved = _with_added_defaults(saved, TrainConfig())
+    saved = with_added_defaults(saved, TrainConfig())
     for key in RESUME_MUST_MATCH:
         if _select(saved, key) != _select(current, key):
             raise CgsimInputError(str(path), f"checkpoint was trained with a different '{key}' config; "
