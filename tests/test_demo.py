@@ -16,7 +16,9 @@ def _cfg(compose_cfg, out, *extra):
                                 "cases.chain.initial=data/chain/mapped/test/seq_000",
                                 "cases.chain.reference=data/chain/mapped/test/seq_000_long",
                                 "cases.chain.rollout_overrides=['refine.levels=6','guard.redraws=3']",
-                                "cases.chain.evaluate_overrides=['observables=[rdf,bond_lengths,rg]']", *extra])
+                                "cases.chain.evaluate_overrides=['observables=[rdf,bond_lengths,rg]']",
+                                "cases.electrolyte.steps=6", "cases.electrolyte.replicas=1",
+                                "cases.electrolyte.evaluate_overrides=['observables=[rdf,msd]']", *extra])
 
 
 def test_demo_rolls_out_evaluates_and_prints_the_commands(compose_cfg, tmp_path, capsys):
@@ -36,6 +38,12 @@ def test_demo_rolls_out_evaluates_and_prints_the_commands(compose_cfg, tmp_path,
     names = [r[0] for r in res["headline"]]
     assert any(n.startswith("bond_lengths") for n in names) and all(err >= 0 for _, err, _ in res["headline"])
     assert f"report: {report.resolve()}" in text
+    # then the electrolyte: its own model, box and observables (dynamics included: it finished)
+    ely = results["electrolyte"]
+    assert ely["summary"]["steps"] == 6 and ely["summary"]["n_stopped"] == 0
+    ely_metrics = json.loads((tmp_path / "demo" / "electrolyte" / "evaluate" / "metrics.json").read_text())
+    assert {"rdf", "msd"} <= set(ely_metrics["observables"])
+    assert "checkpoint=data/checkpoints/electrolyte.pt" in text
     # a second run continues the finished rollout (no error for the existing output) and re-evaluates
     again = run(_cfg(compose_cfg, tmp_path / "demo"))
     assert again["chain"]["summary"]["steps"] == 12 and again["chain"]["summary"]["steps_this_call"] == 0
