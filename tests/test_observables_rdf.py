@@ -194,6 +194,20 @@ def test_both_methods_match_brute_force_loops(method):
     assert np.abs(iso.counts - expected).max() <= 2
 
 
+@pytest.mark.parametrize("method", ["dense", "tree"])
+def test_system_smaller_than_r_max_gives_every_bin(method):
+    """A small free cluster (extent 0.5 nm) with r_max = 5 nm: all 100 bins come back, counts as by loops."""
+    rng = np.random.default_rng(5)
+    xyz = rng.uniform(0.0, 0.5, (3, 12, 3))
+    types = ["A"] * 6 + ["B"] * 6
+    res = rdf_by_type(xyz, types, None, periodic=False, r_max=5.0, n_bins=100, method=method)
+    for (ta, tb), r in res.items():
+        assert r.counts.shape == (100,) and r.g.shape == (100,)
+        a = np.flatnonzero(np.array(types) == ta)
+        b = np.flatnonzero(np.array(types) == tb)
+        assert np.abs(r.counts - _brute_force_counts(xyz, None, a, b, r.edges)).max() <= 2
+
+
 def test_dense_and_tree_agree_per_type_pair(gas):
     xyz, box = gas
     types = np.array(["A", "B", "C", "D"])[np.random.default_rng(4).integers(0, 4, 300)]

@@ -271,7 +271,9 @@ def _dense_histograms(xyz: np.ndarray, box: np.ndarray | None, labels: np.ndarra
         r_far = float(np.sqrt(((0.5 * box) ** 2).sum(axis=1)).max())
     else:
         r_far = float(np.sqrt(3.0) * (xyz.max(axis=1) - xyz.min(axis=1)).max())
-    stride = int(r_far * per_nm + shift) + 2  # keys per label pair: every reachable bin index
+    # keys per label pair: every reachable bin index, and at least the whole requested range (a
+    # system smaller than r_max reaches fewer bins than are returned)
+    stride = max(int(r_far * per_nm + shift) + 2, base + n_bins + 1)
     cap = None
     # far-flung particles (a rollout that blew up), a short r_max in a big box, or many labels:
     # clamp, so that the histogram stays small
