@@ -78,22 +78,32 @@ def initial_history(traj: BeadTrajectory, history: int, stride: int) -> torch.Te
     return torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2)))
 
 
+def _scanned_frames(traj: BeadTrajectory, scan_frames: int) -> np.ndarray:
+    """Positions of at most ``scan_frames`` evenly spaced frames of ``traj``, (F, N, 3) nm."""
+    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
+    return traj.positions[idx]
+
+
+def longest_bond(traj: BeadTrajectory, scan_frames: int) -> float:
+    """Longest bead bond (nm) over evenly spaced frames of ``traj`` (``inf`` without bonds)."""
+    x = _scanned_frames(traj, scan_frames)
+    bonds = traj.graph.bead_bonds.numpy()
+    bonds = bonds[:, bonds[0] < bonds[1]]
+    return float(np.linalg.norm(x[:, bonds[0]] - x[:, bonds[1]], axis=-1).max()) if bonds.shape[1] else math.inf
+
+
 def guard_limits(traj: BeadTrajectory, cutoff: float, scan_frames: int) -> tuple[float, float]:
     """Longest bond and closest bead approach (nm) over evenly spaced frames of ``traj``.
 
     The closest approach is searched within ``cutoff`` (0.0 when no pair is that close).
     """
-    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
-    x = traj.positions[idx]
-    bonds = traj.graph.bead_bonds.numpy()
-    bonds = bonds[:, bonds[0] < bonds[1]]
-    longest = float(np.linalg.norm(x[:, bonds[0]] - x[:, bonds[1]], axis=-1).max()) if bonds.shape[1] else math.inf
-    closest = math.inf
-    for frame in x:
-        g = radius_graph(torch.from_numpy(frame), cutoff, traj.graph.box)
-        if g.n_edges:
-            closest = min(closest, float(g.vec.norm(dim=1).min()))
-    return longest, (0.0 if math.isinf(closest) else closest)
+    _, _, closest = closest_by_type_pair(traj, ["all"] * traj.graph.n_beads, cutoff, scan_frames)
+    return longest_bond(traj, scan_frames), _overall(closest)
+
+
+def _overall(closest: np.ndarray) -> float:
+    """Closest approach of any pair from a per-type-pair table (0.0 when none came within the cutoff)."""
+    return float(closest.min()) if np.isfinite(closest).any() else 0.0
 
 
 def closest_by_type_pair(traj: BeadTrajectory, types: Sequence[str], cutoff: float,
@@ -126,8 +136,7 @@ def closest_by_type_pair(traj: BeadTrajectory, types: Sequence[str], cutoff: flo
     names = sorted(set(types))
     index = np.array([names.index(t) for t in types], dtype=np.int64)
     closest = np.full((len(names), len(names)), np.inf)
-    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
-    for frame in traj.positions[idx]:
+    for frame in _scanned_frames(traj, scan_frames):
         g = radius_graph(torch.from_numpy(frame), cutoff, traj.graph.box)
         if g.n_edges:
             d = g.vec.norm(dim=1).numpy()
@@ -224,12 +233,15 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
             ps_per_unit = float(meta.system.units.get("lj_in_md_units", {}).get("tau_ps", 1.0))
         top = md.load_topology(str(d / "beads.pdb"))
         box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
-        longest, closest = guard_limits(traj, model.cutoff, int(gc.scan_frames))
+        longest = longest_bond(traj, int(gc.scan_frames))
+        # one scan of the initial frames gives the closest approach per pair of types (all beads
+        # one type unless the limits are per type pair) and overall
+        types = list(meta.system.particle_types or []) if gc.by_type_pair else ["all"] * traj.graph.n_beads
+        _, type_index, pair_closest = closest_by_type_pair(traj, types, model.cutoff, int(gc.scan_frames))
+        closest = _overall(pair_closest)
         limit = float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest
         pair_limits = None
         if gc.by_type_pair:
-            names = list(meta.system.particle_types or [])
-            _, type_index, pair_closest = closest_by_type_pair(traj, names, model.cutoff, int(gc.scan_frames))
             # pairs never seen within the cutoff keep the overall limit
             table = np.where(np.isfinite(pair_closest), float(gc.min_distance_factor) * pair_closest, limit)
             pair_limits = (torch.from_numpy(type_index), torch.from_numpy(table))

@@ -105,7 +105,7 @@ class StabilityGuard(RolloutHook):
         ok = ~(bad_nf | bad_bond) & (min_d > 0)
         # search radius: the largest limit, but not so small that the cell grid explodes
         cut = max(float(min_d[ok].max()), 0.1 * engine.model.cutoff) if bool(ok.any()) else 0.0
-        close_d = close_e = close_ratio = None
+        close_d = close_e = close_limit = close_ratio = None
         if cut > 0:
             sel = ok[mob]
             idx = torch.nonzero(sel).flatten()
@@ -128,7 +128,7 @@ class StabilityGuard(RolloutHook):
             hit = d < limit
             bad_close = torch.zeros(na, device=dev).index_add_(0, tgt_member, hit.to(x.dtype)) > 0
             # the worst pair of a member is reported: the smallest distance relative to its limit
-            close_d, close_e = d, idx[g.edge_index]
+            close_d, close_e, close_limit = d, idx[g.edge_index], limit
             close_ratio = torch.where(hit, d / limit, torch.full_like(d, float("inf")))
         stops: dict[int, str] = {}
         if not bool((bad_nf | bad_bond | bad_close).any()):
@@ -143,23 +143,14 @@ class StabilityGuard(RolloutHook):
                 stops[m] = (f"bond {a}-{b} stretched to {float(blen[j]):.4g} nm > limit {float(max_bond[k]):.4g} nm "
                             f"at step {p.step}")
             elif bad_close[k]:
-                assert close_d is not None and close_e is not None and close_ratio is not None
+                assert close_d is not None and close_e is not None and close_limit is not None \
+                    and close_ratio is not None
                 mine = mob[close_e[1]] == k
                 j = int(torch.argmin(torch.where(mine, close_ratio, torch.full_like(close_ratio, float("inf")))))
                 a, b = _local(p, k, int(close_e[0, j])), _local(p, k, int(close_e[1, j]))
-                pair = self._pair_limit(m, a, b)
-                lim = float(min_d[k]) if pair is None else pair
-                stops[m] = (f"beads {a} and {b} overlap at {float(close_d[j]):.4g} nm < {lim:.4g} nm "
+                stops[m] = (f"beads {a} and {b} overlap at {float(close_d[j]):.4g} nm < {float(close_limit[j]):.4g} nm "
                             f"at step {p.step}")
         return stops
-
-
-    def _pair_limit(self, member: int, a: int, b: int) -> float | None:
-        """Closest allowed approach (nm) of beads ``a`` and ``b`` of ``member`` by their types."""
-        if self.pairs is None:
-            return None
-        types, table = self.pairs
-        return float(table[types[member][a], types[member][b]])
 
 
 def _local(p: Proposal, k: int, bead: int) -> int:
