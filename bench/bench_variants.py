@@ -118,13 +118,13 @@ def train_arm(experiment: str, overrides: list[str], systems: list[str], out: Pa
 
 
 def rollout_arm(checkpoint: str, initial: str, reference: str, steps: int, out: Path, redraws: int,
-                save_every: int, threads: int, progress: bool) -> dict[str, Any]:
+                save_every: int, threads: int, progress: bool, extra: list[str] | None = None) -> dict[str, Any]:
     """Roll the checkpoint out on the held-out systems and evaluate it; return errors and speed."""
     rollout = load_verb("rollout")
     args = [f"checkpoint={checkpoint}", f"initial={hydra_quoted(initial)}", f"steps={steps}", f"output={out}",
             f"guard.redraws={redraws}", f"save_every={save_every}", f"checkpoint_every={max(save_every, 100)}",
             f"num_threads={threads}", f"progress={str(progress).lower()}", "evaluate=true",
-            f"reference={hydra_quoted(reference)}"]
+            f"reference={hydra_quoted(reference)}", *(extra or [])]
     note = None
     summary_path, metrics_path = out / "summary.json", out / "evaluate" / "metrics.json"
     done = summary_path.is_file() and metrics_path.is_file() and \
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--steps-per-epoch", type=int, default=1000)
     ap.add_argument("--initial", default="data/chain/mapped/test/seq_00[0-5]")
     ap.add_argument("--reference", default="data/chain/mapped/test/seq_00[0-5]_long")
+    ap.add_argument("--rollout-overrides", nargs="*", default=[],
+                    help="extra cgsim rollout overrides for every arm (e.g. replicas=2 guard.by_type_pair=true)")
     ap.add_argument("--rollout-steps", type=int, default=1000, help="0 = train only")
     ap.add_argument("--save-every", type=int, default=5)
     ap.add_argument("--redraws", type=int, default=3)
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                     args.epochs, args.steps_per_epoch, args.threads, args.progress))
             if args.rollout_steps > 0:
                 record.update(rollout_arm(record["checkpoint"], args.initial, args.reference, args.rollout_steps,
-                                          run / "rollout", args.redraws, args.save_every, args.threads, args.progress))
+                                          run / "rollout", args.redraws, args.save_every, args.threads, args.progress,
+                                          args.rollout_overrides))
             rows.append(record)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"{args.report}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
