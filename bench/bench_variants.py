@@ -47,6 +47,8 @@ ARMS: dict[str, list[str]] = {
     "equivariant": ["model=equivariant_gnn"],
     "coarse": ["model/coarse=segments"],
     "equivariant+coarse": ["model=equivariant_gnn", "model/coarse=segments"],
+    "collective": ["model/collective=centre"],
+    "coarse+collective": ["model/coarse=segments", "model/collective=centre"],
 }
 
 #: the structural observables evaluated when no replica finished (dynamics need full-length replicas)

@@ -33,12 +33,18 @@ REFINER = {"_target_": "cgsim.model.refinement.ScoreRefiner", "cond_dim": 16, "c
            "layers": 1, "n_rbf": 8, "levels": 2, "steps_per_level": 2, "step_size": 0.05}
 
 
-def _make_checkpoint(path: Path, atom_types: list[str] | None = None, refinement: bool = False) -> Path:
+COLLECTIVE = {"_target_": "cgsim.model.collective.CentreNoise", "dim": 16, "mlp_layers": 2}
+
+
+def _make_checkpoint(path: Path, atom_types: list[str] | None = None, refinement: bool = False,
+                     collective: bool = False) -> Path:
     """An untrained tiny model with normalisation fitted to seq_000, saved like `cgsim train` does."""
     systems = load_systems([str(SEQ)], "test")
     vocab = atom_types if atom_types is not None else systems.atom_types
     torch.manual_seed(0)
     config = {**MODEL, "refinement": dict(REFINER) if refinement else None}
+    if collective:
+        config["collective"] = dict(COLLECTIVE)
     model = train_loop.build_model(OmegaConf.create({"model": config}), len(vocab))
     pos = torch.from_numpy(systems.trajectories[0].positions)  # (T, N, 3)
     windows = pos[:4].permute(1, 0, 2)  # (N, H + 1, 3)
@@ -229,10 +235,16 @@ def _engine_setup(ckpt: Path):
     return model, traj, initial_history(traj, model.history, 1)
 
 
-@pytest.mark.parametrize("which", ["plain", "refined"])
-def test_batched_replicas_match_lone_runs(ckpt, ckpt_refined, which):
-    model, traj, hist = _engine_setup(ckpt if which == "plain" else ckpt_refined)
+@pytest.fixture(scope="module")
+def ckpt_collective(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_collective.pt", collective=True)
+
+
+@pytest.mark.parametrize("which", ["plain", "refined", "collective"])
+def test_batched_replicas_match_lone_runs(ckpt, ckpt_refined, ckpt_collective, which):
+    model, traj, hist = _engine_setup({"plain": ckpt, "refined": ckpt_refined, "collective": ckpt_collective}[which])
     assert (model.refiner is not None) == (which == "refined")
+    assert (model.collective is not None) == (which == "collective")
     members = [Member(0, r, f"r{r}", traj.graph, member_seed(7, 0, r)) for r in range(3)]
     batched = RolloutEngine(model, members, temperature=1.0)
     sb = batched.run(batched.initial_state([hist] * 3), 5)

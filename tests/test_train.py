@@ -178,6 +178,8 @@ def _group_options(group: str) -> list[str]:
     *[[f"model={m}"] for m in _group_options("model")],
     *[["experiment=chain", f"model/refinement={r}"] for r in _group_options("model/refinement")],
     *[["experiment=chain", f"model/coarse={c}"] for c in _group_options("model/coarse")],
+    *[["experiment=chain", f"model/collective={c}"] for c in _group_options("model/collective")],
+    *[["experiment=electrolyte", "model=equivariant_gnn", f"model/collective={c}"] for c in _group_options("model/collective")],
 ], ids=lambda o: ",".join(o))
 def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cfg, overrides):
     from cgsim.train.loop import build_model
@@ -189,6 +191,8 @@ def test_every_training_config_composes_and_instantiates_at_tiny_size(compose_cf
         assert model.refiner is not None
     if "coarse" in ",".join(overrides):
         assert model.coarse is not None
+    if "collective" in ",".join(overrides):
+        assert model.collective is not None
     assert sum(p.numel() for p in model.parameters()) < 100_000  # debug=tiny really is tiny
 
 

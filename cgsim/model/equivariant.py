@@ -37,6 +37,7 @@ from torch_geometric.utils import degree
 
 from cgsim.model.batch import BeadBatch
 from cgsim.model.coarse import CoarseLevel
+from cgsim.model.collective import CentreNoise
 from cgsim.model.graph import EdgeFeatures
 from cgsim.model.mlp import MLP
 from cgsim.model.refinement import ScoreRefiner
@@ -193,15 +194,17 @@ class EquivariantDynamics(MultiScaleDynamics):
         Score-based refinement (non-equivariant) applied after each sampled step.
     coarse : CoarseLevel, optional
         Super-bead level on the scalar channels (invariant: distances only), after the processor.
+    collective : CentreNoise, optional
+        Isotropic Gaussian over each molecule's centre step, read from the scalars (invariant).
     """
 
     def __init__(self, n_atom_types: int, history: int, cutoff: float, hidden_dim: int = 128, fine_layers: int = 7,
                  bead_layers: int = 7, mlp_layers: int = 2, n_rbf: int = 16, vector_dim: int = 16,
                  target: str = "acceleration", min_std: float = 1e-3, refinement: ScoreRefiner | None = None,
-                 coarse: CoarseLevel | None = None) -> None:
+                 coarse: CoarseLevel | None = None, collective: CentreNoise | None = None) -> None:
         super().__init__(n_atom_types=n_atom_types, history=history, cutoff=cutoff, hidden_dim=hidden_dim,
                          fine_layers=fine_layers, bead_layers=0, mlp_layers=mlp_layers, n_rbf=n_rbf, target=target,
-                         min_std=min_std, refinement=refinement, coarse=coarse)
+                         min_std=min_std, refinement=refinement, coarse=coarse, collective=collective)
         if vector_dim < 1:
             raise ValueError(f"vector_dim must be >= 1, got {vector_dim}")
         del self.edge_encoder  # the parent's non-equivariant bead network is replaced below
@@ -258,4 +261,4 @@ class EquivariantDynamics(MultiScaleDynamics):
         out = self.decoder(s)
         mean = (out[:, :self.vector_dim, None] * v).sum(dim=1)
         std = (nn.functional.softplus(out[:, self.vector_dim:]) + self.min_std).repeat(1, 3)
-        return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=s)
+        return self.gaussian(mean, std, s, batch)

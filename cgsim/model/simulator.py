@@ -11,7 +11,8 @@ Two levels (Fu et al., TMLR 2023):
    and the finite-difference velocity history; edge input: minimum-image displacement,
    distance (radial basis) and type. Output: a per-bead diagonal Gaussian over the next step's
    acceleration ``a = x_{t+1} - 2 x_t + x_{t-1}`` (or the displacement ``x_{t+1} - x_t``),
-   trained by negative log-likelihood.
+   trained by negative log-likelihood. Optionally (:mod:`cgsim.model.collective`) a Gaussian over
+   each molecule's centre step as well, so that sampled molecules move together as in MD.
 
 Translation invariance holds by construction (only differences of positions enter);
 permutation equivariance by message passing; periodic images by minimum-image displacements.
@@ -29,6 +30,7 @@ from torch_geometric.utils import scatter
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import BondMessageBlock, InteractionBlock
 from cgsim.model.coarse import CoarseLevel
+from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
@@ -51,22 +53,39 @@ class GaussianStep:
     latent : torch.Tensor or None
         The bead latent the Gaussian was decoded from, shape (N, hidden_dim) (what the
         refinement network is conditioned on).
+    molecule, n_molecules, centre_std : torch.Tensor or None, int, torch.Tensor or None
+        With collective noise (:class:`~cgsim.model.collective.CentreNoise`): the molecule of
+        each bead (N,), their number M and the std of each molecule's centre step (M,),
+        normalised units; ``None`` = independent bead noise.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
     scale: torch.Tensor
     latent: torch.Tensor | None = None
+    molecule: torch.Tensor | None = None
+    n_molecules: int = 0
+    centre_std: torch.Tensor | None = None
 
     def nll(self, target: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood per bead and dimension of ``target`` (N, 3) in nm."""
         z = target / self.scale
         return (0.5 * ((z - self.mean) / self.std) ** 2 + torch.log(self.std) + 0.5 * math.log(2 * math.pi)).mean()
 
+    def value(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The step (N, 3) in nm for a standard-normal draw ``eps`` (N, 3); ``temperature`` scales
+        the noise (0 = the mean). With collective noise the draw is split into molecule-centre
+        and internal parts (:func:`~cgsim.model.collective.collective_noise`)."""
+        if self.centre_std is None or self.molecule is None:
+            noise = self.std * eps
+        else:
+            noise = collective_noise(eps, self.std, self.molecule, self.n_molecules, self.centre_std)
+        return (self.mean + temperature * noise) * self.scale
+
     def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """A sample in nm, shape (N, 3); ``temperature`` scales the std (0 = the mean)."""
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return (self.mean + temperature * self.std * noise) * self.scale
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.value(eps, temperature)
 
 
 class ChemistryEmbedding(nn.Module):
@@ -128,12 +147,15 @@ class MultiScaleDynamics(nn.Module):
         (:mod:`cgsim.model.refinement`); ``None`` = the plain Gaussian step.
     coarse : CoarseLevel, optional
         A super-bead level run after the bead processor (:mod:`cgsim.model.coarse`).
+    collective : CentreNoise, optional
+        A Gaussian over each molecule's centre step (:mod:`cgsim.model.collective`); ``None`` =
+        independent bead noise.
     """
 
     def __init__(self, n_atom_types: int, history: int, cutoff: float, hidden_dim: int = 128, fine_layers: int = 7,
                  bead_layers: int = 7, mlp_layers: int = 2, n_rbf: int = 16, target: str = "acceleration",
                  min_std: float = 1e-3, refinement: ScoreRefiner | None = None,
-                 coarse: CoarseLevel | None = None) -> None:
+                 coarse: CoarseLevel | None = None, collective: CentreNoise | None = None) -> None:
         super().__init__()
         if history < 2:
             raise ValueError(f"history must be >= 2 frames (one velocity), got {history}")
@@ -156,6 +178,7 @@ class MultiScaleDynamics(nn.Module):
         self.decoder = MLP(hidden_dim, hidden_dim, 6, mlp_layers, layer_norm=False)
         self.refiner = refinement
         self.coarse = coarse
+        self.collective = collective
         # normalisation, set from data by fit_normalization(); saved with the weights
         self.register_buffer("velocity_scale", torch.tensor(1.0))
         self.register_buffer("target_scale", torch.tensor(1.0))
@@ -222,7 +245,16 @@ class MultiScaleDynamics(nn.Module):
             h = self.coarse(h, batch.with_pos(pos))
         out = self.decoder(h)
         std = nn.functional.softplus(out[:, 3:]) + self.min_std
-        return GaussianStep(mean=out[:, :3], std=std, scale=self.target_scale, latent=h)
+        return self.gaussian(out[:, :3], std, h, batch)
+
+    def gaussian(self, mean: torch.Tensor, std: torch.Tensor, h: torch.Tensor, batch: BeadBatch) -> GaussianStep:
+        """The :class:`GaussianStep` of decoded ``mean``/``std`` (N, 3) and latent ``h`` (with the
+        molecule-centre std when the model has collective noise)."""
+        if self.collective is None:
+            return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h)
+        mol, n_mol, centre_std = self.collective(h, batch)
+        return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h, molecule=mol, n_molecules=n_mol,
+                            centre_std=centre_std)
 
     def nll(self, batch: BeadBatch, next_pos: torch.Tensor, pred: GaussianStep | None = None) -> torch.Tensor:
         """NLL of the true next positions (N, 3) nm given the history in ``batch``."""
@@ -232,9 +264,14 @@ class MultiScaleDynamics(nn.Module):
 
     def loss_terms(self, batch: BeadBatch, next_pos: torch.Tensor,
                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``{"nll": ...}`` plus ``{"dsm": ...}`` (denoising loss) when the model has a refiner."""
+        """``{"nll": ...}`` plus ``{"dsm": ...}`` (denoising loss) when the model has a refiner and
+        ``{"centre_nll": ...}`` (molecule-centre steps) when it has collective noise."""
         pred = self(batch)
         terms = {"nll": self.nll(batch, next_pos, pred)}
+        if pred.centre_std is not None:
+            window = torch.cat([batch.pos[:, -self.history:], next_pos[:, None]], dim=1)
+            z = self.target_from_positions(window) / pred.scale
+            terms["centre_nll"] = CentreNoise.nll(z, pred.mean, pred.molecule, pred.n_molecules, pred.centre_std)
         if self.refiner is not None:
             terms["dsm"] = self.refiner.loss(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, next_pos,
                                              self.target_scale, generator)
@@ -246,6 +283,8 @@ class MultiScaleDynamics(nn.Module):
         total = terms["nll"]
         if "dsm" in terms:
             total = total + self.refiner.loss_weight * terms["dsm"]
+        if "centre_nll" in terms:
+            total = total + self.collective.loss_weight * terms["centre_nll"]
         return total
 
     @torch.no_grad()

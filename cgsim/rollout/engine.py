@@ -324,7 +324,7 @@ class RolloutEngine:
         hist = state.pos[rows] if len(active) < len(self.members) else state.pos
         batch = batch.with_pos(hist)
         pred = self.model(batch, chem)
-        value = (pred.mean + self.temperature * pred.std * self._noise(active)) * pred.scale
+        value = pred.value(self._noise(active), self.temperature)
         new = self.model.positions_from_target(hist, value)
         new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
         return Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new,
