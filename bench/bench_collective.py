@@ -35,12 +35,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cgsim.data.load import expand_paths, load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.model.batch import collate
+from cgsim.rollout.command import apply_refine_overrides
 from cgsim.train.checkpoint import load_checkpoint
 from cgsim.train.loop import model_from_checkpoint
 
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--draws", type=int, default=16, help="model draws per window")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refine", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="refinement schedule overrides, as cgsim rollout refine.KEY=VALUE (e.g. keep_centres=true)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -165,6 +169,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     stride = int(ckpt["config"]["data"]["stride"])
+    if args.refine:
+        overrides = dict(kv.split("=", 1) for kv in args.refine)
+        apply_refine_overrides(model, {k: yaml.safe_load(v) for k, v in overrides.items()}, args.checkpoint)
     trajs = load_systems(args.systems, "--systems", atom_types=list(ckpt["data"]["atom_types"])).trajectories
     dirs = expand_paths(args.systems, "--systems")  # the order load_systems reads them in
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

@@ -129,3 +129,32 @@ def test_loss_weight_and_min_std_are_checked():
         CentreNoise(8, min_std=0.0)
     with pytest.raises(ValueError):
         CentreNoise(8, loss_weight=-1.0)
+
+
+def test_refinement_keeping_centres_changes_only_internal_coordinates():
+    from cgsim.model.collective import remove_centre_shift
+    from cgsim.model.refinement import ScoreRefiner
+
+    sys, pos = _chain_system(12, None, 5)
+    ion_bonds = sys.bead_bonds[:, (sys.bead_bonds < 8).all(0)]  # beads 8-11 become four single beads
+    sys = type(sys)(**{**sys.__dict__, "bead_bonds": ion_bonds})
+    torch.manual_seed(0)
+    m = MultiScaleDynamics(n_atom_types=3, history=H, cutoff=1.0, hidden_dim=16, fine_layers=1, bead_layers=1, n_rbf=8,
+                           refinement=ScoreRefiner(cond_dim=16, cutoff=1.0, hidden_dim=16, layers=1, n_rbf=8,
+                                                   levels=3, steps_per_level=1)).double().eval()
+    batch = collate([sys], [pos])
+    pred = m(batch)
+    y = pos[:, -1] + 0.05
+
+    def run(keep: bool) -> torch.Tensor:
+        m.refiner.set_schedule(keep_centres=keep)
+        g = torch.Generator().manual_seed(1)
+        return m.refine(batch, pred, y, lambda: torch.randn(y.shape, generator=g, dtype=y.dtype))
+
+    free, kept = run(False), run(True)
+    assert not torch.allclose(free[:8].mean(0), y[:8].mean(0))  # the refiner moves the chain's centre
+    torch.testing.assert_close(kept[:8].mean(0), y[:8].mean(0))  # ... unless told to keep it
+    torch.testing.assert_close(kept[:8] - kept[:8].mean(0), free[:8] - free[:8].mean(0))  # same internal change
+    torch.testing.assert_close(kept[8:], free[8:])  # single beads move freely either way
+    mol = torch.tensor([0] * 8 + [1, 2, 3, 4])
+    torch.testing.assert_close(remove_centre_shift(y, free, mol, 5), kept)

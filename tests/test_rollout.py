@@ -389,6 +389,8 @@ def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):
     ode = rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "o", "refine.sampler=ode", "refine.levels=3",
                        "refine.spacing=karras", "guard.enabled=false"))
     assert ode["steps"] == 6 and np.isfinite(_frames(tmp_path / "o")).all()
+    kept = rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "c", "refine.keep_centres=true", "guard.enabled=false"))
+    assert kept["steps"] == 6 and np.isfinite(_frames(tmp_path / "c")).all()
     with pytest.raises(CgsimInputError, match="refine.spacing"):
         rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "k", "refine.spacing=linear"))
     with pytest.raises(CgsimInputError, match="trained without refinement"):

@@ -64,6 +64,37 @@ def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:
     return renumber[comp].astype(np.int64)
 
 
+class MoleculeIndex:
+    """Molecule of every bead of a batch, computed once per topology (rollouts reuse it every step)."""
+
+    def __init__(self) -> None:
+        self._cache: tuple[tuple, tuple[torch.Tensor, int]] | None = None
+
+    def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
+        """Molecule index per bead (N,), int64, and the number of molecules M."""
+        bonds = batch.bead_bonds
+        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        mol = molecule_index(batch.n_beads, bonds.cpu().numpy())
+        out = (torch.from_numpy(mol).to(bonds.device), int(mol.max()) + 1 if mol.size else 0)
+        self._cache = (key, out)
+        return out
+
+
+def remove_centre_shift(before: torch.Tensor, after: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
+    """``after`` (N, 3) with each multi-bead molecule's centre put back where it was in ``before``.
+
+    The change ``after - before`` loses its mean over every molecule of two or more beads, so
+    only the molecule's internal coordinates change; single beads (ions) keep their full change.
+    """
+    shift = after - before
+    counts = torch.bincount(molecule, minlength=n_molecules)
+    centre = scatter(shift, molecule, dim=0, dim_size=n_molecules, reduce="mean")
+    centre = centre * (counts > 1).to(shift.dtype)[:, None]
+    return after - centre[molecule]
+
+
 def collective_noise(eps: torch.Tensor, std: torch.Tensor, molecule: torch.Tensor, n_molecules: int,
                      centre_std: torch.Tensor) -> torch.Tensor:
     """Per-bead noise (N, 3) whose molecule centres move with ``centre_std``.
@@ -117,18 +148,7 @@ class CentreNoise(nn.Module):
         self.head = MLP(dim, dim, 1, mlp_layers, layer_norm=False)
         self.min_std = float(min_std)
         self.loss_weight = float(loss_weight)
-        self._cache: tuple[tuple, tuple[torch.Tensor, int]] | None = None
-
-    def molecules(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
-        """Molecule of every bead of the batch (N,) and their number (cached per topology)."""
-        bonds = batch.bead_bonds
-        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        mol = molecule_index(batch.n_beads, bonds.cpu().numpy())
-        out = (torch.from_numpy(mol).to(bonds.device), int(mol.max()) + 1 if mol.size else 0)
-        self._cache = (key, out)
-        return out
+        self.molecules = MoleculeIndex()
 
     def forward(self, h: torch.Tensor, batch: BeadBatch) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Molecule index (N,), number of molecules M and the centre std (M,) from latents (N, dim)."""

@@ -58,6 +58,7 @@ from torch import nn
 
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import InteractionBlock
+from cgsim.model.collective import MoleculeIndex, remove_centre_shift
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
 
@@ -106,12 +107,19 @@ class ScoreRefiner(nn.Module):
         the probability-flow ODE with Heun steps (see the module docstring).
     spacing : {"geometric", "karras"}
         How the annealing levels are spread between ``sigma_start`` and ``sigma_min``.
+    keep_centres : bool
+        Keep each multi-bead molecule's centre where the Gaussian sample put it: the refinement
+        changes only internal coordinates (and moves single beads freely). The denoiser, trained
+        on independent noise per bead, pulls molecule centres back towards their mean step, so
+        without this a refined molecule's centre moves too little (``bench/bench_collective.py``);
+        meant for models with collective noise (``model/collective=centre``).
     """
 
     def __init__(self, cond_dim: int, cutoff: float, hidden_dim: int = 64, layers: int = 3, mlp_layers: int = 2,
                  n_rbf: int = 16, sigma_min: float = 0.02, sigma_max: float = 1.0, sigma_start: float = 0.5,
                  levels: int = 5, steps_per_level: int = 2, step_size: float = 0.2, final_denoise: bool = True,
-                 loss_weight: float = 1.0, sampler: str = "langevin", spacing: str = "geometric") -> None:
+                 loss_weight: float = 1.0, sampler: str = "langevin", spacing: str = "geometric",
+                 keep_centres: bool = False) -> None:
         super().__init__()
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -121,7 +129,9 @@ class ScoreRefiner(nn.Module):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.loss_weight = float(loss_weight)
         self.set_schedule(sampler=sampler, levels=levels, steps_per_level=steps_per_level, step_size=step_size,
-                          sigma_start=sigma_start, final_denoise=final_denoise, spacing=spacing)
+                          sigma_start=sigma_start, final_denoise=final_denoise, spacing=spacing,
+                          keep_centres=keep_centres)
+        self.molecules = MoleculeIndex()
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         # node input: dynamics latent, log-sigma features, displacement from the current frame
         self.node_encoder = MLP(cond_dim + 3 + 4, hidden_dim, hidden_dim, mlp_layers)
@@ -133,7 +143,8 @@ class ScoreRefiner(nn.Module):
     # -- schedule ----------------------------------------------------------------------------
     def set_schedule(self, sampler: str | None = None, levels: int | None = None, steps_per_level: int | None = None,
                      step_size: float | None = None, sigma_start: float | None = None,
-                     final_denoise: bool | None = None, spacing: str | None = None) -> None:
+                     final_denoise: bool | None = None, spacing: str | None = None,
+                     keep_centres: bool | None = None) -> None:
         """Set (and check) the sampling schedule; ``None`` keeps the current value.
 
         Raises
@@ -167,6 +178,8 @@ class ScoreRefiner(nn.Module):
             self.final_denoise = bool(final_denoise)
         if spacing is not None:
             self.spacing = spacing
+        if keep_centres is not None:
+            self.keep_centres = bool(keep_centres)
 
     def annealing_levels(self) -> list[float]:
         """Annealing noise levels, largest first, in target-scale units (``levels`` values)."""
@@ -260,6 +273,7 @@ class ScoreRefiner(nn.Module):
             Refined positions (N, 3), nm; ``y`` itself when the schedule is empty.
         """
         a = self.step_size
+        sampled = y
         previous = None
         for sigma in self.annealing_levels():
             s = torch.full((y.shape[0],), sigma, device=y.device, dtype=y.dtype)
@@ -282,4 +296,6 @@ class ScoreRefiner(nn.Module):
                 y = y - a * sigma * scale * eps_hat + math.sqrt(2.0 * a) * sigma * scale * noise()
         if self.final_denoise:
             y = self.denoise(batch, latent, y, self.sigma_min, scale)
+        if self.keep_centres:
+            y = remove_centre_shift(sampled, y, *self.molecules(batch))
         return y

@@ -42,6 +42,7 @@ class RefineConfig:
     sigma_start: float | None = None
     final_denoise: bool | None = None
     spacing: str | None = None
+    keep_centres: bool | None = None
 
 
 @dataclass
