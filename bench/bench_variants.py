@@ -64,6 +64,15 @@ ERRORS = [
     ("angle_jsd", "bond_angles", "jsd"),
 ]
 
+#: errors of some keys only, reported where the evaluation has them: (column, observable, measure, key prefix)
+KEYED_ERRORS = [
+    ("com_msd_dev", "msd", "mean_relative_deviation", "com:"),   # molecule centres' MSD, mean over lags
+    ("com_d_err", "diffusion", "relative_error", "com:"),
+    ("li_d_err", "diffusion", "relative_error", "LI"),
+    ("tfsi_d_err", "diffusion", "relative_error", "TFS"),
+    ("sigma_ne_err", "conductivity", "relative_error[sigma_ne_S_cm]", "system"),
+]
+
 
 def parse_arm(text: str) -> tuple[str, list[str]]:
     """``NAME`` (one of :data:`ARMS`) or ``NAME=override,override`` (a custom arm)."""
@@ -157,6 +166,9 @@ def rollout_arm(checkpoint: str, initial: str, reference: str, steps: int, out: 
     for column, obs, measure in ERRORS:
         record[column] = median_over_keys(metrics, obs, measure, "error")
         record[column + "_noise"] = median_over_keys(metrics, obs, measure, "noise_floor")
+    for column, obs, measure, prefix in KEYED_ERRORS:
+        record[column] = median_over_keys(metrics, obs, measure, "error", prefix)
+        record[column + "_noise"] = median_over_keys(metrics, obs, measure, "noise_floor", prefix)
     return record
 
 
@@ -176,7 +188,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             ("finished", "finished", "{:.0%}"), ("redraws/1000", "redraws_per_1000_steps", "{:.1f}"),
             ("Rg err", "rg_err", "{:.3f}"), ("Rg2 relax err", "rg_relax_err", "{:.3f}"),
             ("D err", "diffusion_err", "{:.3f}"), ("RDF dg", "rdf_dg", "{:.3f}"),
-            ("bond JSD", "bond_jsd", "{:.4f}"), ("beads x steps/s", "bead_steps_per_second", "{:.0f}")]
+            ("bond JSD", "bond_jsd", "{:.4f}"), ("centre MSD dev", "com_msd_dev", "{:.3f}"),
+            ("centre D err", "com_d_err", "{:.3f}"), ("Li+ D err", "li_d_err", "{:.3f}"),
+            ("TFSI- D err", "tfsi_d_err", "{:.3f}"), ("NE cond err", "sigma_ne_err", "{:.3f}"),
+            ("beads x steps/s", "bead_steps_per_second", "{:.0f}")]
+    # columns no run has (e.g. ion diffusion for chains) are left out
+    cols = [c for c in cols if c[1] in ("arm", "fraction") or any(r.get(c[1]) is not None for r in rows)]
     lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = []

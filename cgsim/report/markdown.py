@@ -27,14 +27,17 @@ _FIGURE_OF = {
 }
 
 
-def median_over_keys(metrics: dict[str, Any], observable: str, measure: str, part: str = "error") -> float | None:
+def median_over_keys(metrics: dict[str, Any], observable: str, measure: str, part: str = "error",
+                     prefix: str = "") -> float | None:
     """Median of one measure over an observable's keys (type pairs, groups) in ``metrics.json``.
 
-    ``part`` is ``"error"`` (rollout vs reference) or ``"noise_floor"``; keys without a finite
-    value are skipped; ``None`` if none has one.
+    ``part`` is ``"error"`` (rollout vs reference) or ``"noise_floor"``; only keys starting with
+    ``prefix`` count (``"com:"``: molecule centres; a full key selects one); keys without a
+    finite value are skipped; ``None`` if none has one.
     """
-    values = [(entry.get(part) or {}).get(measure) for entry in metrics.get("observables", {}).get(observable, {}).values()
-              if isinstance(entry, dict)]
+    values = [(entry.get(part) or {}).get(measure)
+              for key, entry in metrics.get("observables", {}).get(observable, {}).items()
+              if isinstance(entry, dict) and str(key).startswith(prefix)]
     finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return float(np.median(finite)) if finite else None
 
