@@ -40,14 +40,17 @@ from cgsim.errors import CgsimInputError
 from cgsim.report.markdown import median_over_keys
 from cgsim.train.checkpoint import load_checkpoint
 
-#: named arms: ``cgsim train`` overrides on top of the experiment
+#: named arms: ``cgsim train`` overrides on top of the experiment. Each arm says what it has and what it
+#: has not (``~group`` drops a group the experiment selects), so an arm means the same whatever the
+#: experiment's defaults are (experiment=chain selects the coarse level and collective noise).
+_PLAIN = ["~model/coarse", "~model/collective"]
 ARMS: dict[str, list[str]] = {
-    "plain": [],
-    "plain+symmetries": ["data.augment_symmetry=true"],
-    "equivariant": ["model=equivariant_gnn"],
-    "coarse": ["model/coarse=segments"],
-    "equivariant+coarse": ["model=equivariant_gnn", "model/coarse=segments"],
-    "collective": ["model/collective=centre"],
+    "plain": list(_PLAIN),
+    "plain+symmetries": [*_PLAIN, "data.augment_symmetry=true"],
+    "equivariant": ["model=equivariant_gnn", *_PLAIN],
+    "coarse": ["model/coarse=segments", "~model/collective"],
+    "equivariant+coarse": ["model=equivariant_gnn", "model/coarse=segments", "~model/collective"],
+    "collective": ["~model/coarse", "model/collective=centre"],
     "coarse+collective": ["model/coarse=segments", "model/collective=centre"],
 }
 

@@ -18,7 +18,8 @@ spec.loader.exec_module(bench_variants)
 
 
 def test_arms_named_and_custom():
-    assert bench_variants.parse_arm("equivariant") == ("equivariant", ["model=equivariant_gnn"])
+    assert bench_variants.parse_arm("equivariant") == ("equivariant", ["model=equivariant_gnn", "~model/coarse",
+                                                                       "~model/collective"])
     assert bench_variants.parse_arm("wide=model.hidden_dim=96,model.bead_layers=3") == (
         "wide", ["model.hidden_dim=96", "model.bead_layers=3"])
     with pytest.raises(SystemExit, match="unknown arm 'nope'"):
