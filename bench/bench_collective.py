@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from cgsim.data.load import expand_paths, load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.model.batch import collate
+from cgsim.model.graph import molecule_index
 from cgsim.rollout.command import apply_refine_overrides
 from cgsim.train.checkpoint import load_checkpoint
 from cgsim.train.loop import model_from_checkpoint
@@ -51,12 +50,9 @@ def molecules(traj: BeadTrajectory, types: list[str] | None = None) -> tuple[np.
     """Molecule index per bead (N,) and a kind label per molecule (``"30 beads B1,B2"``).
 
     ``types`` are the bead types (length N) from the mapped system's sidecar, if known."""
-    n = traj.graph.n_beads
-    src, dst = traj.graph.bead_bonds.numpy()
-    adj = coo_matrix((np.ones(src.shape[0]), (src, dst)), shape=(n, n))
-    n_mol, mol = connected_components(adj, directed=False)
+    mol = molecule_index(traj.graph.n_beads, traj.graph.bead_bonds.numpy())
     kinds = []
-    for m in range(n_mol):
+    for m in range(int(mol.max()) + 1 if mol.size else 0):
         members = np.flatnonzero(mol == m)
         names = "" if types is None else " " + ",".join(sorted({str(types[i]) for i in members}))
         kinds.append(f"{members.size} beads{names}")

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from cgsim.model import MultiScaleDynamics, collate
-from cgsim.model.collective import CentreNoise, collective_noise, molecule_index
+from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.equivariant import EquivariantDynamics
+from cgsim.model.graph import molecule_index
 from tests.test_model import BOX, H, _chain_system, assert_batched_equals_single
 
 

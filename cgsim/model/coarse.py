@@ -18,14 +18,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import breadth_first_order, connected_components
+from scipy.sparse.csgraph import breadth_first_order
 from torch import nn
 from torch_geometric.utils import scatter
 
 from cgsim.geometry import radius_graph
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import InteractionBlock
-from cgsim.model.graph import RADIUS_EDGE, EdgeFeatures
+from cgsim.model.graph import RADIUS_EDGE, EdgeFeatures, TopologyCache, molecule_index
 from cgsim.model.mlp import MLP
 
 
@@ -52,14 +52,11 @@ def segment_assignment(n_beads: int, bonds: np.ndarray, beads_per_super: int) ->
     bonds = np.asarray(bonds, dtype=np.int64).reshape(2, -1)
     adj = coo_matrix((np.ones(bonds.shape[1]), (bonds[0], bonds[1])), shape=(n_beads, n_beads)).tocsr()
     adj = ((adj + adj.T) > 0).astype(np.int8).tocsr()
-    n_comp, comp = connected_components(adj, directed=False)
+    comp = molecule_index(n_beads, bonds)  # numbered in order of their lowest bead -> deterministic
     degree = np.asarray(adj.sum(axis=1)).ravel()
     out = np.empty(n_beads, dtype=np.int64)
     next_id = 0
-    # components in order of their lowest bead index -> deterministic numbering
-    first = np.full(n_comp, n_beads, dtype=np.int64)
-    np.minimum.at(first, comp, np.arange(n_beads))
-    for c in np.argsort(first, kind="stable"):
+    for c in range(int(comp.max()) + 1 if n_beads else 0):
         members = np.flatnonzero(comp == c)
         if len(members) == 1:
             out[members] = next_id
@@ -110,18 +107,11 @@ class CoarseLevel(nn.Module):
         self.edge_encoder = MLP(self.edge_features.dim, dim, dim, mlp_layers)
         self.blocks = nn.ModuleList([InteractionBlock(dim, dim, dim, mlp_layers) for _ in range(layers)])
         self.broadcast = MLP(2 * dim, dim, dim, mlp_layers)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._segments = TopologyCache(lambda n, bonds: segment_assignment(n, bonds, self.beads_per_super))
 
     def assignment(self, batch: BeadBatch) -> torch.Tensor:
         """Super-bead of every bead of the batch, shape (N,), int64 (cached per topology)."""
-        bonds = batch.bead_bonds
-        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        sup = segment_assignment(batch.n_beads, bonds.cpu().numpy(), self.beads_per_super)
-        out = torch.from_numpy(sup).to(bonds.device)
-        self._cache = (key, out)
-        return out
+        return self._segments(batch)[0]
 
     def forward(self, h: torch.Tensor, batch: BeadBatch) -> torch.Tensor:
         """Bead latents (N, dim) with the coarse level's information added.
@@ -133,8 +123,7 @@ class CoarseLevel(nn.Module):
         batch : BeadBatch
             Positions (last frame used; unwrapped, molecules whole) and topology.
         """
-        sup = self.assignment(batch)
-        n_sup = int(sup.max()) + 1 if sup.numel() else 0
+        sup, n_sup = self._segments(batch)
         x = batch.pos[:, -1]
         centre = scatter(x, sup, dim=0, dim_size=n_sup, reduce="mean")
         sys_of_sup = scatter(batch.batch, sup, dim=0, dim_size=n_sup, reduce="max")

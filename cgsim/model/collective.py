@@ -29,57 +29,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import nn
 from torch_geometric.utils import scatter
 
 from cgsim.model.batch import BeadBatch
+from cgsim.model.graph import TopologyCache, molecule_index
 from cgsim.model.mlp import MLP
-
-
-def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:
-    """Molecule of every bead: connected components of the bead-bond graph.
-
-    Parameters
-    ----------
-    n_beads : int
-        Number of beads N.
-    bonds : numpy.ndarray
-        Bead bonds, shape (2, E), int (either or both directions).
-
-    Returns
-    -------
-    numpy.ndarray
-        Molecule index per bead, shape (N,), int64, numbered in order of each molecule's first bead.
-    """
-    bonds = np.asarray(bonds, dtype=np.int64).reshape(2, -1)
-    adj = coo_matrix((np.ones(bonds.shape[1]), (bonds[0], bonds[1])), shape=(n_beads, n_beads))
-    _, comp = connected_components(adj, directed=False)
-    _, first = np.unique(comp, return_index=True)
-    renumber = np.empty_like(first)
-    renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return renumber[comp].astype(np.int64)
-
-
-class MoleculeIndex:
-    """Molecule of every bead of a batch, computed once per topology (rollouts reuse it every step)."""
-
-    def __init__(self) -> None:
-        self._cache: tuple[tuple, tuple[torch.Tensor, int]] | None = None
-
-    def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
-        """Molecule index per bead (N,), int64, and the number of molecules M."""
-        bonds = batch.bead_bonds
-        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        mol = molecule_index(batch.n_beads, bonds.cpu().numpy())
-        out = (torch.from_numpy(mol).to(bonds.device), int(mol.max()) + 1 if mol.size else 0)
-        self._cache = (key, out)
-        return out
 
 
 def remove_centre_shift(before: torch.Tensor, after: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
@@ -148,7 +104,7 @@ class CentreNoise(nn.Module):
         self.head = MLP(dim, dim, 1, mlp_layers, layer_norm=False)
         self.min_std = float(min_std)
         self.loss_weight = float(loss_weight)
-        self.molecules = MoleculeIndex()
+        self.molecules = TopologyCache(molecule_index)
 
     def forward(self, h: torch.Tensor, batch: BeadBatch) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Molecule index (N,), number of molecules M and the centre std (M,) from latents (N, dim)."""

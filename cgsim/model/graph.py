@@ -1,16 +1,24 @@
 """The bead-level graph every network of the model reads: radius edges + bond edges, featurised.
 
 One function builds the edges (so the dynamics network and the refinement network see the same
-graph for the same positions) and one module turns them into edge features.
+graph for the same positions) and one module turns them into edge features. The molecules of
+the bond graph (:func:`molecule_index`) and per-topology labels of beads computed once for a
+rollout (:class:`TopologyCache`) serve the coarse level, collective noise and the refiner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from cgsim.geometry import radius_graph
 from cgsim.geometry.pbc import minimum_image
+from cgsim.model.batch import BeadBatch
 
 #: edge types: 0 = within the cutoff (radius graph), 1 = coarse-grained bond
 RADIUS_EDGE, BOND_EDGE = 0, 1
@@ -52,6 +60,55 @@ def bead_edges(x: torch.Tensor, batch: torch.Tensor, box: torch.Tensor | None, b
     edge_type = torch.cat([torch.full((g.n_edges,), RADIUS_EDGE, dtype=torch.long, device=x.device),
                            torch.full((src.shape[0],), BOND_EDGE, dtype=torch.long, device=x.device)])
     return edge_index, vec, edge_type
+
+
+def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:
+    """Molecule of every bead: connected components of the bead-bond graph.
+
+    Parameters
+    ----------
+    n_beads : int
+        Number of beads N.
+    bonds : numpy.ndarray
+        Bead bonds, shape (2, E), int (either or both directions).
+
+    Returns
+    -------
+    numpy.ndarray
+        Molecule index per bead, shape (N,), int64, numbered in order of each molecule's first bead.
+    """
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(2, -1)
+    adj = coo_matrix((np.ones(bonds.shape[1]), (bonds[0], bonds[1])), shape=(n_beads, n_beads))
+    _, comp = connected_components(adj, directed=False)
+    _, first = np.unique(comp, return_index=True)
+    renumber = np.empty_like(first)
+    renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return renumber[comp].astype(np.int64)
+
+
+class TopologyCache:
+    """A label per bead that depends on the bead bonds only, computed once per topology.
+
+    ``label(n_beads, bonds)`` maps the batch's bonds (numpy, (2, E)) to labels 0..K-1 per bead
+    (numpy, (N,)); calling the cache with a batch returns them as a tensor on the bonds' device
+    with their number K, recomputed only when the batch's topology changes (rollouts reuse it
+    every step).
+    """
+
+    def __init__(self, label: Callable[[int, np.ndarray], np.ndarray]) -> None:
+        self.label = label
+        self._cache: tuple[tuple, tuple[torch.Tensor, int]] | None = None
+
+    def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
+        """Label per bead (N,), int64, and the number of labels K."""
+        bonds = batch.bead_bonds
+        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        values = np.asarray(self.label(batch.n_beads, bonds.cpu().numpy()), dtype=np.int64)
+        out = (torch.from_numpy(values).to(bonds.device), int(values.max()) + 1 if values.size else 0)
+        self._cache = (key, out)
+        return out
 
 
 class GaussianRBF(nn.Module):

@@ -58,8 +58,8 @@ from torch import nn
 
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import InteractionBlock
-from cgsim.model.collective import MoleculeIndex, remove_centre_shift
-from cgsim.model.graph import EdgeFeatures, bead_edges
+from cgsim.model.collective import remove_centre_shift
+from cgsim.model.graph import EdgeFeatures, TopologyCache, bead_edges, molecule_index
 from cgsim.model.mlp import MLP
 
 #: a source of standard-normal noise shaped like the positions, (N, 3)
@@ -131,7 +131,7 @@ class ScoreRefiner(nn.Module):
         self.set_schedule(sampler=sampler, levels=levels, steps_per_level=steps_per_level, step_size=step_size,
                           sigma_start=sigma_start, final_denoise=final_denoise, spacing=spacing,
                           keep_centres=keep_centres)
-        self.molecules = MoleculeIndex()
+        self.molecules = TopologyCache(molecule_index)
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         # node input: dynamics latent, log-sigma features, displacement from the current frame
         self.node_encoder = MLP(cond_dim + 3 + 4, hidden_dim, hidden_dim, mlp_layers)
