@@ -1,0 +1,135 @@
+"""Where the electrolyte reference MD spends its time (OpenMM, CPU platform).
+
+For each run directory (finished or in progress) it rebuilds the production System exactly as
+the run does (``identity.json`` settings: PME, 1 nm cutoff, x0.8 ionic charges, HBonds, the
+run's hydrogen mass), starts from the run's last frame, and measures on ``--threads`` threads:
+
+- the wall time of one force evaluation per force group (bonded terms; LJ with OPLS geometric
+  mixing, a ``CustomNonbondedForce``; Coulomb with PME + 1-4 terms, a ``NonbondedForce``) and
+  of all of them together;
+- the same LJ in OpenMM's native ``NonbondedForce`` with its Lorentz-Berthelot rule (*not* the
+  force field, whose combining rule is geometric: a speed reference only, to show what the
+  exact rule costs);
+- production steps per second with the run's integrator (Langevin 0.1/ps, its time step), and
+  ns/day.
+
+    .venv/bin/python bench/bench_electrolyte_md.py data/electrolyte/*/*/ --threads 1
+
+Prints a Markdown table (one row per run) and writes JSON with ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+import openmm.unit as u
+
+from cgsim.reference import electrolyte as el
+from cgsim.reference.electrolyte_generate import ns_per_day
+from cgsim.reference.electrolyte_validate import open_run, production_frames
+
+
+def _context(system: openmm.System, integrator: openmm.Integrator, threads: int, box: float,
+             xyz: np.ndarray) -> openmm.Context:
+    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    ctx.setPeriodicBoxVectors(*(np.eye(3) * box))
+    ctx.setPositions(xyz * u.nanometer)
+    return ctx
+
+
+def time_forces(ctx: openmm.Context, groups: int, repeats: int) -> float:
+    """Mean wall seconds of one force evaluation of the force groups in the bit mask ``groups``."""
+    ctx.getState(getForces=True, groups=groups)  # warm-up (neighbour list, kernels)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        ctx.getState(getForces=True, groups=groups)
+    return (time.perf_counter() - t0) / repeats
+
+
+def lorentz_berthelot_lj(es: el.ElectrolyteSystem, cutoff: float) -> openmm.System:
+    """A System holding only the LJ terms, combined by OpenMM's native Lorentz-Berthelot rule."""
+    system = openmm.System()
+    for i in range(es.system.getNumParticles()):
+        system.addParticle(es.system.getParticleMass(i))
+    lj = next(f for f in es.system.getForces() if isinstance(f, openmm.CustomNonbondedForce))
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+    nb.setCutoffDistance(cutoff)
+    nb.setUseDispersionCorrection(True)
+    for i in range(system.getNumParticles()):
+        nb.addParticle(0.0, float(es.sigma[i]), float(es.epsilon[i]))
+    for k in range(lj.getNumExclusions()):
+        i, j = lj.getExclusionParticles(k)
+        nb.addException(i, j, 0.0, 1.0, 0.0)
+    system.addForce(nb)
+    return system
+
+
+def measure(run_dir: Path, threads: int, repeats: int, seconds: float, seed: int = 0) -> dict[str, Any]:
+    """Force-group costs and production speed of one run's System (see the module docstring)."""
+    run = open_run(run_dir)
+    s = run.settings
+    frames = production_frames(run)
+    box, xyz = frames.box_length, frames.xyz[-1]
+    es = el.create_system(el.build_topology(s.composition, box_length=box), **s.system_kwargs())
+    integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
+                                            s.timestep * u.picosecond)
+    integ.setRandomNumberSeed(seed + 1)
+    ctx = _context(es.system, integ, threads, box, xyz)
+    ms = {name: 1e3 * time_forces(ctx, 1 << group, repeats) for name, group in
+          (("bonded", el.GROUP_BONDED), ("lj_geometric", el.GROUP_LJ), ("coulomb_pme", el.GROUP_COULOMB))}
+    ms["all"] = 1e3 * time_forces(ctx, -1, repeats)
+    lb = lorentz_berthelot_lj(es, float(s.cutoff))
+    ctx_lb = _context(lb, openmm.VerletIntegrator(0.001), threads, box, xyz)
+    ms["lj_lorentz_berthelot_native"] = 1e3 * time_forces(ctx_lb, -1, repeats)
+    del ctx_lb
+
+    ctx.setVelocitiesToTemperature(s.temperature * u.kelvin, seed + 1)
+    integ.step(100)  # warm-up
+    steps, chunk = 0, 100
+    t0, c0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        integ.step(chunk)
+        steps += chunk
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    del ctx
+    return {"run": str(run_dir), "atoms": es.system.getNumParticles(), "box_nm": box, "timestep_ps": s.timestep,
+            "hydrogen_mass": s.hydrogen_mass, "threads": threads,
+            "force_ms": ms, "lj_share": ms["lj_geometric"] / ms["all"], "steps": steps, "wall_s": wall,
+            "steps_per_s": steps / wall, "ns_per_day": ns_per_day(steps * s.timestep, wall),
+            "ns_per_cpu_day": ns_per_day(steps * s.timestep, cpu)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories of `cgsim generate system=electrolyte`")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30, help="force evaluations per timing")
+    ap.add_argument("--seconds", type=float, default=20.0, help="timed production window per run")
+    ap.add_argument("--output", type=Path, help="JSON file for the results")
+    args = ap.parse_args(argv)
+    rows = []
+    print(f"# {platform.processor() or platform.machine()}, OpenMM {openmm.__version__}, {args.threads} thread(s)")
+    print("| run | atoms | dt, fs | bonded, ms | LJ geometric (custom), ms | Coulomb PME, ms | all, ms "
+          "| LJ share | LJ Lorentz-Berthelot (native), ms | steps/s | ns/day |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run_dir in args.runs:
+        r = measure(run_dir, args.threads, args.repeats, args.seconds)
+        rows.append(r)
+        f = r["force_ms"]
+        print(f"| {run_dir.name} | {r['atoms']} | {1e3 * r['timestep_ps']:.0f} | {f['bonded']:.2f} | "
+              f"{f['lj_geometric']:.2f} | {f['coulomb_pme']:.2f} | {f['all']:.2f} | {100 * r['lj_share']:.0f} % | "
+              f"{f['lj_lorentz_berthelot_native']:.2f} | {r['steps_per_s']:.1f} | {r['ns_per_day']:.1f} |", flush=True)
+    if args.output:
+        args.output.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
