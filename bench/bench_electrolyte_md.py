@@ -1,8 +1,10 @@
-"""Where the electrolyte reference MD spends its time (OpenMM, CPU platform).
+"""Where the electrolyte reference MD spends its time (OpenMM), and how fast each platform runs it.
 
 For each run directory (finished or in progress) it rebuilds the production System exactly as
 the run does (``identity.json`` settings: PME, 1 nm cutoff, x0.8 ionic charges, HBonds, the
-run's hydrogen mass), starts from the run's last frame, and measures on ``--threads`` threads:
+run's hydrogen mass), starts from the run's last frame, and measures on ``--platform`` with
+``--threads`` threads (:func:`cgsim.reference.platforms.select_platform`: mixed precision on
+OpenCL / CUDA):
 
 - the wall time of one force evaluation per force group (bonded terms; LJ with OPLS geometric
   mixing, a ``CustomNonbondedForce``; Coulomb with PME + 1-4 terms, a ``NonbondedForce``) and
@@ -13,7 +15,12 @@ run's hydrogen mass), starts from the run's last frame, and measures on ``--thre
 - production steps per second with the run's integrator (Langevin 0.1/ps, its time step), and
   ns/day.
 
-    .venv/bin/python bench/bench_electrolyte_md.py data/electrolyte/*/*/ --threads 1
+    .venv/bin/python bench/bench_electrolyte_md.py data/electrolyte/*/*/ --threads 1 [--platform OpenCL]
+
+With ``--check-forces`` it also compares, on 5 frames spread over each run, the energies and
+forces of ``--platform`` with those of the CPU platform (per force group: energy difference,
+relative rms and largest force difference), the check behind using another platform for the
+shipped data.
 
 Prints a Markdown table (one row per run) and writes JSON with ``--output``.
 """
@@ -34,11 +41,13 @@ import openmm.unit as u
 from cgsim.reference import electrolyte as el
 from cgsim.reference.electrolyte_generate import ns_per_day
 from cgsim.reference.electrolyte_validate import open_run, production_frames
+from cgsim.reference.platforms import select_platform
 
 
-def _context(system: openmm.System, integrator: openmm.Integrator, threads: int, box: float,
+def _context(system: openmm.System, integrator: openmm.Integrator, platform: str, threads: int, box: float,
              xyz: np.ndarray) -> openmm.Context:
-    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    plat, props, _ = select_platform(platform, threads)
+    ctx = openmm.Context(system, integrator, plat, props)
     ctx.setPeriodicBoxVectors(*(np.eye(3) * box))
     ctx.setPositions(xyz * u.nanometer)
     return ctx
@@ -72,7 +81,7 @@ def lorentz_berthelot_lj(es: el.ElectrolyteSystem, cutoff: float) -> openmm.Syst
     return system
 
 
-def measure(run_dir: Path, threads: int, repeats: int, seconds: float, seed: int = 0) -> dict[str, Any]:
+def measure(run_dir: Path, platform: str, threads: int, repeats: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """Force-group costs and production speed of one run's System (see the module docstring)."""
     run = open_run(run_dir)
     s = run.settings
@@ -82,12 +91,12 @@ def measure(run_dir: Path, threads: int, repeats: int, seconds: float, seed: int
     integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
                                             s.timestep * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _context(es.system, integ, threads, box, xyz)
+    ctx = _context(es.system, integ, platform, threads, box, xyz)
     ms = {name: 1e3 * time_forces(ctx, 1 << group, repeats) for name, group in
           (("bonded", el.GROUP_BONDED), ("lj_geometric", el.GROUP_LJ), ("coulomb_pme", el.GROUP_COULOMB))}
     ms["all"] = 1e3 * time_forces(ctx, -1, repeats)
     lb = lorentz_berthelot_lj(es, float(s.cutoff))
-    ctx_lb = _context(lb, openmm.VerletIntegrator(0.001), threads, box, xyz)
+    ctx_lb = _context(lb, openmm.VerletIntegrator(0.001), platform, threads, box, xyz)
     ms["lj_lorentz_berthelot_native"] = 1e3 * time_forces(ctx_lb, -1, repeats)
     del ctx_lb
 
@@ -101,32 +110,73 @@ def measure(run_dir: Path, threads: int, repeats: int, seconds: float, seed: int
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     del ctx
     return {"run": str(run_dir), "atoms": es.system.getNumParticles(), "box_nm": box, "timestep_ps": s.timestep,
-            "hydrogen_mass": s.hydrogen_mass, "threads": threads,
+            "hydrogen_mass": s.hydrogen_mass, "platform": platform, "threads": threads,
             "force_ms": ms, "lj_share": ms["lj_geometric"] / ms["all"], "steps": steps, "wall_s": wall,
             "steps_per_s": steps / wall, "ns_per_day": ns_per_day(steps * s.timestep, wall),
             "ns_per_cpu_day": ns_per_day(steps * s.timestep, cpu)}
 
 
+def force_agreement(run_dir: Path, platform: str, threads: int, n_frames: int = 5) -> list[dict[str, Any]]:
+    """Energies and forces of ``platform`` against the CPU platform on frames of one run.
+
+    Returns one dict per (frame, force group): ``frame``, ``group``, ``energy`` (CPU, kJ/mol),
+    ``d_energy`` (platform - CPU, kJ/mol), ``rms_rel`` (rms force difference / rms force) and
+    ``max_rel`` (largest per-atom force difference / mean per-atom force).
+    """
+    run = open_run(run_dir)
+    s = run.settings
+    frames = production_frames(run)
+    es = el.create_system(el.build_topology(s.composition, box_length=frames.box_length), **s.system_kwargs())
+    contexts = {name: _context(es.system, openmm.VerletIntegrator(0.001), name, threads, frames.box_length,
+                               frames.xyz[0]) for name in ("CPU", platform)}
+    groups = (("bonded", 1 << el.GROUP_BONDED), ("lj_geometric", 1 << el.GROUP_LJ),
+              ("coulomb_pme", 1 << el.GROUP_COULOMB), ("all", -1))
+    rows = []
+    for k in np.linspace(0, len(frames.xyz) - 1, n_frames).astype(int):
+        got = {}
+        for name, ctx in contexts.items():
+            ctx.setPositions(frames.xyz[k] * u.nanometer)
+            for gname, mask in groups:
+                st = ctx.getState(getForces=True, getEnergy=True, groups=mask)
+                got[name, gname] = (st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+                                    st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+        for gname, _ in groups:
+            (e0, f0), (e1, f1) = got["CPU", gname], got[platform, gname]
+            diff = np.linalg.norm(f1 - f0, axis=1)
+            rows.append({"frame": int(k), "group": gname, "energy": float(e0), "d_energy": float(e1 - e0),
+                         "rms_rel": float(np.sqrt((diff**2).mean() / (f0**2).sum(axis=1).mean())),
+                         "max_rel": float(diff.max() / np.linalg.norm(f0, axis=1).mean())})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories of `cgsim generate system=electrolyte`")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, OpenCL, CUDA; cgsim.reference.platforms)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (CPU platform and pocl's CPU OpenCL)")
     ap.add_argument("--repeats", type=int, default=30, help="force evaluations per timing")
     ap.add_argument("--seconds", type=float, default=20.0, help="timed production window per run")
+    ap.add_argument("--check-forces", action="store_true", help="compare energies and forces with the CPU platform")
     ap.add_argument("--output", type=Path, help="JSON file for the results")
     args = ap.parse_args(argv)
     rows = []
-    print(f"# {platform.processor() or platform.machine()}, OpenMM {openmm.__version__}, {args.threads} thread(s)")
+    print(f"# {platform.processor() or platform.machine()}, OpenMM {openmm.__version__}, {args.platform}, {args.threads} thread(s)")
     print("| run | atoms | dt, fs | bonded, ms | LJ geometric (custom), ms | Coulomb PME, ms | all, ms "
           "| LJ share | LJ Lorentz-Berthelot (native), ms | steps/s | ns/day |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run_dir in args.runs:
-        r = measure(run_dir, args.threads, args.repeats, args.seconds)
+        r = measure(run_dir, args.platform, args.threads, args.repeats, args.seconds)
         rows.append(r)
         f = r["force_ms"]
         print(f"| {run_dir.name} | {r['atoms']} | {1e3 * r['timestep_ps']:.0f} | {f['bonded']:.2f} | "
               f"{f['lj_geometric']:.2f} | {f['coulomb_pme']:.2f} | {f['all']:.2f} | {100 * r['lj_share']:.0f} % | "
               f"{f['lj_lorentz_berthelot_native']:.2f} | {r['steps_per_s']:.1f} | {r['ns_per_day']:.1f} |", flush=True)
+        if args.check_forces and args.platform != "CPU":
+            r["force_agreement"] = force_agreement(run_dir, args.platform, args.threads)
+            for gname in ("bonded", "lj_geometric", "coulomb_pme", "all"):
+                g = [a for a in r["force_agreement"] if a["group"] == gname]
+                print(f"  {run_dir.name} {gname} vs CPU over {len(g)} frames: |dE| <= {max(abs(a['d_energy']) for a in g):.4f} "
+                      f"kJ/mol, force rms rel <= {max(a['rms_rel'] for a in g):.1e}, max rel <= {max(a['max_rel'] for a in g):.1e}")
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1))
 

@@ -53,6 +53,7 @@ from cgsim.metadata import (
     write_sidecar,
 )
 from cgsim.reference import electrolyte as el
+from cgsim.reference.platforms import select_platform
 from cgsim.reference.runner import (
     RUN_DIR,
     ChunkedRun,
@@ -267,16 +268,6 @@ def ns_per_day(simulated_ps: float, wall_seconds: float) -> float:
     return simulated_ps * 1.0e-3 * 86400.0 / max(wall_seconds, 1e-9)
 
 
-def _platform(name: str, threads: int) -> tuple[openmm.Platform, dict[str, str], str]:
-    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    if name == "auto":
-        name = "CUDA" if "CUDA" in names else "CPU"
-    if name not in names:
-        raise CgsimInputError("platform", f"OpenMM platform {name!r} is not available here; available: {', '.join(names)}")
-    props = {"Threads": str(int(threads))} if name == "CPU" else {}
-    return openmm.Platform.getPlatformByName(name), props, name
-
-
 def scale_box(positions: np.ndarray, molecules: Sequence[np.ndarray], masses: np.ndarray, factor: float) -> np.ndarray:
     """Scale molecule centres of mass by ``factor``, keeping each molecule rigid.
 
@@ -407,7 +398,7 @@ class Equilibration:
         integrator = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.friction / u.picosecond,
                                                      s.timestep * u.picosecond)
         integrator.setRandomNumberSeed((s.seed * 100_003 + 13 * len(progress["blocks"]) + 1) % 2**31)
-        platform, props, self.platform_used = _platform(self.platform_name, self.threads)
+        platform, props, self.platform_used = select_platform(self.platform_name, self.threads)
         context = openmm.Context(system, integrator, platform, props)
         t_start, c_start = time.perf_counter(), time.process_time()
         base_wall, base_cpu = float(progress["wall_seconds"]), float(progress.get("cpu_seconds", 0.0))

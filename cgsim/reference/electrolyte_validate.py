@@ -64,6 +64,7 @@ from cgsim.observables.polymer import molecule_centres
 from cgsim.observables.rdf import coordination_number, rdf
 from cgsim.reference import electrolyte as el
 from cgsim.reference.electrolyte_generate import EQ_DIR, ElectrolyteSettings, settings_from_config
+from cgsim.reference.platforms import select_platform
 from cgsim.reference.runner import RUN_DIR, read_chunks
 from cgsim.units import BOLTZMANN, NM2_PER_PS_TO_CM2_PER_S
 
@@ -711,12 +712,9 @@ def run_nve(system: openmm.System, positions: np.ndarray, box_length: float, tim
     n_samples = n_steps // sample_steps
     if n_samples < 3:
         raise CgsimInputError("nve.time", f"{time_ps} ps is fewer than 3 samples of {sample_steps} steps; run longer")
-    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    if platform not in names:
-        raise CgsimInputError("platform", f"OpenMM platform {platform!r} is not available here; available: {', '.join(names)}")
-    props = {"Threads": str(int(threads))} if platform == "CPU" else {}
+    platform_obj, props, platform = select_platform(platform, threads)
     integrator = openmm.VerletIntegrator(timestep * u.picosecond)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), props)
+    context = openmm.Context(system, integrator, platform_obj, props)
     context.setPeriodicBoxVectors(*(np.eye(3) * float(box_length)))
     context.setPositions(np.asarray(positions) * u.nanometer)
     context.applyConstraints(integrator.getConstraintTolerance())
@@ -761,7 +759,8 @@ def run_nve(system: openmm.System, positions: np.ndarray, box_length: float, tim
                 "steps": int(n_samples * sample_steps), "sample_steps": int(sample_steps), "n_atoms": int(n_atoms),
                 "dof": int(dof), "n_constraints": int(system.getNumConstraints()),
                 "constraint_tolerance": float(integrator.getConstraintTolerance()), "integrator": "VerletIntegrator",
-                "platform": platform, "threads": int(threads) if platform == "CPU" else None,
+                "platform": platform, "precision": props.get("Precision"),
+                "threads": int(threads) if platform in ("CPU", "OpenCL") else None,
                 "velocities": vel_source, "wall_seconds": time.perf_counter() - t_start,
                 "t": np.round(t, 4).tolist(), "e_total": np.round(e_tot, 3).tolist(),
                 "e_kinetic": np.round(e_kin, 3).tolist()})

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path, write_json_atomic
+from cgsim.reference.platforms import select_platform
 from cgsim.units import BOLTZMANN
 
 RUN_DIR = ".run"
@@ -224,15 +225,8 @@ class ChunkedRun:
 
     # -- platform ------------------------------------------------------------------------
     def _platform(self) -> tuple[openmm.Platform, dict[str, str]]:
-        names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-        name = self.platform_name
-        if name == "auto":
-            name = "CUDA" if "CUDA" in names else "CPU"
-        if name not in names:
-            raise CgsimInputError("platform", f"OpenMM platform {name!r} is not available here; available: {', '.join(names)}")
-        props = {"Threads": str(self.threads)} if name == "CPU" else {}
-        self.platform_used = name
-        return openmm.Platform.getPlatformByName(name), props
+        platform, props, self.platform_used = select_platform(self.platform_name, self.threads)
+        return platform, props
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

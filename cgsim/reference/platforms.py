@@ -1,0 +1,90 @@
+"""Which OpenMM platform a reference run uses, and with which properties.
+
+One place for the choice that ``cgsim generate`` (chains and electrolyte), the electrolyte
+validation's NVE run and the benchmarks make:
+
+- ``auto``: CUDA where OpenMM finds it, else CPU;
+- ``CPU``: ``Threads`` = the requested thread count;
+- ``CUDA`` / ``OpenCL``: ``Precision = mixed`` (forces in single, integration in double
+  precision: OpenMM's recommended setting for MD that must conserve energy; its default there
+  is ``single``). For an OpenCL implementation that runs on the CPU (pocl, Debian's
+  ``pocl-opencl-icd``), the thread count is passed on through pocl's
+  ``POCL_MAX_PTHREAD_COUNT`` unless the environment already sets it.
+
+On the 2-core development VM, pocl's OpenCL runs the electrolyte System 1.8x faster per thread
+than the CPU platform, with forces equal to 1e-6 (relative rms): BENCHMARKS.md,
+"Electrolyte reference MD".
+"""
+
+from __future__ import annotations
+
+import os
+
+import openmm
+
+from cgsim.errors import CgsimInputError
+
+#: platforms whose precision can be chosen (OpenMM's own property name and our choice)
+GPU_STYLE = ("CUDA", "OpenCL", "HIP")
+PRECISION = "mixed"
+POCL_THREADS_ENV = "POCL_MAX_PTHREAD_COUNT"
+
+
+def available_platforms() -> list[str]:
+    """Names of the OpenMM platforms that loaded here, e.g. ``["Reference", "CPU"]``."""
+    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+
+
+def platform_properties(name: str, threads: int) -> dict[str, str]:
+    """OpenMM Context properties for platform ``name`` run on ``threads`` CPU threads.
+
+    Parameters
+    ----------
+    name : str
+        A concrete platform name (not ``auto``).
+    threads : int
+        CPU threads (CPU platform; pocl through the environment, see :func:`select_platform`).
+
+    Returns
+    -------
+    dict of str to str
+        ``{"Threads": "N"}`` for CPU, ``{"Precision": "mixed"}`` for CUDA / OpenCL / HIP, else ``{}``.
+    """
+    if name == "CPU":
+        return {"Threads": str(int(threads))}
+    if name in GPU_STYLE:
+        return {"Precision": PRECISION}
+    return {}
+
+
+def select_platform(name: str, threads: int = 1, where: str = "platform") -> tuple[openmm.Platform, dict[str, str], str]:
+    """The OpenMM platform called ``name`` (or ``auto``), its Context properties, its resolved name.
+
+    Parameters
+    ----------
+    name : str
+        ``auto`` (CUDA if present, else CPU), ``CPU``, ``CUDA``, ``OpenCL``, ``HIP`` or ``Reference``.
+    threads : int
+        CPU threads for the CPU platform and for pocl's CPU OpenCL (set in ``POCL_MAX_PTHREAD_COUNT``
+        when the environment does not set it; pocl reads it when it first starts in a process).
+    where : str
+        Config key named in the error message.
+
+    Returns
+    -------
+    tuple
+        ``(platform, properties, resolved_name)``.
+
+    Raises
+    ------
+    CgsimInputError
+        If the platform is not available here (the message lists the ones that are).
+    """
+    names = available_platforms()
+    if name == "auto":
+        name = "CUDA" if "CUDA" in names else "CPU"
+    if name not in names:
+        raise CgsimInputError(where, f"OpenMM platform {name!r} is not available here; available: {', '.join(names)}")
+    if name == "OpenCL":
+        os.environ.setdefault(POCL_THREADS_ENV, str(max(1, int(threads))))
+    return openmm.Platform.getPlatformByName(name), platform_properties(name, threads), name
