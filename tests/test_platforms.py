@@ -2,7 +2,9 @@
 
 import os
 
+import numpy as np
 import openmm
+import openmm.unit
 import pytest
 
 from cgsim.errors import CgsimInputError
@@ -53,3 +55,41 @@ def test_opencl_passes_the_thread_count_to_pocl(monkeypatch):
         monkeypatch.setenv(pf.POCL_THREADS_ENV, "7")  # the user's own setting wins
         pf.select_platform("OpenCL", threads=1)
         assert os.environ[pf.POCL_THREADS_ENV] == "7"
+
+
+def _lj_pair_context(platform: str, distance: float) -> openmm.Context:
+    """Two LJ particles (sigma 0.3 nm, epsilon 1 kJ/mol) ``distance`` apart, no cutoff."""
+    system = openmm.System()
+    nb = openmm.NonbondedForce()
+    for _ in range(2):
+        system.addParticle(10.0)
+        nb.addParticle(0.0, 0.3, 1.0)
+    system.addForce(nb)
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions([[0, 0, 0], [distance, 0, 0]])
+    return ctx
+
+
+@pytest.mark.parametrize("start", [0.31, 0.38])
+def test_minimize_energy_finds_the_lj_minimum(start):
+    # analytic minimum of a LJ pair: r = 2^(1/6) sigma, E = -epsilon (from inside the well:
+    # OpenMM's L-BFGS stops early from far outside it, whatever the platform)
+    ctx = _lj_pair_context("Reference", start)
+    pf.minimize_energy(ctx, 1e-6, 0)
+    st = ctx.getState(getPositions=True, getEnergy=True)
+    pos = st.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
+    assert np.linalg.norm(pos[1] - pos[0]) == pytest.approx(2 ** (1 / 6) * 0.3, rel=1e-4)
+    assert st.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole) == pytest.approx(-1.0, rel=1e-6)
+
+
+def test_minimize_in_cpu_copy_sets_the_minimised_positions_back():
+    # the path taken for OpenCL / CUDA contexts, checked on a Reference context: the copy runs on
+    # the CPU platform and only positions come back
+    ctx = _lj_pair_context("Reference", 0.31)
+    ctx.setVelocities([[1.0, 0, 0], [0, 0, 0]])
+    pf.minimize_in_cpu_copy(ctx, 1e-6, 0, threads=1)
+    st = ctx.getState(getPositions=True, getVelocities=True)
+    pos = st.getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
+    assert np.linalg.norm(pos[1] - pos[0]) == pytest.approx(2 ** (1 / 6) * 0.3, rel=1e-4)
+    vel = st.getVelocities(asNumpy=True).value_in_unit(openmm.unit.nanometer / openmm.unit.picosecond)
+    assert vel[0, 0] == pytest.approx(1.0)

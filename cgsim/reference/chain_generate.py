@@ -43,6 +43,7 @@ from cgsim.reference.chain import (
     mdtraj_topology,
     place_chains,
 )
+from cgsim.reference.platforms import minimize_energy
 from cgsim.reference.runner import ChunkedRun, Molecule, RunPlan, read_chunks, remove_chunks
 from cgsim.reference.sequence import draw_sequences
 from cgsim.units import LJUnits, units_block
@@ -211,7 +212,7 @@ def generate_chains(cfg: DictConfig) -> dict[str, Any]:
         return integ
 
     def prepare(context: openmm.Context) -> None:
-        openmm.LocalEnergyMinimizer.minimize(context, 1e-3, 2000)
+        minimize_energy(context, 1e-3, 2000, int(cfg.threads))
 
     t0 = time.perf_counter()
     runner = ChunkedRun(out, system, make_integrator, positions, molecules, plan_md, identity, seed=int(sc.seed),

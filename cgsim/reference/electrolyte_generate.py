@@ -53,7 +53,7 @@ from cgsim.metadata import (
     write_sidecar,
 )
 from cgsim.reference import electrolyte as el
-from cgsim.reference.platforms import select_platform
+from cgsim.reference.platforms import minimize_energy, select_platform
 from cgsim.reference.runner import (
     RUN_DIR,
     ChunkedRun,
@@ -411,7 +411,7 @@ class Equilibration:
 
         if progress["stage"] == "minimize":
             try:
-                openmm.LocalEnergyMinimizer.minimize(context, s.minimize_tolerance, s.minimize_max_iterations)
+                minimize_energy(context, s.minimize_tolerance, s.minimize_max_iterations, self.threads)
             except openmm.OpenMMException as exc:
                 raise self._failure("minimize", 0.0, exc) from None
             energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)

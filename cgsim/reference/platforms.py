@@ -13,7 +13,10 @@ validation's NVE run and the benchmarks make:
 
 On the 2-core development VM, pocl's OpenCL runs the electrolyte System 1.8x faster per thread
 than the CPU platform, with forces equal to 1e-6 (relative rms): BENCHMARKS.md,
-"Electrolyte reference MD".
+"Electrolyte reference MD". OpenMM's energy minimiser, however, crashes the process
+(segmentation fault) on pocl, so :func:`minimize_energy` always minimises on the CPU platform
+and hands the positions back: minimisation is a one-off, and its result does not depend on the
+platform beyond rounding.
 """
 
 from __future__ import annotations
@@ -88,3 +91,42 @@ def select_platform(name: str, threads: int = 1, where: str = "platform") -> tup
     if name == "OpenCL":
         os.environ.setdefault(POCL_THREADS_ENV, str(max(1, int(threads))))
     return openmm.Platform.getPlatformByName(name), platform_properties(name, threads), name
+
+
+def minimize_energy(context: openmm.Context, tolerance: float, max_iterations: int, threads: int = 1) -> None:
+    """L-BFGS energy minimisation of ``context``'s positions, run on the CPU platform.
+
+    A context on the CPU or Reference platform is minimised in place; any other (CUDA, OpenCL)
+    gets its positions minimised in a CPU-platform copy of the same System (same positions and
+    box) and set back, because OpenMM's minimiser crashes on pocl's OpenCL.
+
+    Parameters
+    ----------
+    context : openmm.Context
+        The context whose positions are minimised; its velocities are left alone.
+    tolerance : float
+        Convergence tolerance of :meth:`openmm.LocalEnergyMinimizer.minimize`, kJ/mol/nm.
+    max_iterations : int
+        Iteration cap (0 = until converged).
+    threads : int
+        CPU threads of the copy.
+    """
+    if context.getPlatform().getName() in ("CPU", "Reference"):
+        openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
+    else:
+        minimize_in_cpu_copy(context, tolerance, max_iterations, threads)
+
+
+def minimize_in_cpu_copy(context: openmm.Context, tolerance: float, max_iterations: int, threads: int = 1) -> None:
+    """Minimise ``context``'s positions in a CPU-platform copy of its System and set them back.
+
+    Parameters are those of :func:`minimize_energy`, which calls this for non-CPU platforms.
+    """
+    state = context.getState(getPositions=True)
+    plat, props, _ = select_platform("CPU", threads)
+    copy = openmm.Context(context.getSystem(), openmm.VerletIntegrator(0.001), plat, props)
+    copy.setPeriodicBoxVectors(*state.getPeriodicBoxVectors())
+    copy.setPositions(state.getPositions())
+    openmm.LocalEnergyMinimizer.minimize(copy, tolerance, max_iterations)
+    context.setPositions(copy.getState(getPositions=True).getPositions())
+    del copy
