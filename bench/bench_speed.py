@@ -127,8 +127,12 @@ def time_openmm(integrator: openmm.Integrator, dt: float, warmup_s: float, secon
             "sim_per_s": steps * dt / wall, "sim_per_cpu_s": steps * dt / max(cpu, 1e-9)}
 
 
-def _cpu_context(system: openmm.System, integrator: openmm.Integrator, threads: int) -> openmm.Context:
-    return openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": str(int(threads))})
+def _openmm_context(system: openmm.System, integrator: openmm.Integrator, threads: int,
+                    platform: str = "CPU") -> openmm.Context:
+    from cgsim.reference.platforms import select_platform
+
+    plat, props, _ = select_platform(platform, threads)
+    return openmm.Context(system, integrator, plat, props)
 
 
 @dataclass
@@ -151,7 +155,8 @@ def load_fine_chain(xtc: Path) -> FineChain:
                      last_frame=np.asarray(traj.xyz[-1], dtype=np.float64))
 
 
-def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, seconds: float, seed: int = 0) -> dict[str, Any]:
+def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, seconds: float, seed: int = 0,
+                  platform: str = "CPU") -> dict[str, Any]:
     """Time the chains as one OpenMM System (one chain: alone), built as ``cgsim generate`` builds it."""
     from cgsim.reference.chain import build_system, chain_topology, place_chains
     from cgsim.reference.chain_generate import chain_model
@@ -170,7 +175,7 @@ def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, second
     integ = openmm.LangevinMiddleIntegrator(lj.to_md(float(sc.temperature), "temperature") * u.kelvin,
                                             float(sc.friction) / lj.tau / u.picosecond, dt_ps * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _cpu_context(system, integ, threads)
+    ctx = _openmm_context(system, integ, threads, platform)
     ctx.setPositions(pos * u.nanometer)
     ctx.setVelocitiesToTemperature(lj.to_md(float(sc.temperature), "temperature") * u.kelvin, seed + 1)
     res = time_openmm(integ, float(sc.timestep), warmup_s, seconds)  # rates in tau
@@ -181,7 +186,7 @@ def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, second
 
 
 def openmm_electrolyte(run_dir: Path, threads: int, warmup_s: float, seconds: float, hydrogen_mass: float | None,
-                       timestep: float | None, seed: int = 0) -> dict[str, Any]:
+                       timestep: float | None, seed: int = 0, platform: str = "CPU") -> dict[str, Any]:
     """Time the run's all-atom box with its production integrator (optionally other masses / step)."""
     from cgsim.reference import electrolyte as el
     from cgsim.reference.electrolyte_generate import ns_per_day
@@ -199,7 +204,7 @@ def openmm_electrolyte(run_dir: Path, threads: int, warmup_s: float, seconds: fl
     integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
                                             dt * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _cpu_context(es.system, integ, threads)
+    ctx = _openmm_context(es.system, integ, threads, platform)
     ctx.setPeriodicBoxVectors(*(np.eye(3) * frames.box_length))
     ctx.setPositions(frames.xyz[-1] * u.nanometer)
     ctx.setVelocitiesToTemperature(s.temperature * u.kelvin, seed + 1)
@@ -235,7 +240,8 @@ def learned_system(traj: BeadTrajectory, model: MultiScaleDynamics, stride: int,
 
 
 def time_engine(model: MultiScaleDynamics, systems: list[LearnedSystem], temperature: float, seconds: float,
-                max_steps: int, restart: bool = False, warmup: int = 2, seed: int = 0, min_steps: int = 3) -> dict[str, Any]:
+                max_steps: int, restart: bool = False, warmup: int = 2, seed: int = 0, min_steps: int = 3,
+                redraws: int = 0) -> dict[str, Any]:
     """Run the systems as one batch in the rollout engine (with the guard): warm-up, then a timed window.
 
     ``restart=False``: one continuous rollout; members the guard stops leave the batch and stop
@@ -243,7 +249,10 @@ def time_engine(model: MultiScaleDynamics, systems: list[LearnedSystem], tempera
     the initial histories, so the graph is that of the physical system at every step even for
     a model that cannot hold it (an untrained stand-in with refiner noise, a model that breaks
     without its refiner); every step counts, and the steps the guard would have stopped are
-    counted in ``n_stopped``.
+    counted in ``n_stopped``. ``redraws``: the guard resamples a failing step up to this many
+    times before stopping a member (``cgsim rollout guard.redraws``); the redrawn steps' cost is
+    part of the timing and their number is returned (continuous rollouts only; restarted steps
+    are never redrawn).
 
     Returns the learned steps timed, wall and CPU seconds, the median step, the member-steps
     made and the guard's stops (with the first reason).
@@ -252,8 +261,10 @@ def time_engine(model: MultiScaleDynamics, systems: list[LearnedSystem], tempera
                for k, s in enumerate(systems)]
     timer = StepTimer()
     guard = StabilityGuard([s.max_bond for s in systems], [s.min_distance for s in systems])
-    engine = RolloutEngine(model, members, temperature, [guard, timer])
+    # redraws only in a continuous rollout: a restarted step that fails is counted ("would stop"), not redrawn
+    engine = RolloutEngine(model, members, temperature, [guard, timer], max_redraws=0 if restart else redraws)
     initial = [s.history for s in systems]
+    n_redrawn = 0
     reasons: list[str] = []
 
     def one_step() -> None:
@@ -285,11 +296,13 @@ def time_engine(model: MultiScaleDynamics, systems: list[LearnedSystem], tempera
         steps = state.step - warmup
         made = sum(max(0, (state.step if s < 0 else s - 1) - warmup) for s in state.stop_step)
         reasons = [r for r in state.stop_reason if r]
+        n_redrawn = sum(state.redraws)
     os1 = os.times()
     return {"members": len(members), "beads": sum(s.graph.n_beads for s in systems), "restart": restart,
             "steps": steps, "wall_s": wall, "cpu_s": cpu, "user_s": os1.user - os0.user, "system_s": os1.system - os0.system,
             "step_ms_median": 1e3 * statistics.median(timer.step_s) if timer.step_s else math.nan,
-            "member_steps": int(made), "n_stopped": len(reasons), "first_stop": reasons[0] if reasons else None}
+            "member_steps": int(made), "n_stopped": len(reasons), "first_stop": reasons[0] if reasons else None,
+            "redraws": int(n_redrawn)}
 
 
 def rates(res: dict[str, Any], dt: float) -> dict[str, Any]:
@@ -460,7 +473,8 @@ def _learned_modes(model: MultiScaleDynamics, systems: list[LearnedSystem], temp
             if mode == "refined" and calls == 0:
                 continue  # a model without refiner: one row
             restart = not (trained and calls > 0)
-            row = rates(time_engine(model, systems, temperature, args.seconds, args.max_steps, restart=restart), dt)
+            row = rates(time_engine(model, systems, temperature, args.seconds, args.max_steps, restart=restart,
+                                    redraws=args.redraws), dt)
             res[mode] = {**row, "refiner_calls": calls}
     return res
 
@@ -489,6 +503,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="short windows, 2 chains alone, sizes up to 3000")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default all)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redraws", type=int, default=0,
+                    help="guard.redraws of the continuous learned rollouts (the shipped models run with 3 and 10)")
+    ap.add_argument("--openmm-platform", default="CPU",
+                    help="OpenMM platform of the reference side (cgsim.reference.platforms; e.g. OpenCL on pocl)")
     ap.add_argument("--keep-freed-memory", action="store_true",
                     help="cgsim.runtime.keep_freed_memory() first, as `cgsim rollout` does by default")
     ap.add_argument("--json", default=None)
@@ -516,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         guard = compose("rollout", []).guard  # the guard `cgsim rollout` runs by default
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "python": platform.python_version(),
-        "threads": args.threads, "openmm": f"{openmm.__version__} CPU platform, Threads={args.threads}",
+        "threads": args.threads, "openmm": f"{openmm.__version__} {args.openmm_platform} platform, threads={args.threads}",
         "torch": f"{torch.__version__} on {device}, set_num_threads({args.threads})",
         "guard": OmegaConf.to_container(guard), "args": vars(args)}
     print(f"# {out['date']} {out['machine']}; OpenMM {out['openmm']}; torch {out['torch']}. One process, the two "
@@ -542,7 +560,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for idx, label in cases:
             row: dict[str, Any] = {"system": label, "n_chains": len(idx), "fine_beads": sum(fine[k].n_beads for k in idx),
                                    "cg_beads": sum(lsys[k].graph.n_beads for k in idx)}
-            row["openmm"] = openmm_chains([fine[k] for k in idx], args.threads, args.openmm_warmup, args.openmm_seconds)
+            row["openmm"] = openmm_chains([fine[k] for k in idx], args.threads, args.openmm_warmup, args.openmm_seconds,
+                                          platform=args.openmm_platform)
             row.update(_learned_modes(model, [lsys[k] for k in idx], lm["temperature"], dt, args, lm["trained"]))
             chain_rows.append(row)
             om = row["openmm"]
@@ -574,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         el_openmm = []
         for label, hm, ts in protocols:
             r = openmm_electrolyte(Path(args.electrolyte_run), args.threads, args.openmm_warmup, args.openmm_seconds,
-                                   hm, ts)
+                                   hm, ts, platform=args.openmm_platform)
             el_openmm.append({"protocol": label, **r})
             print(f"electrolyte OpenMM {label}: {r['atoms']} atoms, {_g(r['ns_per_day'])} ns/day "
                   f"({_g(r['ns_per_cpu_day'])} per CPU-day)", flush=True)
@@ -638,7 +657,8 @@ def _steps_cell(r: dict[str, Any]) -> str:
     """Steps timed and the guard's stops: ``N (k stopped)`` for a rollout, ``N restarts (k would stop)``."""
     if r["restart"]:
         return f"{r['steps']} restarts ({r['n_stopped']} would stop)"
-    return f"{r['steps']} ({r['n_stopped']} stopped)"
+    redrawn = f", {r['redraws']} redrawn" if r.get("redraws") else ""
+    return f"{r['steps']} ({r['n_stopped']} stopped{redrawn})"
 
 
 def _cpu(r: dict[str, Any]) -> str:

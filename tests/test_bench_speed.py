@@ -76,6 +76,15 @@ def test_learned_and_openmm_sides_run(electrolyte):
         r = bench_speed.time_engine(model, [system], 0.0, 0.0, 10, restart=restart, warmup=1)
         assert r["steps"] == 3 and r["member_steps"] == 3 and r["n_stopped"] == 0 and r["wall_s"] > 0
         assert bench_speed.rates(r, 20.0)["sim_per_s"] == pytest.approx(60.0 / r["wall_s"])
+    # a guard that every step fails (bonds longer than 1e-6 nm): redrawn in a continuous rollout
+    # until the redraws run out, never redrawn when every step restarts (counted as "would stop")
+    import dataclasses
+
+    failing = dataclasses.replace(system, max_bond=1e-6)
+    r = bench_speed.time_engine(model, [failing], 0.0, 0.0, 10, restart=False, warmup=1, redraws=2)
+    assert r["redraws"] == 2 and r["n_stopped"] == 1
+    r = bench_speed.time_engine(model, [failing], 0.0, 0.0, 10, restart=True, warmup=1, redraws=2)
+    assert r["redraws"] == 0 and r["n_stopped"] == r["steps"] == 3
     chain = bench_speed.load_fine_chain(ROOT / "data" / "chain" / "test" / "seq_000.xtc")
     om = bench_speed.openmm_chains([chain], threads=1, warmup_s=0.05, seconds=0.1)
     assert om["beads"] == chain.n_beads == 118 and om["steps"] > 0 and om["sim_per_s"] > 0
