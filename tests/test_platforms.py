@@ -93,3 +93,14 @@ def test_minimize_in_cpu_copy_sets_the_minimised_positions_back():
     assert np.linalg.norm(pos[1] - pos[0]) == pytest.approx(2 ** (1 / 6) * 0.3, rel=1e-4)
     vel = st.getVelocities(asNumpy=True).value_in_unit(openmm.unit.nanometer / openmm.unit.picosecond)
     assert vel[0, 0] == pytest.approx(1.0)
+
+
+def test_only_pocl_contexts_minimise_in_a_copy():
+    assert not pf.runs_on_pocl(_lj_pair_context("Reference", 0.31))
+    assert not pf.runs_on_pocl(_lj_pair_context("CPU", 0.31))
+    if "OpenCL" in pf.available_platforms():  # with pocl installed (optional): the minimiser path that crashed
+        ctx = _lj_pair_context("OpenCL", 0.31)
+        if pf.runs_on_pocl(ctx):
+            pf.minimize_energy(ctx, 1e-6, 0)
+            pos = ctx.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
+            assert np.linalg.norm(pos[1] - pos[0]) == pytest.approx(2 ** (1 / 6) * 0.3, rel=1e-4)

@@ -14,9 +14,9 @@ validation's NVE run and the benchmarks make:
 On the 2-core development VM, pocl's OpenCL runs the electrolyte System 1.8x faster per thread
 than the CPU platform, with forces equal to 1e-6 (relative rms): BENCHMARKS.md,
 "Electrolyte reference MD". OpenMM's energy minimiser, however, crashes the process
-(segmentation fault) on pocl, so :func:`minimize_energy` always minimises on the CPU platform
-and hands the positions back: minimisation is a one-off, and its result does not depend on the
-platform beyond rounding.
+(segmentation fault) on pocl, so :func:`minimize_energy` minimises a pocl context on the CPU
+platform and hands the positions back: minimisation is a one-off, and its result does not
+depend on the platform beyond rounding.
 """
 
 from __future__ import annotations
@@ -94,11 +94,11 @@ def select_platform(name: str, threads: int = 1, where: str = "platform") -> tup
 
 
 def minimize_energy(context: openmm.Context, tolerance: float, max_iterations: int, threads: int = 1) -> None:
-    """L-BFGS energy minimisation of ``context``'s positions, run on the CPU platform.
+    """L-BFGS energy minimisation of ``context``'s positions (:class:`openmm.LocalEnergyMinimizer`).
 
-    A context on the CPU or Reference platform is minimised in place; any other (CUDA, OpenCL)
-    gets its positions minimised in a CPU-platform copy of the same System (same positions and
-    box) and set back, because OpenMM's minimiser crashes on pocl's OpenCL.
+    A context on pocl's OpenCL gets its positions minimised in a CPU-platform copy of the same
+    System (same positions and box) and set back, because OpenMM's minimiser crashes there;
+    every other context (CPU, Reference, CUDA, OpenCL on a GPU) is minimised in place.
 
     Parameters
     ----------
@@ -111,10 +111,18 @@ def minimize_energy(context: openmm.Context, tolerance: float, max_iterations: i
     threads : int
         CPU threads of the copy.
     """
-    if context.getPlatform().getName() in ("CPU", "Reference"):
-        openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
-    else:
+    if runs_on_pocl(context):
         minimize_in_cpu_copy(context, tolerance, max_iterations, threads)
+    else:
+        openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
+
+
+def runs_on_pocl(context: openmm.Context) -> bool:
+    """True if ``context`` runs on OpenMM's OpenCL platform with pocl as the OpenCL implementation."""
+    plat = context.getPlatform()
+    if plat.getName() != "OpenCL":
+        return False
+    return "Portable Computing Language" in plat.getPropertyValue(context, "OpenCLPlatformName")
 
 
 def minimize_in_cpu_copy(context: openmm.Context, tolerance: float, max_iterations: int, threads: int = 1) -> None:
