@@ -7,7 +7,9 @@
 - :func:`set_refinement`: switch a model's refiner off the way ``cgsim rollout`` does it
   (``refine.levels=0 refine.steps_per_level=0 refine.final_denoise=false``: no refiner calls);
   :func:`refinement`: the same for a ``with`` block, restoring the schedule after it;
-- :class:`StepTimer`: a rollout hook that records the wall time of every engine step.
+- :class:`StepTimer`: a rollout hook that records the wall time of every engine step;
+- :func:`openmm_context`: an OpenMM Context on a platform chosen as the generators choose it
+  (:func:`cgsim.reference.platforms.select_platform`), for the OpenMM side of the benchmarks.
 
 The scripts are run as ``python bench/NAME.py``, so ``bench/`` is on ``sys.path`` and they
 import this module as ``bench_common``.
@@ -20,9 +22,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+import openmm
+import openmm.unit as u
 import torch
 
 from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.reference.platforms import select_platform
 from cgsim.rollout.engine import RolloutEngine, RolloutHook, RolloutState
 
 
@@ -139,3 +145,18 @@ class StepTimer(RolloutHook):
         self.step_s.append(now - self._last)
         self.active.append(len(state.active))
         self._last = time.perf_counter()
+
+
+def openmm_context(system: openmm.System, integrator: openmm.Integrator, platform: str = "CPU", threads: int = 1,
+                   box: float | None = None, xyz: np.ndarray | None = None) -> openmm.Context:
+    """An OpenMM Context for ``system`` on ``platform`` with ``threads`` threads.
+
+    ``box`` (cubic edge, nm) and ``xyz`` (positions, shape (n_particles, 3), nm) are set when given.
+    """
+    plat, props, _ = select_platform(platform, threads)
+    ctx = openmm.Context(system, integrator, plat, props)
+    if box is not None:
+        ctx.setPeriodicBoxVectors(*(np.eye(3) * box))
+    if xyz is not None:
+        ctx.setPositions(xyz * u.nanometer)
+    return ctx

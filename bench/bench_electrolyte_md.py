@@ -37,20 +37,20 @@ from typing import Any
 import numpy as np
 import openmm
 import openmm.unit as u
+from bench_common import openmm_context
 
 from cgsim.reference import electrolyte as el
 from cgsim.reference.electrolyte_generate import ns_per_day
 from cgsim.reference.electrolyte_validate import open_run, production_frames
-from cgsim.reference.platforms import select_platform
 
 
-def _context(system: openmm.System, integrator: openmm.Integrator, platform: str, threads: int, box: float,
-             xyz: np.ndarray) -> openmm.Context:
-    plat, props, _ = select_platform(platform, threads)
-    ctx = openmm.Context(system, integrator, plat, props)
-    ctx.setPeriodicBoxVectors(*(np.eye(3) * box))
-    ctx.setPositions(xyz * u.nanometer)
-    return ctx
+def production_system(run_dir: Path) -> tuple[Any, Any, el.ElectrolyteSystem]:
+    """A run's settings, its production frames and its System rebuilt as the run builds it."""
+    run = open_run(run_dir)
+    frames = production_frames(run)
+    s = run.settings
+    es = el.create_system(el.build_topology(s.composition, box_length=frames.box_length), **s.system_kwargs())
+    return s, frames, es
 
 
 def time_forces(ctx: openmm.Context, groups: int, repeats: int) -> float:
@@ -83,20 +83,17 @@ def lorentz_berthelot_lj(es: el.ElectrolyteSystem, cutoff: float) -> openmm.Syst
 
 def measure(run_dir: Path, platform: str, threads: int, repeats: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """Force-group costs and production speed of one run's System (see the module docstring)."""
-    run = open_run(run_dir)
-    s = run.settings
-    frames = production_frames(run)
+    s, frames, es = production_system(run_dir)
     box, xyz = frames.box_length, frames.xyz[-1]
-    es = el.create_system(el.build_topology(s.composition, box_length=box), **s.system_kwargs())
     integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
                                             s.timestep * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _context(es.system, integ, platform, threads, box, xyz)
+    ctx = openmm_context(es.system, integ, platform, threads, box, xyz)
     ms = {name: 1e3 * time_forces(ctx, 1 << group, repeats) for name, group in
           (("bonded", el.GROUP_BONDED), ("lj_geometric", el.GROUP_LJ), ("coulomb_pme", el.GROUP_COULOMB))}
     ms["all"] = 1e3 * time_forces(ctx, -1, repeats)
     lb = lorentz_berthelot_lj(es, float(s.cutoff))
-    ctx_lb = _context(lb, openmm.VerletIntegrator(0.001), platform, threads, box, xyz)
+    ctx_lb = openmm_context(lb, openmm.VerletIntegrator(0.001), platform, threads, box, xyz)
     ms["lj_lorentz_berthelot_native"] = 1e3 * time_forces(ctx_lb, -1, repeats)
     del ctx_lb
 
@@ -123,12 +120,9 @@ def force_agreement(run_dir: Path, platform: str, threads: int, n_frames: int = 
     ``d_energy`` (platform - CPU, kJ/mol), ``rms_rel`` (rms force difference / rms force) and
     ``max_rel`` (largest per-atom force difference / mean per-atom force).
     """
-    run = open_run(run_dir)
-    s = run.settings
-    frames = production_frames(run)
-    es = el.create_system(el.build_topology(s.composition, box_length=frames.box_length), **s.system_kwargs())
-    contexts = {name: _context(es.system, openmm.VerletIntegrator(0.001), name, threads, frames.box_length,
-                               frames.xyz[0]) for name in ("CPU", platform)}
+    _, frames, es = production_system(run_dir)
+    contexts = {name: openmm_context(es.system, openmm.VerletIntegrator(0.001), name, threads, frames.box_length,
+                                     frames.xyz[0]) for name in ("CPU", platform)}
     groups = (("bonded", 1 << el.GROUP_BONDED), ("lj_geometric", 1 << el.GROUP_LJ),
               ("coulomb_pme", 1 << el.GROUP_COULOMB), ("all", -1))
     rows = []

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import openmm
 import openmm.unit as u
+from bench_common import openmm_context
 
 from cgsim.reference.chain import (
     ChainModel,
@@ -23,7 +24,7 @@ from cgsim.reference.chain import (
     initial_conformation,
     place_chains,
 )
-from cgsim.reference.platforms import minimize_energy, select_platform
+from cgsim.reference.platforms import minimize_energy
 from cgsim.reference.sequence import draw_sequences
 from cgsim.units import LJUnits
 
@@ -37,8 +38,7 @@ def measure(n_chains: int, n_monomers: int, steps: int, threads: int, seed: int 
     system = build_system(chains, model, lj)
     pos = place_chains([initial_conformation(c, rng) for c in chains], 40.0)
     integ = openmm.LangevinMiddleIntegrator(lj.temperature * u.kelvin, 1.0 / u.picosecond, 0.01 * u.picosecond)
-    plat, props, _ = select_platform(platform_name, threads)
-    ctx = openmm.Context(system, integ, plat, props)
+    ctx = openmm_context(system, integ, platform_name, threads)
     ctx.setPositions(pos * u.nanometer)
     minimize_energy(ctx, 1e-3, 2000, threads)
     integ.step(max(1000, steps // 5))  # warm-up: let the chains relax from the random walk

@@ -80,7 +80,7 @@ import numpy as np
 import openmm
 import openmm.unit as u
 import torch
-from bench_common import StepTimer, refinement, refiner_calls, untrained_model
+from bench_common import StepTimer, openmm_context, refinement, refiner_calls, untrained_model
 from omegaconf import OmegaConf
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -127,14 +127,6 @@ def time_openmm(integrator: openmm.Integrator, dt: float, warmup_s: float, secon
             "sim_per_s": steps * dt / wall, "sim_per_cpu_s": steps * dt / max(cpu, 1e-9)}
 
 
-def _openmm_context(system: openmm.System, integrator: openmm.Integrator, threads: int,
-                    platform: str = "CPU") -> openmm.Context:
-    from cgsim.reference.platforms import select_platform
-
-    plat, props, _ = select_platform(platform, threads)
-    return openmm.Context(system, integrator, plat, props)
-
-
 @dataclass
 class FineChain:
     """A reference chain as ``cgsim generate system=chain`` simulated it."""
@@ -175,7 +167,7 @@ def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, second
     integ = openmm.LangevinMiddleIntegrator(lj.to_md(float(sc.temperature), "temperature") * u.kelvin,
                                             float(sc.friction) / lj.tau / u.picosecond, dt_ps * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _openmm_context(system, integ, threads, platform)
+    ctx = openmm_context(system, integ, platform, threads)
     ctx.setPositions(pos * u.nanometer)
     ctx.setVelocitiesToTemperature(lj.to_md(float(sc.temperature), "temperature") * u.kelvin, seed + 1)
     res = time_openmm(integ, float(sc.timestep), warmup_s, seconds)  # rates in tau
@@ -204,7 +196,7 @@ def openmm_electrolyte(run_dir: Path, threads: int, warmup_s: float, seconds: fl
     integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
                                             dt * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = _openmm_context(es.system, integ, threads, platform)
+    ctx = openmm_context(es.system, integ, platform, threads)
     ctx.setPeriodicBoxVectors(*(np.eye(3) * frames.box_length))
     ctx.setPositions(frames.xyz[-1] * u.nanometer)
     ctx.setVelocitiesToTemperature(s.temperature * u.kelvin, seed + 1)

@@ -27,7 +27,7 @@ import openmm
 
 from cgsim.errors import CgsimInputError
 
-#: platforms whose precision can be chosen (OpenMM's own property name and our choice)
+#: platforms with a ``Precision`` property, and the precision we run them in
 GPU_STYLE = ("CUDA", "OpenCL", "HIP")
 PRECISION = "mixed"
 POCL_THREADS_ENV = "POCL_MAX_PTHREAD_COUNT"
@@ -128,7 +128,7 @@ def runs_on_pocl(context: openmm.Context) -> bool:
 def minimize_in_cpu_copy(context: openmm.Context, tolerance: float, max_iterations: int, threads: int = 1) -> None:
     """Minimise ``context``'s positions in a CPU-platform copy of its System and set them back.
 
-    Parameters are those of :func:`minimize_energy`, which calls this for non-CPU platforms.
+    Parameters are those of :func:`minimize_energy`, which calls this for contexts on pocl.
     """
     state = context.getState(getPositions=True)
     plat, props, _ = select_platform("CPU", threads)
@@ -137,4 +137,3 @@ def minimize_in_cpu_copy(context: openmm.Context, tolerance: float, max_iteratio
     copy.setPositions(state.getPositions())
     openmm.LocalEnergyMinimizer.minimize(copy, tolerance, max_iterations)
     context.setPositions(copy.getState(getPositions=True).getPositions())
-    del copy
