@@ -38,8 +38,7 @@ def measure(n_chains: int, n_monomers: int, steps: int, threads: int, seed: int 
     system = build_system(chains, model, lj)
     pos = place_chains([initial_conformation(c, rng) for c in chains], 40.0)
     integ = openmm.LangevinMiddleIntegrator(lj.temperature * u.kelvin, 1.0 / u.picosecond, 0.01 * u.picosecond)
-    ctx = openmm_context(system, integ, platform_name, threads)
-    ctx.setPositions(pos * u.nanometer)
+    ctx = openmm_context(system, integ, platform_name, threads, xyz=pos)
     minimize_energy(ctx, 1e-3, 2000, threads)
     integ.step(max(1000, steps // 5))  # warm-up: let the chains relax from the random walk
     t0 = time.perf_counter()

@@ -167,8 +167,7 @@ def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, second
     integ = openmm.LangevinMiddleIntegrator(lj.to_md(float(sc.temperature), "temperature") * u.kelvin,
                                             float(sc.friction) / lj.tau / u.picosecond, dt_ps * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = openmm_context(system, integ, platform, threads)
-    ctx.setPositions(pos * u.nanometer)
+    ctx = openmm_context(system, integ, platform, threads, xyz=pos)
     ctx.setVelocitiesToTemperature(lj.to_md(float(sc.temperature), "temperature") * u.kelvin, seed + 1)
     res = time_openmm(integ, float(sc.timestep), warmup_s, seconds)  # rates in tau
     res.update(n_chains=len(chains), beads=system.getNumParticles(), dt=float(sc.timestep),
@@ -196,9 +195,7 @@ def openmm_electrolyte(run_dir: Path, threads: int, warmup_s: float, seconds: fl
     integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
                                             dt * u.picosecond)
     integ.setRandomNumberSeed(seed + 1)
-    ctx = openmm_context(es.system, integ, platform, threads)
-    ctx.setPeriodicBoxVectors(*(np.eye(3) * frames.box_length))
-    ctx.setPositions(frames.xyz[-1] * u.nanometer)
+    ctx = openmm_context(es.system, integ, platform, threads, box=frames.box_length, xyz=frames.xyz[-1])
     ctx.setVelocitiesToTemperature(s.temperature * u.kelvin, seed + 1)
     res = time_openmm(integ, dt, warmup_s, seconds)  # rates in ps
     res.update(atoms=es.system.getNumParticles(), dt_ps=dt, hydrogen_mass=kwargs["hydrogen_mass"],
