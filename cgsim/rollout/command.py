@@ -37,13 +37,14 @@ from cgsim.io_utils import write_json_atomic
 from cgsim.metadata import command_line, now_iso, read_sidecar
 from cgsim.rollout.config import RolloutConfig
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
+from cgsim.rollout.exclusion import STATE_KEY, PairExclusion, exclusion_table
 from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
 from cgsim.runtime import keep_freed_memory
 from cgsim.train.checkpoint import load_checkpoint
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
 RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
-                     "write_dcd", "guard", "refine")
+                     "write_dcd", "guard", "refine", "exclusion")
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -221,7 +222,12 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     max_bond: list[float] = []
     min_dist: list[float] = []
     pair_min: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-    gc = cfg.guard
+    pair_exclusion: list[tuple[torch.Tensor, torch.Tensor]] = []
+    gc, xc = cfg.guard, cfg.exclusion
+    if xc.enabled and not 0.0 < float(xc.factor) <= 1.0:
+        raise CgsimInputError("exclusion.factor", f"expected a fraction of the closest approach in (0, 1], got {xc.factor}")
+    if xc.enabled and int(xc.iterations) < 1:
+        raise CgsimInputError("exclusion.iterations", f"expected an integer >= 1, got {xc.iterations}")
     if gc.enabled and gc.by_type_pair and gc.min_distance is not None:
         raise CgsimInputError("guard.by_type_pair", "per type pair limits come from guard.min_distance_factor; "
                                                     "leave guard.min_distance null")
@@ -236,8 +242,12 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         longest = longest_bond(traj, int(gc.scan_frames))
         # one scan of the initial frames gives the closest approach per pair of types (all beads
         # one type unless the limits are per type pair) and overall
-        types = list(meta.system.particle_types or []) if gc.by_type_pair else ["all"] * traj.graph.n_beads
+        per_type = gc.by_type_pair or xc.enabled
+        types = (list(meta.system.particle_types or []) or ["all"] * traj.graph.n_beads) if per_type \
+            else ["all"] * traj.graph.n_beads
         _, type_index, pair_closest = closest_by_type_pair(traj, types, model.cutoff, int(gc.scan_frames))
+        if xc.enabled:
+            exclusion = (torch.from_numpy(type_index), torch.from_numpy(exclusion_table(pair_closest, float(xc.factor))))
         closest = _overall(pair_closest)
         limit = float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest
         pair_limits = None
@@ -253,6 +263,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
             max_bond.append(float(gc.max_bond_factor) * longest)
             min_dist.append(limit)
             pair_min.append(pair_limits)
+            if xc.enabled:
+                pair_exclusion.append(exclusion)
             outputs.append(MemberOutput(directory=out / label / f"replica_{r:03d}", topology=top, source_pdb=d / "beads.pdb",
                                         system=meta.system, box=box,
                                         extra={"source": str(d), "system_index": s, "replica": r, "member_seed": seed,
@@ -263,6 +275,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
                   "checkpoint_epoch": ckpt.get("epoch"), "seed": int(cfg.seed)}
     writer = TrajectoryOutput(outputs, save_every, learned_dt, time_unit, ps_per_unit, bool(cfg.write_dcd), provenance)
     hooks: list[RolloutHook] = []
+    if xc.enabled:
+        hooks.append(PairExclusion(pair_exclusion, int(xc.iterations)))
     if gc.enabled:
         hooks.append(StabilityGuard(max_bond, min_dist, pair_min if gc.by_type_pair else None))
     hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
@@ -298,12 +312,14 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
                      "status": "stopped" if state.stop_step[k] >= 0 else "finished",
                      "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
-                     "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k]}
+                     "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k],
+                     **({"exclusion_pairs": state.extra[STATE_KEY][k]} if xc.enabled else {})}
                     for k, m in enumerate(members)],
         "steps": state.step, "learned_dt": learned_dt, "time_unit": time_unit, "simulated_time": state.step * learned_dt,
         "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
         "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members), "bead_steps_per_second": bead_steps / max(wall, 1e-12),
         "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
+        **({"exclusion_pairs": sum(state.extra[STATE_KEY])} if xc.enabled else {}),
         "device": str(device), "finished": now_iso(),
     }
     if time_unit == "ps":
@@ -313,6 +329,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     stopped = summary["n_stopped"]
     first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
     redrawn = f", {summary['redraws']} step(s) redrawn" if summary["redraws"] else ""
+    if xc.enabled:
+        redrawn += f", {summary['exclusion_pairs']} pair(s) pushed apart"
     print(f"rollout: {len(members)} member(s) x {done} step(s) = {sim:.4g} {time_unit} in {wall:.1f} s: "
           f"{rate:.4g} {time_unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
           f"{stopped} stopped{f' (first: {first})' if stopped else ''}{redrawn} -> {out}")

@@ -32,6 +32,18 @@ class GuardConfig:
 
 
 @dataclass
+class ExclusionConfig:
+    """Hard-core pair exclusion of sampled steps (cgsim/rollout/exclusion.py): off by default."""
+
+    enabled: bool = False
+    #: a pair of bead types is kept at least this fraction of its closest approach in the
+    #: scanned initial frames (guard.scan_frames) apart; pairs never within the model cutoff: no limit
+    factor: float = 0.8
+    #: overlap-removal sweeps per step at most
+    iterations: int = 10
+
+
+@dataclass
 class RefineConfig:
     """Override the checkpoint's refinement schedule (null = as trained; see cgsim/model/refinement.py)."""
 
@@ -79,6 +91,8 @@ class RolloutConfig:
     #: failure a one-line warning and the eager model). Slow to compile; see BENCHMARKS.md
     compile: bool = False
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: push apart bead pairs that a sampled step brings closer than MD ever does (before the guard)
+    exclusion: ExclusionConfig = field(default_factory=ExclusionConfig)
     #: refinement schedule at rollout time (models trained with model/refinement=score)
     refine: RefineConfig = field(default_factory=RefineConfig)
     #: after the rollout, run ``cgsim evaluate reference=<reference> rollout=<output>`` into output/evaluate

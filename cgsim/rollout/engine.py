@@ -17,6 +17,8 @@ deterministic for a fixed set of members, which is what makes ``resume`` exact.
 Hook points (as schnetpack's simulator hooks), called in the order the hooks are given:
 
 - ``on_start(engine, state)`` once before the first step (also after a resume);
+- ``correct(engine, state, proposal)`` right after each step is sampled (also a redraw):
+  may change ``proposal.new_pos`` (the pair exclusion of :mod:`cgsim.rollout.exclusion`);
 - ``check(engine, state, proposal)`` after each step is sampled and before it is committed:
   returns ``{member: reason}`` for members to stop (the stability guard); members with
   non-finite new coordinates are stopped by the engine itself even without a guard;
@@ -205,6 +207,9 @@ class RolloutHook:
     def on_start(self, engine: RolloutEngine, state: RolloutState) -> None:
         """Called once before stepping."""
 
+    def correct(self, engine: RolloutEngine, state: RolloutState, proposal: Proposal) -> None:
+        """Change ``proposal.new_pos`` in place of the sampled step (before any check)."""
+
     def check(self, engine: RolloutEngine, state: RolloutState, proposal: Proposal) -> dict[int, str]:
         """Members (global indices) to stop at ``proposal.step``, with the reason."""
         return {}
@@ -327,8 +332,10 @@ class RolloutEngine:
         value = pred.value(self._noise(active), self.temperature)
         new = self.model.positions_from_target(hist, value)
         new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
-        return Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new,
-                        member_of_bead=member_of_bead), rows
+        proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
+        for hook in self.hooks:
+            hook.correct(self, state, proposal)
+        return proposal, rows
 
     def _check(self, state: RolloutState, proposal: Proposal) -> dict[int, str]:
         """Members of ``proposal`` to stop, with the reason: every hook's check, then non-finite rows."""

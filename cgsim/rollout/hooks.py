@@ -39,6 +39,7 @@ from cgsim.io.trajectory import TrajectoryWriter, box_lengths_angles
 from cgsim.io_utils import atomic_path
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
 from cgsim.rollout.engine import Proposal, RolloutEngine, RolloutHook, RolloutState
+from cgsim.rollout.exclusion import merge_pair_tables
 
 #: a member whose beads spread over more than this (nm, max - min of a coordinate) counts as
 #: blown up, like non-finite coordinates (it also keeps the guard's cell list bounded)
@@ -70,17 +71,7 @@ class StabilityGuard(RolloutHook):
                  pair_min_distance: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.max_bond = torch.as_tensor(list(max_bond), dtype=torch.float64)
         self.min_distance = torch.as_tensor(list(min_distance), dtype=torch.float64)
-        self.pairs = None
-        if pair_min_distance is not None:
-            # one table for all members: member m's types are offset by the types before it
-            offsets = np.cumsum([0] + [int(lim.shape[0]) for _, lim in pair_min_distance])
-            n_types = int(offsets[-1])
-            table = torch.zeros(n_types, n_types, dtype=torch.float64)
-            for (_, lim), o in zip(pair_min_distance, offsets[:-1], strict=True):
-                k = int(lim.shape[0])
-                table[o:o + k, o:o + k] = lim.to(torch.float64)
-            self.pairs = ([(ty.long() + int(o)) for (ty, _), o in zip(pair_min_distance, offsets[:-1], strict=True)],
-                          table)
+        self.pairs = None if pair_min_distance is None else merge_pair_tables(pair_min_distance)
 
     def check(self, engine: RolloutEngine, state: RolloutState, p: Proposal) -> dict[int, str]:  # noqa: D102
         x, mob, dev = p.new_pos, p.member_of_bead, p.new_pos.device
