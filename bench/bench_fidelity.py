@@ -9,7 +9,8 @@ reference trajectory), and prints one table, each error next to its noise floor 
   type pairs), target: within the noise floor;
 - chains: mean Rg (target 5 %), Rg^2 relaxation time (25 %);
 - electrolytes: self-diffusion per bead type (30 %), conductivity (40 %);
-- stability: fraction of replicas that finished (100 %), redraws per 1000 member-steps.
+- stability: fraction of replicas that finished (100 %), redraws per 1000 member-steps (and
+  pairs pushed apart per 1000 member-steps when the rollout ran with ``exclusion.enabled=true``).
 
     python bench/bench_fidelity.py outputs/rollout/chain_10k --json outputs/bench/fidelity_chain.json
 """
@@ -58,11 +59,14 @@ def fidelity(rollout_dir: str | Path, metrics_path: str | Path | None = None) ->
     finished = sum(m["status"] == "finished" for m in members) / len(members)
     member_steps = sum((m["stop_step"] - 1) if m["stop_step"] else summary["steps"] for m in members)
     redraws = 1e3 * sum(m.get("redraws", 0) for m in members) / max(1, member_steps)
+    # pairs pushed apart by the rollout's pair exclusion (cgsim/rollout/exclusion.py), if it was on
+    excluded = (1e3 * sum(m["exclusion_pairs"] for m in members) / max(1, member_steps)
+                if all("exclusion_pairs" in m for m in members) else None)
     rows.append({"check": "replicas finished", "rollout": finished, "noise_floor": None, "target": 1.0,
                  "meets": finished >= 1.0})
     return {"rollout": str(out), "steps": summary["steps"], "learned_dt": summary["learned_dt"],
             "time_unit": summary["time_unit"], "simulated_time": summary["simulated_time"], "members": len(members),
-            "redraws_per_1000_steps": redraws, "wall_seconds_total": summary.get("wall_seconds_total"),
+            "redraws_per_1000_steps": redraws, "exclusion_pairs_per_1000_steps": excluded, "wall_seconds_total": summary.get("wall_seconds_total"),
             "reference": metrics.get("reference", {}).get("path"), "rows": rows}
 
 
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = fidelity(args.rollout, args.metrics)
     print(f"{result['members']} member(s) x {result['steps']} steps of {result['learned_dt']:g} {result['time_unit']} "
           f"(= {result['simulated_time']:g} {result['time_unit']}) against {result['reference']}; "
-          f"{result['redraws_per_1000_steps']:.2f} redraws per 1000 member-steps")
+          f"{result['redraws_per_1000_steps']:.2f} redraws per 1000 member-steps"
+          + ("" if result["exclusion_pairs_per_1000_steps"] is None
+             else f", {result['exclusion_pairs_per_1000_steps']:.1f} pairs pushed apart per 1000 member-steps"))
     print(markdown(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -35,5 +35,16 @@ def test_rows_targets_and_stability(tmp_path):
     assert rows["mean Rg"]["meets"] is True and rows["Rg^2 relaxation time"]["meets"] is False
     assert rows["replicas finished"]["rollout"] == 0.5 and rows["replicas finished"]["meets"] is False
     assert abs(res["redraws_per_1000_steps"] - 1e3 * 4 / 150) < 1e-9  # 100 + 50 member-steps
+    assert res["exclusion_pairs_per_1000_steps"] is None  # the rollout ran without pair exclusion
     table = bench_fidelity.markdown(res)
     assert table.count("\n") == len(res["rows"]) + 1 and all(line.count("|") == 6 for line in table.splitlines())
+
+
+def test_pairs_pushed_apart_are_counted_per_member_step(tmp_path):
+    out = _write(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    for m, pairs in zip(summary["members"], (30, 6), strict=True):
+        m["exclusion_pairs"] = pairs
+    (out / "summary.json").write_text(json.dumps(summary))
+    res = bench_fidelity.fidelity(out)
+    assert abs(res["exclusion_pairs_per_1000_steps"] - 1e3 * 36 / 150) < 1e-9
