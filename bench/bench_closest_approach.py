@@ -18,37 +18,9 @@ from typing import Any
 
 import mdtraj as md
 import numpy as np
-import torch
 
 from cgsim.data.load import load_systems
-from cgsim.geometry import radius_graph
-from cgsim.rollout.command import closest_by_type_pair
-
-
-def closest_in_frames(xyz: np.ndarray, index: np.ndarray, n_types: int, box: torch.Tensor | None,
-                      cutoff: float) -> np.ndarray:
-    """Closest approach of each pair of types over all frames, (T, T) nm (``inf``: never within ``cutoff``).
-
-    Parameters
-    ----------
-    xyz : numpy.ndarray
-        Frames, shape (F, N, 3), nm.
-    index : numpy.ndarray
-        Type index of each bead, shape (N,).
-    n_types : int
-        T.
-    box : torch.Tensor or None
-        Box lengths (3,), nm.
-    cutoff : float
-        Search radius, nm.
-    """
-    closest = np.full((n_types, n_types), np.inf)
-    for frame in xyz:
-        g = radius_graph(torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float64)), cutoff, box)
-        if g.n_edges:
-            a, b = index[g.edge_index[0].numpy()], index[g.edge_index[1].numpy()]
-            np.minimum.at(closest, (a, b), g.dist.numpy())
-    return np.minimum(closest, closest.T)
+from cgsim.rollout.command import closest_by_type_pair, closest_in_frames
 
 
 def rollout_trajectories(rollout_dir: Path) -> list[Path]:

@@ -136,14 +136,34 @@ def closest_by_type_pair(traj: BeadTrajectory, types: Sequence[str], cutoff: flo
                                                 f"got {len(types)}")
     names = sorted(set(types))
     index = np.array([names.index(t) for t in types], dtype=np.int64)
-    closest = np.full((len(names), len(names)), np.inf)
-    for frame in _scanned_frames(traj, scan_frames):
-        g = radius_graph(torch.from_numpy(frame), cutoff, traj.graph.box)
+    return names, index, closest_in_frames(_scanned_frames(traj, scan_frames), index, len(names),
+                                           traj.graph.box, cutoff)
+
+
+def closest_in_frames(frames: np.ndarray, index: np.ndarray, n_types: int, box: torch.Tensor | None,
+                      cutoff: float) -> np.ndarray:
+    """Closest approach of each pair of types over all ``frames``, symmetric (T, T) nm.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        Positions, shape (F, N, 3), nm.
+    index : numpy.ndarray
+        Type index of each bead, shape (N,), values 0..T-1.
+    n_types : int
+        T.
+    box : torch.Tensor or None
+        Box lengths (3,), nm; ``None``: not periodic.
+    cutoff : float
+        Search radius, nm: pairs never closer than this get ``inf``.
+    """
+    closest = np.full((n_types, n_types), np.inf)
+    for frame in frames:
+        g = radius_graph(torch.from_numpy(np.ascontiguousarray(frame)), cutoff, box)
         if g.n_edges:
-            d = g.vec.norm(dim=1).numpy()
             a, b = index[g.edge_index[0].numpy()], index[g.edge_index[1].numpy()]
-            np.minimum.at(closest, (a, b), d)
-    return names, index, np.minimum(closest, closest.T)
+            np.minimum.at(closest, (a, b), g.dist.numpy())
+    return np.minimum(closest, closest.T)
 
 
 def _trajectory_file(directory: Path) -> Path:
