@@ -33,14 +33,19 @@ def register_configs() -> None:
     """The demo composes ``rollout`` and ``evaluate`` configs; it has no schema of its own."""
 
 
-def case_overrides(case: DictConfig, output: Path, progress: bool) -> list[str]:
-    """The ``cgsim rollout`` overrides one demo case runs (evaluation included)."""
+def case_overrides(case: DictConfig, output: Path, progress: bool, num_threads: int | None = None) -> list[str]:
+    """The ``cgsim rollout`` overrides one demo case runs (evaluation included).
+
+    ``num_threads`` (torch threads of the rollout; ``None``: torch's default, one per core) is
+    passed on as ``num_threads=N``.
+    """
+    threads = [] if num_threads is None else [f"num_threads={int(num_threads)}"]
     return [f"checkpoint={case.checkpoint}", f"initial={hydra_quoted(case.initial)}", f"steps={int(case.steps)}",
             f"output={output}", f"replicas={int(case.replicas)}", "evaluate=true",
             f"reference={hydra_quoted(case.reference)}",
             f"progress={str(progress).lower()}", *[str(o) for o in case.rollout_overrides],
             *([f"evaluate_overrides=[{','.join(hydra_quoted(o) for o in case.evaluate_overrides)}]"]
-              if case.get("evaluate_overrides") else [])]
+              if case.get("evaluate_overrides") else []), *threads]
 
 
 
@@ -72,13 +77,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     rollout = load_verb("rollout")
     out = Path(str(cfg.output))
+    threads = cfg.get("num_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise CgsimInputError("num_threads", f"expected a positive number of threads or null, got {threads!r}")
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for name, case in cfg.cases.items():
         if not Path(str(case.checkpoint)).is_file():
             raise CgsimInputError(f"cases.{name}.checkpoint", f"{case.checkpoint} not found (the shipped models live "
                                                               "in data/checkpoints/)")
-        overrides = case_overrides(case, out / name, bool(cfg.progress))
+        overrides = case_overrides(case, out / name, bool(cfg.progress), threads)
         if (out / name / "rollout_state.pt").is_file():  # a finished or killed earlier demo: continue it
             overrides.append("resume=true")
         print(f"\n== demo case '{name}': {case.description}\n$ cgsim rollout {' '.join(map(shell_word, overrides))}",

@@ -63,3 +63,17 @@ def test_headline_medians_and_overrides(compose_cfg, tmp_path):
     cfg = _cfg(compose_cfg, tmp_path / "x")
     ov = case_overrides(cfg.cases.chain, tmp_path / "x" / "chain", False)
     assert "steps=12" in ov and "guard.redraws=3" in ov and "reference='data/chain/mapped/test/seq_000_long'" in ov
+
+
+def test_num_threads_is_passed_to_each_rollout(compose_cfg, tmp_path):
+    cfg = _cfg(compose_cfg, tmp_path / "x")
+    assert not any(o.startswith("num_threads=") for o in case_overrides(cfg.cases.chain, tmp_path / "c", False))
+    assert case_overrides(cfg.cases.chain, tmp_path / "c", False, 1)[-1] == "num_threads=1"
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_bad_num_threads_is_named(compose_cfg, tmp_path, bad):
+    cfg = _cfg(compose_cfg, tmp_path / "d", f"num_threads={bad}")
+    with pytest.raises(CgsimInputError, match="num_threads"):
+        run(cfg)
+    assert not (tmp_path / "d").exists()
