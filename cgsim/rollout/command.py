@@ -262,9 +262,15 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         longest = longest_bond(traj, int(gc.scan_frames))
         # one scan of the initial frames gives the closest approach per pair of types (all beads
         # one type unless the limits are per type pair) and overall
-        per_type = gc.by_type_pair or xc.enabled
-        types = (list(meta.system.particle_types or []) or ["all"] * traj.graph.n_beads) if per_type \
-            else ["all"] * traj.graph.n_beads
+        # guard.by_type_pair needs the system's bead types (a clear error without them); the
+        # exclusion uses them when there are any and treats all beads as one type otherwise
+        one_type = ["all"] * traj.graph.n_beads
+        if gc.by_type_pair:
+            types = list(meta.system.particle_types or [])
+        elif xc.enabled:
+            types = list(meta.system.particle_types or []) or one_type
+        else:
+            types = one_type
         _, type_index, pair_closest = closest_by_type_pair(traj, types, model.cutoff, int(gc.scan_frames))
         if xc.enabled:
             exclusion = (torch.from_numpy(type_index), torch.from_numpy(exclusion_table(pair_closest, float(xc.factor))))

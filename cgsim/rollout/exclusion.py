@@ -173,6 +173,6 @@ class PairExclusion(RolloutHook):
         if bool(pairs.any()):
             per_member = torch.zeros(len(p.active), dtype=torch.long, device=x.device).index_add_(
                 0, p.member_of_bead, pairs)
-            counts = state.extra.setdefault(STATE_KEY, [0] * len(engine.members))
+            counts = state.extra[STATE_KEY]  # set up by on_start
             for k, m in enumerate(p.active):
                 counts[m] += int(per_member[k]) // 2  # each pair was counted at both of its beads
