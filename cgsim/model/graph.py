@@ -8,6 +8,8 @@ rollout (:class:`TopologyCache`) serve the coarse level, collective noise and th
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -91,23 +93,45 @@ class TopologyCache:
 
     ``label(n_beads, bonds)`` maps the batch's bonds (numpy, (2, E)) to labels 0..K-1 per bead
     (numpy, (N,)); calling the cache with a batch returns them as a tensor on the bonds' device
-    with their number K, recomputed only when the batch's topology changes (rollouts reuse it
-    every step).
+    with their number K, recomputed only for a topology not among the last ``size`` seen
+    (rollouts reuse one every step; a guard's redraw batch of fewer members is a second one).
+
+    The key is the topology itself: the number of beads and a digest of the bond tensor's
+    bytes (dtype, shape and device included), never the tensor's address: an allocator hands
+    a freed block to the next tensor of the same size, so a new batch's bonds can sit where the
+    last batch's did with another topology. Hashing the bonds costs a copy to the host and a
+    BLAKE2 digest of 16 bytes per bond, a few microseconds for hundreds of beads.
+
+    Parameters
+    ----------
+    label : callable
+        ``label(n_beads, bonds) -> labels`` as above.
+    size : int
+        Topologies kept (least recently used dropped first).
     """
 
-    def __init__(self, label: Callable[[int, np.ndarray], np.ndarray]) -> None:
+    def __init__(self, label: Callable[[int, np.ndarray], np.ndarray], size: int = 4) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
         self.label = label
-        self._cache: tuple[tuple, tuple[torch.Tensor, int]] | None = None
+        self.size = int(size)
+        self._cache: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
 
     def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
         """Label per bead (N,), int64, and the number of labels K."""
         bonds = batch.bead_bonds
-        key = (batch.n_beads, int(bonds.shape[1]), bonds.data_ptr(), bonds.device)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        values = np.asarray(self.label(batch.n_beads, bonds.cpu().numpy()), dtype=np.int64)
+        host = bonds.detach().cpu().numpy()
+        key = (int(batch.n_beads), str(bonds.dtype), tuple(bonds.shape), str(bonds.device),
+               hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        values = np.asarray(self.label(batch.n_beads, host), dtype=np.int64)
         out = (torch.from_numpy(values).to(bonds.device), int(values.max()) + 1 if values.size else 0)
-        self._cache = (key, out)
+        self._cache[key] = out
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
         return out
 
 
