@@ -1,10 +1,22 @@
 """cgsim: coarse-grained multi-scale learned molecular simulation.
 
-Sub-packages (each one stage of the data flow in DESIGN.md):
+Data flow and where each stage lives: ``docs/architecture.md``. Sub-packages, in the order the
+data passes through them:
 
-- :mod:`cgsim.units`      units used inside the package and declared alternatives
-- :mod:`cgsim.metadata`   dataclasses describing systems and trajectory files (sidecars)
-- :mod:`cgsim.reference`  reference MD generators (OpenMM)
+- :mod:`cgsim.reference`    reference MD with OpenMM (``cgsim generate``: chains, PEO + LiTFSI)
+- :mod:`cgsim.mapping`      atoms -> beads (``cgsim map``): mappings, streamed bead trajectories
+- :mod:`cgsim.io`           file formats mdtraj lacks (LAMMPS) and streamed, atomic writers
+- :mod:`cgsim.data`         mapped systems and training windows (history -> next frame)
+- :mod:`cgsim.geometry`     neighbour search (periodic radius graphs, Verlet lists)
+- :mod:`cgsim.model`        the multi-scale graph network, its coarse level, collective noise, refiner
+- :mod:`cgsim.train`        ``cgsim train``: fitting, validation, checkpoints, export
+- :mod:`cgsim.rollout`      ``cgsim rollout``: the batched, guarded, resumable rollout engine
+- :mod:`cgsim.observables`  pure observables of bead trajectories (RDF, MSD, conductivity, ...)
+- :mod:`cgsim.report`       the ``cgsim evaluate`` report: loading, suite, figures, markdown
+
+Modules: :mod:`cgsim.evaluate` and :mod:`cgsim.demo` (verbs), :mod:`cgsim.cli` (the ``cgsim``
+command), :mod:`cgsim.units`, :mod:`cgsim.metadata` (sidecars), :mod:`cgsim.io_utils` (atomic
+writes), :mod:`cgsim.errors`, :mod:`cgsim.config_compat`, :mod:`cgsim.runtime`.
 """
 
 __version__ = "0.1.0"
