@@ -5,9 +5,12 @@ a plain function ``run(cfg) -> Any`` in the verb's module, so tests and notebook
 without hydra. Hydra writes the resolved config of every run into its output directory
 (``outputs/VERB/DATE/TIME/.hydra/config.yaml`` unless ``hydra.run.dir`` is overridden).
 
-Errors: a wrong override (unknown key, value of the wrong type) is rejected by hydra against
-the verb's structured-config schema with hydra's own message; a bad input found later
-(:class:`cgsim.errors.CgsimInputError`) is printed as one line and exits with status 2.
+Errors: the overrides are composed against the verb's structured-config schema before the
+run, and a wrong one (unknown key, value of the wrong type, unknown config group option, bad
+override syntax) is printed as one line naming the key and what is allowed, exit status 2
+(:func:`override_error`); so is a bad input found later (:class:`cgsim.errors.CgsimInputError`)
+and a required option left unset. Hydra's own flags (``--cfg job``, ``--help``, ``-m``) skip the
+check and keep hydra's behaviour.
 """
 
 from __future__ import annotations
@@ -99,6 +102,71 @@ def compose_verb(name: str, overrides: Sequence[str]) -> Any:
         return compose(name, list(overrides))
 
 
+def _allowed_keys(object_type: Any) -> list[str]:
+    """Field names of a structured-config node type (empty when it is not a dataclass)."""
+    import dataclasses
+
+    if isinstance(object_type, type) and dataclasses.is_dataclass(object_type):
+        return [f.name for f in dataclasses.fields(object_type)]
+    return []
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+
+
+def override_error(exc: BaseException, overrides: Sequence[str]) -> CgsimInputError | None:
+    """One-line :class:`CgsimInputError` for hydra's error on composing ``overrides``, or None if
+    ``exc`` is not an override error."""
+    import difflib
+
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(exc, OverrideParseException):
+        bad = next((o for o in overrides if o in str(exc)), None) or " ".join(overrides)
+        return CgsimInputError(f"override {bad!r}", f"is not valid override syntax ({_first_line(exc)}); "
+                                                    "expected KEY=VALUE, e.g. steps=100 or 'initial=[a,b]'")
+    if isinstance(exc, MissingConfigException):
+        options = [o for o in (exc.options or []) if not o.endswith("_schema")]
+        group = (exc.missing_cfg_file or "").rpartition("/")[0] or "config group"
+        name = (exc.missing_cfg_file or "").rpartition("/")[2]
+        return CgsimInputError(group, f"no config {name!r}; expected one of {', '.join(options) or 'the files in conf/' + group}")
+    cause = exc.__cause__ if isinstance(exc, ConfigCompositionException) else exc
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        key = str(getattr(cause, "full_key", "") or "")
+        leaf = key.rpartition(".")[2]
+        allowed = _allowed_keys(getattr(cause, "object_type", None))
+        parent = key.rpartition(".")[0]
+        near = difflib.get_close_matches(leaf, allowed, n=1)
+        hint = f"did you mean {(parent + '.' if parent else '') + near[0]!r}? " if near else ""
+        keys = f"allowed keys{' of ' + parent if parent else ''}: {', '.join(allowed)}" if allowed else "see `--cfg job`"
+        return CgsimInputError(key or "override", f"unknown key; {hint}{keys}")
+    if isinstance(cause, ValidationError):
+        key = str(getattr(cause, "full_key", "") or "override")
+        return CgsimInputError(key, f"{_first_line(getattr(cause, 'msg', cause))}")
+    if isinstance(exc, ConfigCompositionException):
+        return CgsimInputError("override", _first_line(exc))
+    return None
+
+
+def check_overrides(name: str, overrides: Sequence[str]) -> None:
+    """Compose verb ``name`` with ``overrides`` (hydra's own ``hydra.*`` ones left out) and raise a
+    one-line :class:`CgsimInputError` for a wrong one (:func:`override_error`)."""
+    ours = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "hydra="))]
+    try:
+        compose_verb(name, ours)
+    except Exception as exc:  # noqa: BLE001 - hydra and omegaconf raise many types; others pass on
+        err = override_error(exc, ours)
+        if err is None:
+            raise
+        raise err from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cgsim`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,14 +180,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import hydra
     from omegaconf import DictConfig
+    from omegaconf.errors import MissingMandatoryValue
 
     run = load_verb(name)
+    if not any(a.startswith("-") for a in rest):  # hydra's flags (--cfg, --help, -m) keep hydra's handling
+        try:
+            check_overrides(name, rest)
+        except CgsimInputError as exc:
+            print(f"cgsim {name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
 
     def task(cfg: DictConfig) -> None:
         try:
             run(cfg)
         except CgsimInputError as exc:
             print(f"cgsim {name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except MissingMandatoryValue as exc:
+            key = getattr(exc, "full_key", None) or "option"
+            print(f"cgsim {name}: error: {key}: is required; give {key}=VALUE (see `cgsim {name} --cfg job`)",
+                  file=sys.stderr)
             sys.exit(2)
 
     # hydra reads sys.argv; give it the overrides and a program name for its messages.

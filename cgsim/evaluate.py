@@ -36,8 +36,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cgsim.checks import positive_temperature
 from cgsim.errors import CgsimInputError
-from cgsim.io_utils import write_json_atomic, write_text_atomic
+from cgsim.io_utils import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from cgsim.metadata import now_iso, software_versions
 
 
@@ -178,6 +179,23 @@ def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...]) -> dict
                                        "trajectories": stopped}}
 
 
+#: every figure a report may write (cgsim.report.figures), relative to the output folder
+REPORT_FIGURES = tuple(f"figures/{n}" for n in ("rdf.png", "bond_lengths.png", "bond_angles.png", "chain_size.png",
+                                                 "rg_acf.png", "msd.png", "contact_map.png", "conductivity.png"))
+
+
+def _remove_stale_report_files(out: Path, written: set[str]) -> None:
+    """Remove the figures of an earlier report in ``out`` that this one did not write (and temporaries
+    that a killed run left), so the folder holds one report. Other files are never touched."""
+    stale = [out / name for name in REPORT_FIGURES if name not in written and (out / name).is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    remove_stale_temporaries([out / "metrics.json", out / "report.md", *(out / n for n in REPORT_FIGURES)])
+    fig_dir = out / "figures"
+    if fig_dir.is_dir() and not any(fig_dir.iterdir()):
+        fig_dir.rmdir()
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.reference`` (and ``cfg.rollout``); write the report into ``cfg.output``.
 
@@ -207,6 +225,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.output))
     if out.exists() and not out.is_dir():
         raise CgsimInputError("output", f"{out} exists and is not a directory")
+    positive_temperature(cfg.conductivity.temperature, "conductivity.temperature")
     reference = load_set(cfg.reference, int(cfg.file_index), int(cfg.stride), "reference")
     rollout = None
     if cfg.rollout is not None:
@@ -215,6 +234,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             check_same_topology(reference, rollout, "rollout")
     load_seconds = time.perf_counter() - t_start
     observables = _observables(cfg, reference[0].system)
+    if "conductivity" in observables and cfg.conductivity.temperature is None:
+        unknown = next((t for t in [*reference, *(rollout or [])] if t.temperature is None), None)
+        if unknown is not None:
+            raise CgsimInputError("conductivity.temperature", f"{unknown.path.with_suffix('.json')} states no temperature "
+                                                              "(system.temperature is null: mapped without a cgsim "
+                                                              "sidecar); the conductivity needs it: give "
+                                                              "conductivity.temperature=K (or temperature=K to `cgsim map`), "
+                                                              "or leave conductivity out of observables")
     settings = make_settings(reference, cfg, observables, rollout)
 
     bar = bool(cfg.progress)
@@ -297,6 +324,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render(metrics, figures))
+    _remove_stale_report_files(out, set(figures.values()))
     n_obs = sum(len(v) for v in table.values())
     print(f"evaluate: {len(observables)} observables ({n_obs} entries) on {len(reference)} reference"
           + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories -> {out} "

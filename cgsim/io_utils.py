@@ -10,8 +10,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,31 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def stale_temporaries(target: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """Temporary files that :func:`atomic_path` left next to ``target`` (a killed writer).
+
+    They are named ``.<stem>.<random>.<suffix>`` (``tempfile.mkstemp``'s 8 random characters of
+    ``[a-z0-9_]``), so only such names are matched, never the target or other hidden files.
+    """
+    target = Path(target)
+    suffix = target.suffix if suffix is None else suffix
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(f".{target.stem}.") + r"[a-z0-9_]{8}" + re.escape(suffix) + r"\Z")
+    return sorted(p for p in target.parent.iterdir() if pattern.match(p.name) and p.is_file())
+
+
+def remove_stale_temporaries(targets: Iterable[str | os.PathLike]) -> list[Path]:
+    """Remove the temporaries a killed run left next to each of ``targets``; return them."""
+    removed = []
+    for target in targets:
+        for p in stale_temporaries(target):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

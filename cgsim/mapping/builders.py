@@ -171,12 +171,18 @@ def finish_mapping(system: AtomSystem, raw: np.ndarray, bases: dict[int, str], n
     bead_molecule = mol_min[order]
 
     if weighting == "mass":
-        bad = np.flatnonzero(system.masses <= 0)
-        if len(bad):
-            a = system.topology.atom(int(bad[0]))
-            raise CgsimInputError(where, f"atom {int(bad[0])} ({a}) has mass {system.masses[bad[0]]:g}; centre-of-mass mapping needs "
-                                         "positive masses (use mapping.weighting=geometry, or a topology with masses)")
+        # massless atoms (virtual sites such as the M site of 4-point water, dummy atoms) get
+        # weight 0: a centre of mass is defined whenever the bead's total mass is positive
         weights = system.masses.copy()
+        totals = np.bincount(atom_bead, weights=weights, minlength=n_beads)
+        bad = np.flatnonzero(~(totals > 0))
+        if len(bad):
+            b = int(bad[0])
+            atoms = np.flatnonzero(atom_bead == b)
+            names = ", ".join(str(system.topology.atom(int(a))) for a in atoms[:4]) + (" ..." if len(atoms) > 4 else "")
+            raise CgsimInputError(where, f"bead {b} (atoms {atoms[:6].tolist()}: {names}) has mass 0 (all its atoms are massless); a "
+                                         "centre of mass needs a positive bead mass (use mapping.weighting=geometry, a topology with "
+                                         "masses, or a mapping that puts massless sites with massive atoms)")
     else:
         weights = np.ones(n)
 

@@ -30,9 +30,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from cgsim.checks import positive_temperature
 from cgsim.errors import CgsimInputError
 from cgsim.io.trajectory import TRAJECTORY_FORMATS, TrajectoryWriter, box_lengths_angles
-from cgsim.io_utils import atomic_path
+from cgsim.io_utils import atomic_path, remove_stale_temporaries
 from cgsim.mapping.apply import PBC_MODES, BeadMapper, bead_topology, clean_box
 from cgsim.mapping.builders import SCHEMES, build_mapping
 from cgsim.mapping.core import CGMapping, save_mapping
@@ -126,8 +127,7 @@ def _check_config(cfg: DictConfig) -> None:
         raise CgsimInputError("trajectory_format", f"{cfg.trajectory_format!r} is not supported; expected one of {TRAJECTORY_FORMATS}")
     if cfg.input.dt is not None and not (math.isfinite(float(cfg.input.dt)) and float(cfg.input.dt) > 0):
         raise CgsimInputError("input.dt", f"expected a positive time in ps, got {cfg.input.dt}")
-    if cfg.temperature is not None and not float(cfg.temperature) > 0:
-        raise CgsimInputError("temperature", f"expected a positive temperature in K, got {cfg.temperature}")
+    positive_temperature(cfg.temperature, "temperature", unit="K, or reduced units for LJ systems")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -146,6 +146,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     existing = [p.name for p in targets if p.exists()]
     if existing and not cfg.overwrite:
         raise CgsimInputError(str(out), f"output dir already holds {', '.join(existing)}; choose another output or set overwrite=true")
+    stale = remove_stale_temporaries([*targets, *(out / f"beads.{f}" for f in TRAJECTORY_FORMATS)])
+    if stale:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run: %s", out, len(stale),
+                 ", ".join(p.name for p in stale))
 
     ic = cfg.input
     inp = open_input(str(ic.trajectory), None if ic.topology is None else str(ic.topology), fmt=str(ic.format),

@@ -172,8 +172,12 @@ class CGMapping:
         empty = np.flatnonzero(self.bead_sizes() == 0)
         if len(empty):
             raise CgsimInputError(where, f"bead {int(empty[0])} ({self.bead_names[int(empty[0])]}) has no atoms")
-        if self.weights.shape != self.atom_bead.shape or not np.isfinite(self.weights).all() or (self.weights <= 0).any():
-            raise CgsimInputError(where, f"field 'weights' must hold one finite positive weight per atom ({self.n_atoms})")
+        if self.weights.shape != self.atom_bead.shape or not np.isfinite(self.weights).all() or (self.weights < 0).any():
+            raise CgsimInputError(where, f"field 'weights' must hold one finite non-negative weight per atom ({self.n_atoms})")
+        zero = np.flatnonzero(~(np.bincount(self.atom_bead, weights=self.weights, minlength=n_b) > 0))
+        if len(zero):
+            raise CgsimInputError(where, f"bead {int(zero[0])} ({self.bead_names[int(zero[0])]}) has weights summing to 0; "
+                                         "expected a positive total weight per bead (its centre is undefined otherwise)")
         for name, arr in (("bead_types", self.bead_types), ("bead_masses", self.bead_masses),
                           ("bead_charges", self.bead_charges), ("bead_molecule", self.bead_molecule)):
             if arr.shape != (n_b,):

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 
 import mdtraj as md
 import numpy as np
@@ -166,6 +167,65 @@ class MapInput:
             yield FrameChunk(xyz=traj.xyz, box=traj.unitcell_vectors, time=None if no_time else traj.time.astype(np.float64))
 
 
+def dcd_frames(path: str) -> tuple[int, int, bool] | None:
+    """Complete frames of a DCD file by its size, the frame count its header states, and
+    whether it ends inside a frame; None when the layout is not the plain CHARMM/NAMD one
+    (fixed atoms, 64-bit record markers) and the check is left to the reader."""
+    import struct
+
+    size = Path(path).stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(92)
+        if len(head) < 8 or head[4:8] != b"CORD":
+            return None  # not a plain DCD (or nothing of it): the reader says so
+        for end in ("<", ">"):
+            if struct.unpack(f"{end}i", head[:4])[0] == 84:
+                break
+        else:
+            return None
+        if len(head) < 92:
+            return 0, 0, True
+        icntrl = struct.unpack(f"{end}20i", head[8:88])
+        nset, namnf, cell, four_d = icntrl[0], icntrl[8], icntrl[10], icntrl[11]
+        if namnf != 0:
+            return None
+        fh.seek(92)
+        raw = fh.read(4)
+        if len(raw) < 4:
+            return 0, nset, True
+        (title_bytes,) = struct.unpack(f"{end}i", raw)
+        if title_bytes < 0:
+            return None
+        fh.seek(92 + 4 + title_bytes + 4)
+        raw = fh.read(12)
+        if len(raw) < 12:
+            return 0, nset, True
+        marker, n_atoms, _ = struct.unpack(f"{end}3i", raw)
+        if marker != 4 or n_atoms <= 0:
+            return None
+        header = 92 + 4 + title_bytes + 4 + 12
+    frame = (56 if cell else 0) + (4 if four_d else 3) * (4 * n_atoms + 8)
+    body = max(0, size - header)
+    return body // frame, nset, body % frame != 0
+
+
+def _check_dcd(path: str) -> None:
+    """Refuse a truncated DCD file (as the XTC and HDF5 readers do), naming its last complete frame."""
+    try:
+        found = dcd_frames(path)
+    except (OSError, struct_error):
+        return  # the reader reports unreadable files
+    if found is None:
+        return
+    complete, nset, partial = found
+    if partial or nset > complete:
+        last = f"the last complete frame is frame {complete - 1} (0-based)" if complete else "no frame is complete"
+        stated = f", its header states {nset}" if nset > complete else ""
+        raise CgsimInputError(path, f"DCD file is truncated: {complete} complete frame(s){stated} and "
+                                    f"{'a partial one' if partial else 'no more data'}; {last}; expected a complete "
+                                    "file (regenerate it, or cut it after its last complete frame)")
+
+
 def _count_atoms(path: str) -> int | None:
     """Atoms per frame of a topology-less trajectory file (None if not cheap to tell)."""
     try:
@@ -262,6 +322,8 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
         raise CgsimInputError("input.lammps_units", f"{lammps_units!r} is not supported; expected one of {sorted(LAMMPS_UNITS)}")
     if lammps_timestep is not None and not lammps_timestep > 0:
         raise CgsimInputError("input.lammps_timestep", f"expected a positive time step, got {lammps_timestep}")
+    if _suffix(trajectory) == ".dcd":
+        _check_dcd(trajectory)
     dump = fmt != "mdtraj" and _is_dump(trajectory, fmt)
     data_file = fmt != "mdtraj" and _is_data(topology, fmt)
     sidecar = _sidecar(trajectory)

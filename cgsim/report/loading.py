@@ -70,8 +70,9 @@ class BeadTrajectory:
         From the sidecar's ``system.periodic``.
     coordinates : str
         ``"unwrapped"`` or ``"wrapped"`` (sidecar).
-    temperature : float
-        Thermostat temperature, K.
+    temperature : float or None
+        Thermostat temperature, K; None when the sidecar does not know it (a trajectory mapped
+        without a cgsim sidecar and without ``temperature=``): only the conductivity needs it.
     charges : numpy.ndarray or None
         Charge per particle, shape (n_particles,), e, from the sidecar's
         ``extra.particle_charges`` when present.
@@ -98,7 +99,7 @@ class BeadTrajectory:
     molecule_kinds: list[str]
     periodic: bool
     coordinates: str
-    temperature: float
+    temperature: float | None
     charges: np.ndarray | None
     system: str
     replica: int = 0
@@ -218,7 +219,7 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         name=name or path.stem, path=path, xyz=np.asarray(traj.xyz, dtype=np.float64),
         dt=float(meta.save_interval) * t_factor * stride, box=box, types=types, masses=masses, bonds=bonds,
         molecule_ids=ids, molecule_kinds=kinds, periodic=bool(meta.system.periodic), coordinates=meta.coordinates,
-        temperature=float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name),
+        temperature=None if meta.system.temperature is None else float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name),
         stop_step=stop_step, stop_reason=stop_reason)
 
 

@@ -538,6 +538,12 @@ def _conductivity(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> Non
         sizes = np.bincount(t.molecule_ids)
         species = np.where(sizes[t.molecule_ids] >= 2, np.asarray(t.molecule_kinds)[t.molecule_ids], t.types)
         temperature = s.temperature if s.temperature is not None else t.temperature
+        if temperature is None:
+            raise CgsimInputError("conductivity.temperature", f"{t.path.with_suffix('.json')} states no temperature "
+                                                              "(system.temperature is null: mapped without a cgsim sidecar); "
+                                                              "the conductivity needs it: give conductivity.temperature=K "
+                                                              "(or temperature=K to `cgsim map`), or leave conductivity "
+                                                              "out of observables")
         suite.conductivity.append(ionic_conductivity(
             t.xyz, t.dt, q, t.box, temperature, s.fit_window, species=species, molecule_ids=t.molecule_ids,
             masses=t.masses, remove_drift=s.remove_drift, n_blocks=s.n_blocks))

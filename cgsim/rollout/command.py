@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cgsim.checks import output_apart_from_inputs, periodic_initial, positive_temperature
 from cgsim.config_compat import with_added_defaults
-from cgsim.data.load import TRAJECTORY_NAMES, load_systems
+from cgsim.data.load import TRAJECTORY_NAMES, expand_paths, load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.errors import CgsimInputError
 from cgsim.geometry import radius_graph
@@ -200,6 +201,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     replicas = _positive(cfg, "replicas", 1)
     save_every = _positive(cfg, "save_every", 1)
     checkpoint_every = _positive(cfg, "checkpoint_every", 0)
+    positive_temperature(cfg.temperature, "temperature", allow_zero=True, unit="noise scale, 0 = the deterministic mean")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.keep_freed_memory:
@@ -214,6 +216,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         raise CgsimInputError("reference", "evaluate=true needs reference=PATH (a trajectory with sidecar or a dataset directory)")
     if cfg.resume and not state_path.is_file():
         raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
+    output_apart_from_inputs(out, expand_paths(initial_paths(cfg.initial), "initial"), "output", "initial")
 
     ckpt = load_checkpoint(cfg.checkpoint)
     try:
@@ -228,6 +231,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     model = model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
     apply_refine_overrides(model, cfg.get("refine") or {}, str(cfg.checkpoint))
     systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=vocab)
+    periodic_initial(ckpt, systems.trajectories, str(cfg.checkpoint))
     if systems.time_unit != time_unit:
         raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {time_unit}")
     if not math.isclose(systems.save_interval * stride, learned_dt, rel_tol=1e-6):

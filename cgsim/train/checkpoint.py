@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cgsim.checks import finite_weights
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path
 
@@ -44,7 +45,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises
     ------
     CgsimInputError
-        If the file is missing, truncated, or not a cgsim checkpoint.
+        If the file is missing, truncated, not a cgsim checkpoint, or its weights (``model``,
+        ``ema``) hold NaN or infinity.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,4 +59,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CgsimInputError(str(path), f"field 'format' is not {CHECKPOINT_FORMAT!r}; not a cgsim checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
         raise CgsimInputError(str(path), f"checkpoint version {data.get('version')} is not supported (expected {CHECKPOINT_VERSION})")
+    finite_weights(data, str(path))
     return data

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from cgsim.checks import content_digest, same_systems
 from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import load_systems
 from cgsim.data.windows import WindowCollator, WindowDataset
@@ -94,6 +95,40 @@ def _check_resume_compatible(saved: dict[str, Any], current: dict[str, Any], pat
                                              "resume with the same config or start a new output")
 
 
+def _check_options(cfg: DictConfig) -> None:
+    """One-line errors for options that cannot train: empty splits, no epochs, empty batches."""
+    tc, data = cfg.trainer, cfg.data
+    for key in ("train", "val"):
+        if data[key] is None or len(data[key]) == 0:
+            what = "training systems" if key == "train" else "validation systems (they choose best.pt)"
+            raise CgsimInputError(f"data.{key}", f"is empty; expected at least one mapped-system directory (or glob) of {what}")
+    for key in ("batch_size", "max_epochs"):
+        value = tc[key]
+        if value is None or int(value) < 1:
+            raise CgsimInputError(f"trainer.{key}", f"expected an integer >= 1, got {value}")
+    if tc.max_steps_per_epoch is not None and int(tc.max_steps_per_epoch) < 0:
+        raise CgsimInputError("trainer.max_steps_per_epoch", f"expected an integer >= 1 or null (all windows), "
+                                                             f"got {tc.max_steps_per_epoch}")
+
+
+def _system_digests(systems: Any) -> list[tuple[str, str]]:
+    """``(directory, content digest)`` of each loaded system: its mapping hash and frames."""
+    return [(t.name, content_digest(t.positions, extra=h))
+            for t, h in zip(systems.trajectories, systems.mapping_hashes, strict=True)]
+
+
+def _check_split(train_set: Any, val_set: Any) -> None:
+    """Refuse validation systems that are training systems (by name, resolved path or content)."""
+    overlap = {t.name for t in train_set.trajectories} & {t.name for t in val_set.trajectories}
+    if overlap:
+        raise CgsimInputError("data.val", f"systems also in data.train: {sorted(overlap)[:3]}; splits must be by system")
+    same = same_systems(_system_digests(train_set), _system_digests(val_set))
+    if same is not None:
+        val, tr, how = same
+        raise CgsimInputError("data.val", f"{val} is {how} the training system {tr}; validation on training data "
+                                          "measures nothing: splits must be by system")
+
+
 def _distributed(backend: str) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -131,11 +166,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise CgsimInputError(str(last_path), "resume=true but there is no checkpoint to resume from")
 
     data = cfg.data
+    _check_options(cfg)
     train_set = load_systems(list(data.train), "data.train")
     val_set = load_systems(list(data.val), "data.val", atom_types=train_set.atom_types)
-    overlap = {t.name for t in train_set.trajectories} & {t.name for t in val_set.trajectories}
-    if overlap:
-        raise CgsimInputError("data.val", f"systems also in data.train: {sorted(overlap)[:3]}; splits must be by system")
+    _check_split(train_set, val_set)
     ds_train = WindowDataset(train_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
     ds_val = WindowDataset(val_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
 
@@ -180,7 +214,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     data_info = {"atom_types": train_set.atom_types, "mapping_hashes": train_set.mapping_hashes,
                  "train_systems": [t.name for t in train_set.trajectories],
                  "val_systems": [t.name for t in val_set.trajectories],
-                 "learned_dt": train_set.save_interval * int(data.stride), "time_unit": train_set.time_unit}
+                 "learned_dt": train_set.save_interval * int(data.stride), "time_unit": train_set.time_unit,
+                 "periodic": any(t.graph.box is not None for t in train_set.trajectories)}
     n_params = sum(p.numel() for p in model.parameters())
     t_run = time.perf_counter()
     summary: dict[str, Any] = {"epochs_run": 0}

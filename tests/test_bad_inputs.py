@@ -1,0 +1,405 @@
+"""Bad input gets one clear line (issue 22): a table of (id, call, expected message fragment).
+
+Each case calls a verb in-process (its ``run(cfg)`` on a hydra-composed config, or the CLI's
+override check) and expects :class:`cgsim.errors.CgsimInputError` whose one-line message holds
+the fragment; nothing may be written where the case names an output. A few command-line cases
+run ``python -m cgsim`` to check the exit status 2 and the single line on stderr. Inputs that
+are valid and used to fail (a trajectory mapped without a sidecar, massless virtual sites) and
+clean-ups (stale report figures, temporaries of a killed ``cgsim map``) have their own tests at
+the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from cgsim.cli import check_overrides, load_verb
+from cgsim.errors import CgsimInputError
+from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
+from tests.test_mapping_cli import PDB, run_map, wrapped_md
+from tests.test_rollout import SEQ, _make_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("bad_ckpt") / "tiny.pt")
+
+
+@dataclass
+class Ctx:
+    """What a case needs: a fresh folder, a config composer and a tiny checkpoint."""
+
+    tmp: Path
+    compose: Callable[..., Any]
+    ckpt: Path
+
+    def run(self, verb: str, overrides: list[str]) -> Any:
+        return load_verb(verb)(self.compose(verb, overrides))
+
+    def rollout(self, *overrides: str, initial: Path | str = SEQ, checkpoint: Path | None = None) -> Any:
+        return self.run("rollout", [f"checkpoint={checkpoint or self.ckpt}", f"initial={initial}",
+                                    f"output={self.tmp / 'out'}", "steps=2", "progress=false", *overrides])
+
+    def train(self, *overrides: str, train: str | None = None, val: str | None = None) -> Any:
+        tr = train if train is not None else f"['{SEQ}']"
+        va = val if val is not None else f"['{SEQ.parent / 'seq_001'}']"
+        return self.run("train", ["debug=tiny", f"data.train={tr}", f"data.val={va}", f"output={self.tmp / 'out'}",
+                                  "model.cutoff=2.0", "trainer.tensorboard=false", "trainer.num_threads=1",
+                                  "trainer.progress=false", *overrides])
+
+    def evaluate(self, *overrides: str, reference: Path | str = SEQ) -> Any:
+        return self.run("evaluate", [f"reference={reference}", f"output={self.tmp / 'out'}", "progress=false",
+                                     "figures=false", *overrides])
+
+
+# -- inputs made on the fly ---------------------------------------------------------------------
+#: the fixture system's DCD: header bytes and bytes per frame (83 atoms, with a unit cell)
+DCD_HEADER, DCD_FRAME = 276, 56 + 3 * (4 * 83 + 8)
+
+
+def truncated_dcd(ctx: Ctx, keep: int) -> Path:
+    """An 8-frame DCD of the fixture system cut after ``keep`` bytes."""
+    path = ctx.tmp / "md.dcd"
+    wrapped_md(8).save_dcd(str(path))
+    assert path.stat().st_size == DCD_HEADER + 8 * DCD_FRAME
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    return path
+
+
+def checkpoint_with(ctx: Ctx, edit: Callable[[dict], None], name: str = "edited.pt") -> Path:
+    data = torch.load(ctx.ckpt, map_location="cpu", weights_only=False)
+    edit(data)
+    data.pop("format", None)
+    data.pop("version", None)
+    return save_checkpoint(ctx.tmp / name, data)
+
+
+def _nan_weight(data: dict) -> None:
+    name = next(k for k, v in data["model"].items() if v.is_floating_point() and v.numel() > 1)
+    data["model"][name] = data["model"][name].clone()
+    data["model"][name].view(-1)[0] = float("nan")
+
+
+def _periodic(data: dict) -> None:
+    data["data"]["periodic"] = True
+
+
+def copy_of(ctx: Ctx, src: Path, name: str) -> Path:
+    dst = ctx.tmp / name / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def unsidecared_map(ctx: Ctx, n_frames: int = 40) -> Path:
+    """The fixture electrolyte as plain XTC + PDB (no cgsim sidecar), mapped by residue."""
+    traj = wrapped_md(n_frames)
+    traj.save_xtc(str(ctx.tmp / "plain.xtc"))
+    out = ctx.tmp / "mapped"
+    run_map(f"input.trajectory={ctx.tmp / 'plain.xtc'}", f"input.topology={PDB}", "mapping=residue", f"output={out}")
+    return out
+
+
+# -- the table --------------------------------------------------------------------------------------
+CASES: list[tuple[str, Callable[[Ctx], Any], str]] = [
+    # a. conductivity without a temperature (a trajectory mapped without a sidecar)
+    ("a-conductivity-without-temperature",
+     lambda c: c.evaluate("observables=[rdf,conductivity]", "conductivity.charges={LI: 1.0, TFS: -1.0}",
+                          reference=unsidecared_map(c)),
+     "conductivity.temperature: "),
+    ("a-conductivity-temperature-named",
+     lambda c: c.evaluate("observables=[conductivity]", reference=unsidecared_map(c)),
+     "give conductivity.temperature=K (or temperature=K to `cgsim map`)"),
+    # c. a truncated DCD
+    ("c-truncated-dcd",
+     lambda c: run_map(f"input.trajectory={truncated_dcd(c, DCD_HEADER + 4 * DCD_FRAME + 500)}", f"input.topology={PDB}", "input.dt=1",
+                       f"output={c.tmp / 'cg'}"),
+     "DCD file is truncated: 4 complete frame(s), its header states 8 and a partial one; the last complete frame is frame 3"),
+    ("c-truncated-dcd-at-frame-boundary",
+     lambda c: run_map(f"input.trajectory={truncated_dcd(c, DCD_HEADER + 5 * DCD_FRAME)}",
+                       f"input.topology={PDB}", "input.dt=1", f"output={c.tmp / 'cg'}"),
+     "its header states 8 and no more data; the last complete frame is frame 4"),
+    ("c-dcd-header-only",
+     lambda c: run_map(f"input.trajectory={truncated_dcd(c, 200)}", f"input.topology={PDB}", "input.dt=1",
+                       f"output={c.tmp / 'cg'}"),
+     "DCD file is truncated"),
+    # d. non-positive temperatures
+    ("d-rollout-negative-temperature", lambda c: c.rollout("temperature=-1"),
+     "temperature: expected a non-negative temperature (noise scale, 0 = the deterministic mean), got -1.0"),
+    ("d-rollout-nan-temperature", lambda c: c.rollout("temperature=nan"), "temperature: expected a non-negative"),
+    ("d-map-negative-temperature",
+     lambda c: run_map(f"input.trajectory={PDB}", f"output={c.tmp / 'cg'}", "temperature=-1"),
+     "temperature: expected a positive temperature (K, or reduced units for LJ systems), got -1.0"),
+    ("d-map-zero-temperature",
+     lambda c: run_map(f"input.trajectory={PDB}", f"output={c.tmp / 'cg'}", "temperature=0"),
+     "temperature: expected a positive temperature"),
+    ("d-map-infinite-temperature",
+     lambda c: run_map(f"input.trajectory={PDB}", f"output={c.tmp / 'cg'}", "temperature=inf"),
+     "temperature: expected a positive temperature"),
+    ("d-evaluate-negative-temperature", lambda c: c.evaluate("conductivity.temperature=-1"),
+     "conductivity.temperature: expected a positive temperature (K), got -1.0"),
+    ("d-evaluate-zero-temperature", lambda c: c.evaluate("conductivity.temperature=0"),
+     "conductivity.temperature: expected a positive temperature"),
+    ("d-generate-negative-temperature",
+     lambda c: c.run("generate", [f"output={c.tmp / 'ref'}", "system.temperature=-1", "progress=false"]),
+     "system.temperature: expected a positive number, got -1.0"),
+    # e. rollout output that writes into its input
+    ("e-rollout-output-is-initial",
+     lambda c: c.rollout(f"output={copy_of(c, SEQ, 'in')}", initial=c.tmp / "in" / SEQ.name),
+     "is (inside) the initial directory"),
+    ("e-rollout-output-inside-initial",
+     lambda c: c.rollout(f"output={copy_of(c, SEQ, 'in') / 'rollout'}", initial=c.tmp / "in" / SEQ.name),
+     "the output would be written into the input"),
+    ("e-rollout-output-holds-initial",
+     lambda c: c.rollout(f"output={copy_of(c, SEQ, 'in').parent}", initial=c.tmp / "in" / SEQ.name),
+     "holds the initial directory"),
+    ("e-rollout-output-is-initial-by-glob",
+     lambda c: c.rollout(f"output={copy_of(c, SEQ, 'in')}", initial=f"['{c.tmp / 'in' / 'seq_00?'}']"),
+     "choose another output directory"),
+    # f. periodic model, initial state without a box
+    ("f-periodic-model-without-box",
+     lambda c: c.rollout(checkpoint=checkpoint_with(c, _periodic)),
+     "has no periodic box (its sidecar's system.periodic is false or its frames carry no box) but the model"),
+    # g. NaN weights
+    ("g-nan-weights-rollout",
+     lambda c: c.rollout(checkpoint=checkpoint_with(c, _nan_weight, "nan.pt")),
+     "nan.pt: weights hold NaN or infinity"),
+    ("g-nan-weights-load",
+     lambda c: load_checkpoint(checkpoint_with(c, _nan_weight, "nan.pt")),
+     "value(s) of 'model."),
+    ("g-inf-ema-weights",
+     lambda c: load_checkpoint(checkpoint_with(
+         c, lambda d: d.__setitem__("ema", {k: v * float("inf") if v.is_floating_point() else v
+                                            for k, v in d["model"].items()}), "inf.pt")),
+     "inf.pt: weights hold NaN or infinity"),
+    # h. training options that cannot train
+    ("h-batch-size-zero", lambda c: c.train("trainer.batch_size=0"), "trainer.batch_size: expected an integer >= 1, got 0"),
+    ("h-batch-size-negative", lambda c: c.train("trainer.batch_size=-4"), "trainer.batch_size: expected an integer >= 1"),
+    ("h-max-epochs-zero", lambda c: c.train("trainer.max_epochs=0"), "trainer.max_epochs: expected an integer >= 1, got 0"),
+    ("h-max-steps-negative", lambda c: c.train("trainer.max_steps_per_epoch=-1"), "trainer.max_steps_per_epoch: expected"),
+    ("h-train-empty", lambda c: c.train(train="[]"), "data.train: is empty; expected at least one mapped-system directory"),
+    ("h-val-empty", lambda c: c.train(val="[]"), "data.val: is empty; expected at least one mapped-system directory"),
+    # i. validation = training under another path or as a copy
+    ("i-val-same-by-other-path",
+     lambda c: c.train(train=f"['{copy_of(c, SEQ, 'tr')}']", val=f"['{c.tmp / 'tr' / '..' / 'tr' / SEQ.name}']"),
+     "is the same directory as the training system"),
+    ("i-val-copy-of-train",
+     lambda c: c.train(train=f"['{copy_of(c, SEQ, 'tr')}']", val=f"['{copy_of(c, SEQ, 'va')}']"),
+     "is a copy (same mapping and frames) of the training system"),
+    ("i-val-same-string", lambda c: c.train(val=f"['{SEQ}']"), "data.val: systems also in data.train"),
+    # k. unknown or mistyped overrides (the CLI's check, in-process)
+    ("k-unknown-key", lambda c: check_overrides("train", ["trainer.batchsize=3"]),
+     "trainer.batchsize: unknown key; did you mean 'trainer.batch_size'? allowed keys of trainer: max_epochs, batch_size"),
+    ("k-unknown-top-key", lambda c: check_overrides("rollout", ["stepz=3"]),
+     "stepz: unknown key; did you mean 'steps'? allowed keys: checkpoint, initial, steps"),
+    ("k-unknown-nested-key", lambda c: check_overrides("evaluate", ["conductivity.temperatur=3"]),
+     "conductivity.temperatur: unknown key; did you mean 'conductivity.temperature'?"),
+    ("k-wrong-type", lambda c: check_overrides("rollout", ["steps=many"]),
+     "steps: Value 'many' of type 'str' could not be converted to Integer"),
+    ("k-wrong-type-nested", lambda c: check_overrides("generate", ["system.n_chains=lots"]),
+     "system.n_chains: Value 'lots' of type 'str' could not be converted to Integer"),
+    ("k-unknown-group-option", lambda c: check_overrides("generate", ["system=nosuch"]),
+     "system: no config 'nosuch'; expected one of chain, electrolyte"),
+    ("k-bad-syntax", lambda c: check_overrides("rollout", ["steps=[1,2"]), "is not valid override syntax"),
+    ("k-unknown-mapping-option", lambda c: check_overrides("map", ["mapping=metis", "mapping.atomsperbead=3"]),
+     "mapping.atomsperbead: unknown key; did you mean 'mapping.atoms_per_bead'?"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_one_line(case, tmp_path, compose_cfg, ckpt):
+    _, call, expected = case
+    ctx = Ctx(tmp=tmp_path, compose=compose_cfg, ckpt=ckpt)
+    with pytest.raises(CgsimInputError) as exc:
+        call(ctx)
+    text = str(exc.value)
+    assert "\n" not in text
+    assert expected in text
+    for name in ("out", "cg", "ref"):
+        out = tmp_path / name
+        assert not out.exists() or not any(out.iterdir()), f"{out} was written"
+
+
+def test_table_is_unique():
+    ids = [c[0] for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+def test_rollout_into_a_copy_of_the_input_is_not_written(tmp_path, compose_cfg, ckpt):
+    """e: the refused rollout leaves the input directory exactly as it was."""
+    d = copy_of(Ctx(tmp_path, compose_cfg, ckpt), SEQ, "in")
+    before = sorted(p.name for p in d.iterdir())
+    with pytest.raises(CgsimInputError):
+        Ctx(tmp_path, compose_cfg, ckpt).rollout(f"output={d}", initial=d)
+    assert sorted(p.name for p in d.iterdir()) == before
+
+
+def test_f_non_periodic_model_runs_without_a_box(tmp_path, compose_cfg, ckpt):
+    """f: the periodic check does not refuse a model whose checkpoint says non-periodic."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    ck = checkpoint_with(ctx, lambda d: d["data"].__setitem__("periodic", False))
+    summary = ctx.rollout(checkpoint=ck)
+    assert summary["steps"] == 2
+
+
+# -- command line: exit status 2 and one line ---------------------------------------------------
+def _cgsim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "cgsim", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+CLI_CASES = [
+    ("k-cli-unknown-key", ["train", "trainer.batchsize=3"], "cgsim train: error: trainer.batchsize: unknown key"),
+    ("k-cli-wrong-type", ["generate", "system.n_chains=many", "output=o"],
+     "cgsim generate: error: system.n_chains: Value 'many'"),
+    ("k-cli-missing-steps", ["rollout", "checkpoint=x.pt", "initial=y", "output=o"],
+     "cgsim rollout: error: steps: is required; give steps=VALUE"),
+]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_command_line_one_line_exit_2(case, tmp_path):
+    _, args, expected = case
+    res = _cgsim(*args, cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and lines[0].startswith(expected), res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_hydra_flags_keep_hydra_behaviour(tmp_path):
+    res = _cgsim("rollout", "--cfg", "job", "steps=3", cwd=tmp_path)
+    assert res.returncode == 0 and "steps: 3" in res.stdout
+
+
+# -- valid inputs that used to fail, and clean-ups --------------------------------------------------
+def test_a_mapped_without_sidecar_evaluates_every_other_observable(tmp_path, compose_cfg, ckpt):
+    """a: temperature is null in the sidecar; rdf and msd run, the conductivity with temperature= too."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    mapped = unsidecared_map(ctx)
+    assert json.loads((mapped / "beads.json").read_text())["system"]["temperature"] is None
+    metrics = ctx.evaluate("observables=[rdf,msd]", reference=mapped)
+    assert set(metrics["observables"]) == {"rdf", "msd"}
+    metrics = ctx.evaluate("observables=[conductivity]", "conductivity.temperature=353",
+                           "conductivity.charges={LI: 1.0, TFS: -1.0}", "dynamics.n_blocks=2", reference=mapped)
+    assert "conductivity" in metrics["observables"]
+
+
+def test_b_massless_virtual_sites_get_weight_zero():
+    """b: a 4-point-water-like molecule (an M site without mass) maps; a bead of massless atoms is refused."""
+    from cgsim.mapping import build_mapping
+    from cgsim.mapping.system import system_from_topology
+
+    top = md.Topology()
+    chain = top.add_chain()
+    for _ in range(2):
+        r = top.add_residue("SOL", chain)
+        o = top.add_atom("OW", md.element.oxygen, r)
+        for name in ("HW1", "HW2"):
+            top.add_bond(o, top.add_atom(name, md.element.hydrogen, r))
+        top.add_atom("MW", md.element.virtual, r)
+    system = system_from_topology(top, source="tip4p.pdb")
+    assert system.masses[3] == 0
+    mapping = build_mapping(system, "residue")
+    assert mapping.n_beads == 2 and mapping.weights[3] == 0
+    xyz = np.random.default_rng(0).normal(size=(8, 3))
+    beads = mapping.matrix() @ xyz
+    m = system.masses[:3]
+    assert np.allclose(beads[0], (m[:, None] * xyz[:3]).sum(0) / m.sum())  # the M site does not move the centre
+    # a bead made only of massless atoms: refused, naming it
+    lone = md.Topology()
+    r = lone.add_residue("DUM", lone.add_chain())
+    lone.add_atom("D1", md.element.virtual, r)
+    lone.add_atom("D2", md.element.virtual, r)
+    with pytest.raises(CgsimInputError, match=r"bead 0 \(atoms \[0, 1\]: DUM0-D1, DUM0-D2\) has mass 0"):
+        build_mapping(system_from_topology(lone, source="dummy.pdb"), "molecule")
+
+
+def test_b_massless_sites_through_map(tmp_path):
+    """b: `cgsim map` of a system with a 4-point water (massless M site) maps; the mapping keeps a zero weight."""
+    from cgsim.mapping import load_mapping
+
+    ref = md.load(str(PDB))
+    top = ref.topology.copy()
+    r = top.add_residue("SOL", top.add_chain())
+    o = top.add_atom("OW", md.element.oxygen, r)
+    for name in ("HW1", "HW2"):
+        top.add_bond(o, top.add_atom(name, md.element.hydrogen, r))
+    top.add_atom("MW", md.element.virtual, r)
+    water = np.array([[1.0, 1.0, 1.0], [1.08, 1.0, 1.0], [0.98, 1.09, 1.0], [1.01, 1.02, 1.0]], dtype=np.float32)
+    xyz = np.concatenate([ref.xyz, water[None]], axis=1)
+    t = md.Trajectory(np.repeat(xyz, 3, axis=0) + np.arange(3, dtype=np.float32)[:, None, None] * 0.01, top,
+                      time=np.arange(3) * 1.0)
+    t.unitcell_vectors = np.repeat(np.diag([2.5, 2.5, 2.5])[None], 3, axis=0).astype(np.float32)
+    t.save_hdf5(str(tmp_path / "m.h5"))  # HDF5 keeps the virtual element
+    out = tmp_path / "cg"
+    res = run_map(f"input.trajectory={tmp_path / 'm.h5'}", "mapping=residue", f"output={out}")
+    mapping = load_mapping(out / "mapping.yaml")
+    assert res["n_frames"] == 3 and (mapping.weights == 0).sum() == 1 and mapping.weights[-1] == 0
+
+
+def test_j_evaluate_into_an_old_report_clears_its_figures(tmp_path, compose_cfg, ckpt):
+    """j: the second report has no bond figures; the first one's are removed, other files stay."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    out = tmp_path / "out"
+    run = load_verb("evaluate")
+    base = [f"reference={SEQ}", f"output={out}", "progress=false", "noise_floor=false", "dpi=30"]
+    run(compose_cfg("evaluate", [*base, "observables=[rdf,bond_lengths]"]))
+    assert (out / "figures" / "bond_lengths.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "figures" / ".rdf.abcd1234.png").write_bytes(b"torn")  # a killed run's temporary
+    run(compose_cfg("evaluate", [*base, "observables=[rdf]"]))
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["rdf.png"]
+    assert (out / "notes.txt").read_text() == "mine"
+    run(compose_cfg("evaluate", [*base, "observables=[rdf]", "figures=false"]))
+    assert not (out / "figures").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["observables_computed"] == ["rdf"]
+    del ctx
+
+
+def test_l_map_rerun_removes_temporaries_of_a_killed_run(tmp_path):
+    """l: `.beads.<random>.h5` and friends left by a kill -9 go on the rerun; other hidden files stay."""
+    traj = wrapped_md(4)
+    traj.save_xtc(str(tmp_path / "md.xtc"))
+    out = tmp_path / "cg"
+    out.mkdir()
+    stale = [".beads.k2x_9abc.h5", ".mapping.zz01y7qq.yaml", ".beads.a1b2c3d4.pdb", ".beads.q9w8e7r6.xtc"]
+    for name in stale:
+        (out / name).write_bytes(b"half")
+    (out / ".keep").write_text("")
+    (out / ".beads.notmine.h5.bak").write_text("")
+    run_map(f"input.trajectory={tmp_path / 'md.xtc'}", f"input.topology={PDB}", "mapping=residue", f"output={out}")
+    assert sorted(p.name for p in out.iterdir()) == sorted([".keep", ".beads.notmine.h5.bak", "beads.h5", "beads.json",
+                                                            "beads.pdb", "mapping.yaml"])
+
+
+def test_c_complete_dcd_still_maps(tmp_path):
+    """c: an intact DCD (with or without a box) passes the truncation check."""
+    from cgsim.mapping.inputs import dcd_frames
+
+    t = wrapped_md(5)
+    t.save_dcd(str(tmp_path / "box.dcd"))
+    t.unitcell_vectors = None
+    t.save_dcd(str(tmp_path / "nobox.dcd"))
+    assert dcd_frames(str(tmp_path / "box.dcd")) == (5, 5, False)
+    assert dcd_frames(str(tmp_path / "nobox.dcd")) == (5, 5, False)
+    res = run_map(f"input.trajectory={tmp_path / 'nobox.dcd'}", f"input.topology={PDB}", "input.dt=1", "pbc=none",
+                  f"output={tmp_path / 'cg'}")
+    assert res["n_frames"] == 5
