@@ -16,7 +16,8 @@ data passes through them:
 
 Modules: :mod:`cgsim.evaluate` and :mod:`cgsim.demo` (verbs), :mod:`cgsim.cli` (the ``cgsim``
 command), :mod:`cgsim.units`, :mod:`cgsim.metadata` (sidecars), :mod:`cgsim.io_utils` (atomic
-writes), :mod:`cgsim.errors`, :mod:`cgsim.config_compat`, :mod:`cgsim.runtime`.
+writes), :mod:`cgsim.errors`, :mod:`cgsim.checks` (input checks shared by verbs),
+:mod:`cgsim.config_compat`, :mod:`cgsim.runtime`.
 """
 
 __version__ = "0.1.0"
