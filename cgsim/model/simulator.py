@@ -33,6 +33,7 @@ from cgsim.model.coarse import CoarseLevel
 from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
+from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 
 TARGETS = ("acceleration", "displacement")
@@ -177,6 +178,9 @@ class MultiScaleDynamics(nn.Module):
                                         for _ in range(bead_layers)])
         self.decoder = MLP(hidden_dim, hidden_dim, 6, mlp_layers, layer_norm=False)
         self.refiner = refinement
+        #: structural prior applied after each draw (:mod:`cgsim.model.prior`); set from the
+        #: checkpoint, not trained, so not a submodule
+        self.prior: StructuralPrior | None = None
         self.coarse = coarse
         self.collective = collective
         # normalisation, set from data by fit_normalization(); saved with the weights
@@ -293,6 +297,32 @@ class MultiScaleDynamics(nn.Module):
         if self.refiner is None:
             return new_pos
         return self.refiner.refine(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, new_pos, pred.scale, noise)
+
+    def calls_per_step(self) -> int:
+        """Network calls per learned step: the dynamics network + the refiner's schedule (the
+        structural prior calls no network)."""
+        return 1 + (self.refiner.calls_per_step if self.refiner is not None else 0)
+
+    @torch.no_grad()
+    def apply_prior(self, batch: BeadBatch, pred: GaussianStep, new_pos: torch.Tensor, noise: NoiseFn,
+                    topo: PriorTopology | None) -> torch.Tensor:
+        """``new_pos`` (N, 3) nm tilted by the structural prior (unchanged without one).
+
+        The draw's mean and per-bead std come from ``pred``; a single-bead molecule's std under
+        collective noise is its centre std. ``topo`` is :meth:`StructuralPrior.topology` of the batch.
+        """
+        if self.prior is None or topo is None or self.prior.steps == 0:
+            return new_pos
+        hist = batch.pos[:, -self.history:]
+        mean = self.positions_from_target(hist, pred.mean * pred.scale)
+        std = pred.std * pred.scale
+        molecule = None
+        if pred.centre_std is not None and pred.molecule is not None:
+            molecule = pred.molecule
+            counts = torch.bincount(molecule, minlength=pred.n_molecules)
+            single = (counts[molecule] == 1)[:, None]
+            std = torch.where(single, (pred.centre_std * pred.scale)[molecule][:, None].expand_as(std), std)
+        return self.prior.sample(new_pos, mean, std, topo, batch.batch, batch.box, noise, molecule, pred.n_molecules)
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,

@@ -45,7 +45,7 @@ from cgsim.train.checkpoint import load_checkpoint
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
 RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
-                     "write_dcd", "guard", "refine", "exclusion")
+                     "write_dcd", "guard", "refine", "exclusion", "prior")
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -230,6 +230,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
 
     model = model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
     apply_refine_overrides(model, cfg.get("refine") or {}, str(cfg.checkpoint))
+    apply_prior_overrides(model, cfg.get("prior") or {}, str(cfg.checkpoint))
     systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=vocab)
     periodic_initial(ckpt, systems.trajectories, str(cfg.checkpoint))
     if systems.time_unit != time_unit:
@@ -350,6 +351,8 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members), "bead_steps_per_second": bead_steps / max(wall, 1e-12),
         "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
         **({"exclusion_pairs": sum(state.extra[STATE_KEY])} if xc.enabled else {}),
+        "calls_per_step": int(model.calls_per_step()),
+        "prior_steps": int(model.prior.steps) if getattr(model, "prior", None) is not None else 0,
         "device": str(device), "finished": now_iso(),
     }
     if time_unit == "ps":
@@ -389,6 +392,26 @@ def apply_refine_overrides(model: torch.nn.Module, overrides: Any, checkpoint: s
     except ValueError as exc:
         name, _, message = str(exc).partition(": ")
         raise CgsimInputError(f"refine.{name}", message) from None
+
+
+def apply_prior_overrides(model: torch.nn.Module, overrides: Any, checkpoint: str) -> None:
+    """Set the structural prior's schedule from ``prior.*`` (null entries keep the exported values).
+
+    Raises
+    ------
+    CgsimInputError
+        If a schedule is given for a model without a prior, or a value is out of range.
+    """
+    given = {k: v for k, v in dict(overrides).items() if v is not None}
+    if not given:
+        return
+    if getattr(model, "prior", None) is None:
+        raise CgsimInputError(f"prior.{next(iter(given))}", f"{checkpoint} carries no structural prior "
+                                                            "(export it with --prior); nothing to schedule")
+    try:
+        model.prior = model.prior.with_schedule(**given)
+    except ValueError as exc:
+        raise CgsimInputError(f"prior.{next(iter(given))}", str(exc)) from None
 
 
 def _compiled(model: torch.nn.Module, members: Sequence[Member], initial: Sequence[torch.Tensor]) -> torch.nn.Module:

@@ -44,6 +44,16 @@ class ExclusionConfig:
 
 
 @dataclass
+class PriorConfig:
+    """Override the checkpoint's structural-prior schedule (null = as exported; cgsim/model/prior.py)."""
+
+    steps: int | None = None
+    tau: float | None = None
+    strength: float | None = None
+    anchor: str | None = None
+
+
+@dataclass
 class RefineConfig:
     """Override the checkpoint's refinement schedule (null = as trained; see cgsim/model/refinement.py)."""
 
@@ -95,6 +105,8 @@ class RolloutConfig:
     exclusion: ExclusionConfig = field(default_factory=ExclusionConfig)
     #: refinement schedule at rollout time (models trained with model/refinement=score)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    #: structural-prior schedule at rollout time (models exported with ``--prior``)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     #: after the rollout, run ``cgsim evaluate reference=<reference> rollout=<output>`` into output/evaluate
     evaluate: bool = False
     #: reference trajectory set for ``evaluate`` (a trajectory file with sidecar, or a dataset directory)

@@ -43,6 +43,7 @@ import torch
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path
 from cgsim.model.batch import BeadBatch, SystemGraph, collate
+from cgsim.model.prior import PriorTopology
 from cgsim.model.simulator import MultiScaleDynamics
 
 STATE_FORMAT = "cgsim-rollout-state"
@@ -278,6 +279,13 @@ class RolloutEngine:
         self.target_steps: int | None = None
         self._active_key: tuple[int, ...] | None = None
         self._cache: tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._prior_topo: PriorTopology | None = None
+        self._redraw_topo: PriorTopology | None = None
+        #: bead classes of every member for the model's structural prior (computed once)
+        self._classes: list[list[str]] | None = None
+        if model.prior is not None:
+            self._classes = [model.prior.classes_of(m.graph.atom_type, m.graph.atom_to_bead, m.n_beads)
+                             for m in self.members]
 
     # -- state ------------------------------------------------------------------------------
     def initial_state(self, initial: Sequence[torch.Tensor]) -> RolloutState:
@@ -309,9 +317,20 @@ class RolloutEngine:
         b = collate(graphs, [torch.zeros(g.n_beads, 1, 3) for g in graphs]).to(self.device)
         rows = torch.cat([torch.arange(int(self.offsets[m]), int(self.offsets[m + 1])) for m in active]).to(self.device)
         built = (b, rows, self._chem_full[rows], b.batch)
+        topo = self._topology(active, b)
         if cache:
             self._cache, self._active_key = built, key
+            self._prior_topo = topo
+        else:
+            self._redraw_topo = topo
         return built
+
+    def _topology(self, active: list[int], b: BeadBatch) -> PriorTopology | None:
+        """The structural prior's pairs and tables for the collated ``active`` members."""
+        if self._classes is None or self.model.prior is None:
+            return None
+        classes = [c for m in active for c in self._classes[m]]
+        return self.model.prior.topology(classes, b.bead_bonds, b.n_beads, self.device, self.dtype)
 
     def _noise(self, active: list[int]) -> torch.Tensor:
         """Standard-normal noise (N_active, 3), each member's rows from its own generator.
@@ -331,7 +350,10 @@ class RolloutEngine:
         pred = self.model(batch, chem)
         value = pred.value(self._noise(active), self.temperature)
         new = self.model.positions_from_target(hist, value)
-        new = self.model.refine(batch, pred, new, functools.partial(self._noise, active))
+        noise = functools.partial(self._noise, active)
+        new = self.model.refine(batch, pred, new, noise)
+        new = self.model.apply_prior(batch, pred, new, noise,
+                                       self._prior_topo if tuple(active) == self._active_key else self._redraw_topo)
         proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
         for hook in self.hooks:
             hook.correct(self, state, proposal)

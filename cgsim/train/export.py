@@ -15,6 +15,14 @@ noise level of its range), so an export may set the schedule rollouts use by def
 
     python -m cgsim.train.export runs/chain/checkpoints/best.pt data/checkpoints/chain.pt
     python -m cgsim.train.export SRC DST --refine sampler=ode levels=12 steps_per_level=0
+    python -m cgsim.train.export SRC DST --refine levels=0 final_denoise=false --prior nb_cutoff=1.0 steps=10
+
+``--prior`` fits the structural prior (:mod:`cgsim.model.prior`) to the model's own training
+systems (``data.train_systems`` of the checkpoint) and stores it under ``prior``; rollouts then
+apply it after every draw (no network call). Its keys: ``nb_cutoff`` (nm), ``steps``, ``tau``,
+``strength``, ``anchor``, ``max_frames``, ``min_samples``, ``dr`` (:func:`cgsim.train.prior_fit.fit_prior`),
+and ``calibrate=N`` (iterations of :func:`cgsim.train.prior_fit.calibrate_prior` on the model's own
+draws, refiner off), ``windows``, ``damping``.
 """
 
 from __future__ import annotations
@@ -29,14 +37,17 @@ import yaml
 
 from cgsim.errors import CgsimInputError
 from cgsim.metadata import now_iso
+from cgsim.model.prior import StructuralPrior
 from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.loop import model_from_checkpoint
+from cgsim.train.prior_fit import calibrate_prior, fit_prior, training_systems
 
 #: entries of a training checkpoint a rollout needs (weights are chosen separately)
 KEEP = ("config", "epoch", "step", "best", "data", "metrics", "n_parameters")
 
 
-def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None = None,
+                 prior: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the slim model file ``dst`` from the training checkpoint ``src``.
 
     Parameters
@@ -48,6 +59,8 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
     refine : dict, optional
         Refinement schedule for rollouts of the exported model (keys of
         :meth:`cgsim.model.refinement.ScoreRefiner.set_schedule`).
+    prior : dict, optional
+        Fit a structural prior with these options (:func:`fit_prior`) and store it.
 
     Returns
     -------
@@ -74,6 +87,11 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
               "refine": dict(refine or {}), "date": now_iso()}
     slim = {k: ckpt[k] for k in KEEP if k in ckpt}
     slim.update({"config": config, "model": weights, "ema": None, "exported": record})
+    if prior:
+        slim["prior"] = _fitted_prior(ckpt, prior).to_dict()
+        record["prior"] = dict(prior)
+    elif ckpt.get("prior") is not None:
+        slim["prior"] = ckpt["prior"]
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, slim)
     return record
@@ -87,6 +105,29 @@ def _sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _fitted_prior(ckpt: dict[str, Any], options: dict[str, Any]) -> StructuralPrior:
+    """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``."""
+    systems = training_systems(ckpt)
+    prior = fit_prior(ckpt, options, systems)
+    n_iter = int(options.get("calibrate", 0))
+    if n_iter > 0:
+        model = model_from_checkpoint(ckpt)
+        if options.get("refine_off", True) and model.refiner is not None:
+            model.refiner.set_schedule(levels=0, final_denoise=False)
+        prior, errors = calibrate_prior(model, prior, systems, int(ckpt["config"]["data"]["stride"]), n_iter,
+                                        int(options.get("windows", 64)), float(options.get("damping", 0.5)))
+        print("prior calibration, mean |ln P_drawn/P_true| per iteration: " + " ".join(f"{e:.3f}" for e in errors))
+    return prior
+
+
+def _pairs(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,13 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dst", help="model file to write")
     ap.add_argument("--refine", nargs="*", default=[], metavar="KEY=VALUE",
                     help="default refinement schedule of the exported model, e.g. sampler=ode levels=12")
+    ap.add_argument("--prior", nargs="*", default=None, metavar="KEY=VALUE",
+                    help="fit and store a structural prior, e.g. nb_cutoff=1.0 steps=10")
     args = ap.parse_args(argv)
-    refine = {}
-    for item in args.refine:
-        key, _, value = item.partition("=")
-        refine[key] = yaml.safe_load(value)
+    refine = _pairs(args.refine)
+    prior = _pairs(args.prior) if args.prior is not None else None
     try:
-        rec = export_model(args.src, args.dst, refine)
+        rec = export_model(args.src, args.dst, refine, prior)
     except CgsimInputError as exc:
         raise SystemExit(f"export: {exc}") from None
     size = Path(args.dst).stat().st_size / 2**20

@@ -34,6 +34,7 @@ from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import load_systems
 from cgsim.data.windows import WindowCollator, WindowDataset
 from cgsim.errors import CgsimInputError
+from cgsim.model.prior import StructuralPrior
 from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.config import TrainConfig
@@ -67,6 +68,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model = build_model(cfg, len(ckpt["data"]["atom_types"]))
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict(state)
+    if ckpt.get("prior") is not None:
+        model.prior = StructuralPrior.from_dict(ckpt["prior"])
     return model.to(device).eval()
 
 
