@@ -8,6 +8,7 @@ array function. Inputs are in MD units (nm, ps, amu, e, K); results state their 
 module                        observables
 ============================  =========================================================
 :mod:`.rdf`                   g(r) per selection or bead-type pair, coordination number
+:mod:`.shells`                first coordination shell: peak, minimum, coordination number
 :mod:`.bonds`                 bond-length and bond-angle distributions per type
 :mod:`.polymer`               radius of gyration, end-to-end distance, contact map
 :mod:`.msd`                   MSD over all time origins (FFT), wrapped-input check
@@ -44,6 +45,7 @@ from cgsim.observables.polymer import (
     radius_of_gyration,
 )
 from cgsim.observables.rdf import RDFResult, coordination_number, rdf, rdf_by_type
+from cgsim.observables.shells import first_peak_and_minimum, first_shell
 
 __all__ = [
     "ACFResult",
@@ -64,6 +66,8 @@ __all__ = [
     "contact_map",
     "coordination_number",
     "end_to_end_distance",
+    "first_peak_and_minimum",
+    "first_shell",
     "histogram",
     "ionic_conductivity",
     "js_divergence",
