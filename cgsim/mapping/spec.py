@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from cgsim.errors import CgsimInputError
-from cgsim.mapping.builders import finish_mapping
+from cgsim.mapping.assemble import finish_mapping
 from cgsim.mapping.core import CGMapping, is_mapping_file, mapping_from_dict
 from cgsim.mapping.system import AtomSystem
 
