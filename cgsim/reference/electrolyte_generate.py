@@ -21,17 +21,16 @@ The run, every stage resumable after a kill at any moment:
 State on disk, in ``OUT/.run/``: the ChunkedRun files (``identity.json``, ``progress.json``,
 ``state_*.xml``, ``chunks/``) and ``equilibration/`` (``progress.json``, the state of the last
 equilibration block, ``equilibrated.npz``). A directory holding a different run is refused.
+
+The options are validated in :mod:`cgsim.reference.electrolyte_settings`, stages 2-5 run in
+:mod:`cgsim.reference.electrolyte_equilibration`; their names are importable from here.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ import numpy as np
 import openmm
 import openmm.unit as u
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path, write_json_atomic
@@ -53,7 +51,18 @@ from cgsim.metadata import (
     write_sidecar,
 )
 from cgsim.reference import electrolyte as el
-from cgsim.reference.platforms import minimize_energy, select_platform
+from cgsim.reference.electrolyte_equilibration import (  # noqa: F401 - re-exported
+    EQ_DIR,
+    Equilibration,
+    EquilibrationResult,
+    density_converged,
+    ns_per_day,
+    scale_box,
+)
+from cgsim.reference.electrolyte_settings import (  # noqa: F401 - re-exported
+    ElectrolyteSettings,
+    settings_from_config,
+)
 from cgsim.reference.runner import (
     RUN_DIR,
     ChunkedRun,
@@ -63,448 +72,7 @@ from cgsim.reference.runner import (
     read_chunks,
     remove_chunks,
 )
-from cgsim.units import BOLTZMANN, units_block
-
-EQ_DIR = "equilibration"
-#: Densities at which a box must still hold twice the cutoff (g/cm^3; above any PEO/LiTFSI).
-_MAX_EXPECTED_DENSITY = 1.35
-
-
-@dataclass(frozen=True)
-class ElectrolyteSettings:
-    """Validated options of a ``system=electrolyte`` run (MD units; times as step counts).
-
-    Attributes
-    ----------
-    composition : Composition
-        What is in the box.
-    temperature, pressure : float
-        K and bar.
-    seed : int
-        Seed of packing, velocities and thermostats.
-    forcefield : pathlib.Path
-        ForceField XML.
-    timestep : float
-        ps.
-    compress_steps, block_steps, sample_steps, npt_min_steps, npt_max_steps, nvt_steps,
-    production_steps, save_steps : int
-        Step counts of the stages (see the module docstring).
-    window_blocks : int
-        NPT blocks per density window.
-    file_name : str
-        Stem of the output files.
-    """
-
-    composition: el.Composition
-    temperature: float
-    pressure: float
-    seed: int
-    charge_scale: float
-    forcefield: Path
-    cutoff: float
-    ewald_tolerance: float
-    dispersion_correction: bool
-    constraints: str | None
-    hydrogen_mass: float | None
-    timestep: float
-    friction: float
-    production_friction: float
-    pack_density: float
-    pack_tolerance: float
-    packmol: str | None
-    minimize_tolerance: float
-    minimize_max_iterations: int
-    compress_pressure: float
-    compress_steps: int
-    compress_barostat_interval: int
-    barostat_interval: int
-    block_steps: int
-    sample_steps: int
-    window_blocks: int
-    npt_min_steps: int
-    npt_max_steps: int
-    density_tolerance: float
-    nvt_steps: int
-    production_steps: int
-    save_steps: int
-    file_name: str
-    packmol_nloop: int | None = None
-
-    def system_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`cgsim.reference.electrolyte.create_system`."""
-        return {"forcefield_file": self.forcefield, "cutoff": self.cutoff, "charge_scale": self.charge_scale,
-                "constraints": self.constraints, "hydrogen_mass": self.hydrogen_mass,
-                "ewald_tolerance": self.ewald_tolerance, "dispersion_correction": self.dispersion_correction}
-
-
-def _number(sc: DictConfig, key: str, lo: float = 0.0, strict: bool = True, hi: float | None = None,
-            allow_none: bool = False) -> float | None:
-    value = sc.get(key)
-    if value is None and allow_none:
-        return None
-    ok = value is not None and not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    ok = ok and (value > lo if strict else value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        rng = f"{'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
-        raise CgsimInputError(f"system.{key}", f"expected a number {rng}, got {value!r}")
-    return float(value)
-
-
-def _steps(time_ps: float, dt: float, key: str, allow_zero: bool = False) -> int:
-    n = time_ps / dt
-    if abs(n - round(n)) > 1e-6 * max(1.0, n) or round(n) < (0 if allow_zero else 1):
-        raise CgsimInputError(f"system.{key}", f"{time_ps} ps is not a {'' if allow_zero else 'positive '}"
-                              f"whole number of time steps of {dt} ps")
-    return int(round(n))
-
-
-def _multiple(a: int, b: int, key: str, of: str) -> int:
-    if a % b:
-        raise CgsimInputError(f"system.{key}", f"expected a whole multiple of system.{of}")
-    return a // b
-
-
-def settings_from_config(sc: DictConfig) -> ElectrolyteSettings:
-    """Validate a ``system=electrolyte`` config; every bad value raises a one-line error.
-
-    Raises
-    ------
-    CgsimInputError
-        Naming the option and what was expected.
-    """
-    if sc.get("n_salt") is not None:
-        comp = el.Composition(sc.n_chains, sc.chain_length, sc.n_salt)
-    elif sc.get("eo_li_ratio") is not None:
-        comp = el.Composition.from_ratio(sc.n_chains, sc.chain_length, sc.eo_li_ratio)
-    else:
-        raise CgsimInputError("system.n_salt", "set n_salt (LiTFSI pairs) or eo_li_ratio; both are null")
-    temperature = _number(sc, "temperature")
-    pressure = _number(sc, "pressure")
-    charge_scale = _number(sc, "charge_scale", hi=1.0)
-    cutoff = _number(sc, "cutoff")
-    ewald = _number(sc, "ewald_tolerance", hi=0.1)
-    hmass = _number(sc, "hydrogen_mass", allow_none=True)
-    dt = _number(sc, "timestep", hi=0.01)
-    friction = _number(sc, "friction")
-    prod_friction = _number(sc, "production_friction")
-    pack_density = _number(sc, "pack_density", hi=1.2)
-    pack_tol = _number(sc, "pack_tolerance", hi=0.5)
-    min_tol = _number(sc, "minimize_tolerance")
-    compress_p = _number(sc, "compress_pressure")
-    dens_tol = _number(sc, "density_tolerance", hi=0.5)
-    for key in ("compress_time", "npt_min_time", "nvt_equilibration_time"):
-        _number(sc, key, strict=False)
-    for key in ("npt_block", "npt_sample", "npt_window", "npt_max_time", "production_time", "save_interval"):
-        _number(sc, key)
-    for key, lo in (("barostat_interval", 1), ("compress_barostat_interval", 1), ("minimize_max_iterations", 0),
-                    ("seed", 0)):
-        value = sc.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise CgsimInputError(f"system.{key}", f"expected an integer >= {lo}, got {value!r}")
-    if sc.get("constraints") not in ("HBonds", None):
-        raise CgsimInputError("system.constraints", f"expected HBonds or null, got {sc.get('constraints')!r}")
-    block = _steps(sc.npt_block, dt, "npt_block")
-    sample = _steps(sc.npt_sample, dt, "npt_sample")
-    _multiple(block, sample, "npt_block", "npt_sample")
-    window = _multiple(_steps(sc.npt_window, dt, "npt_window"), block, "npt_window", "npt_block")
-    npt_min = _steps(sc.npt_min_time, dt, "npt_min_time", allow_zero=True)
-    npt_max = _steps(sc.npt_max_time, dt, "npt_max_time")
-    compress = _steps(sc.compress_time, dt, "compress_time", allow_zero=True)
-    for key, n in (("compress_time", compress), ("npt_min_time", npt_min), ("npt_max_time", npt_max)):
-        _multiple(n, block, key, "npt_block")
-    if npt_max < npt_min:
-        raise CgsimInputError("system.npt_max_time", f"{sc.npt_max_time} ps is shorter than npt_min_time {sc.npt_min_time} ps")
-    prod = _steps(sc.production_time, dt, "production_time")
-    save = _steps(sc.save_interval, dt, "save_interval")
-    _multiple(prod, save, "production_time", "save_interval")
-    name = sc.get("file_name") or comp.label
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
-        raise CgsimInputError("system.file_name", f"expected letters, digits, '_', '.', '-', got {name!r}")
-    ff = el.forcefield_path(sc.get("forcefield"))
-    settings = ElectrolyteSettings(
-        composition=comp, temperature=temperature, pressure=pressure, seed=int(sc.seed), charge_scale=charge_scale,
-        forcefield=ff, cutoff=cutoff, ewald_tolerance=ewald, dispersion_correction=bool(sc.dispersion_correction),
-        constraints=sc.get("constraints"), hydrogen_mass=hmass, timestep=dt, friction=friction,
-        production_friction=prod_friction, pack_density=pack_density, pack_tolerance=pack_tol,
-        packmol=sc.get("packmol"), minimize_tolerance=min_tol, minimize_max_iterations=int(sc.minimize_max_iterations),
-        compress_pressure=compress_p, compress_steps=compress,
-        compress_barostat_interval=int(sc.compress_barostat_interval),
-        barostat_interval=int(sc.barostat_interval), block_steps=block, sample_steps=sample, window_blocks=window,
-        npt_min_steps=npt_min, npt_max_steps=npt_max, density_tolerance=dens_tol,
-        nvt_steps=_steps(sc.nvt_equilibration_time, dt, "nvt_equilibration_time", allow_zero=True),
-        production_steps=prod, save_steps=save, file_name=str(name),
-    )
-    # the box must hold twice the cutoff even at the highest density it can reach
-    top = el.build_topology(comp)
-    mass = float(el.masses(top).sum())
-    dense_box = el.box_length_for_density(mass, _MAX_EXPECTED_DENSITY)
-    if dense_box < 2.0 * cutoff:
-        raise CgsimInputError("system.cutoff", f"the box ({comp.n_atoms} atoms) shrinks to ~{dense_box:.2f} nm, less than "
-                              f"twice the cutoff {cutoff} nm; add molecules or lower the cutoff")
-    return settings
-
-
-def density_converged(densities: Sequence[float], window: int, tolerance: float) -> bool:
-    """Whether the means of the last two ``window`` densities agree within ``tolerance`` (relative).
-
-    Parameters
-    ----------
-    densities : sequence of float
-        Block-mean densities in time order.
-    window : int
-        Blocks per window.
-    tolerance : float
-        Largest allowed ``|mean(last) - mean(previous)| / mean(last)``.
-    """
-    if window < 1 or len(densities) < 2 * window:
-        return False
-    d = np.asarray(densities, dtype=float)
-    prev, last = d[-2 * window:-window].mean(), d[-window:].mean()
-    return bool(abs(last - prev) <= tolerance * last)
-
-
-def ns_per_day(simulated_ps: float, wall_seconds: float) -> float:
-    """Simulation speed in ns/day."""
-    return simulated_ps * 1.0e-3 * 86400.0 / max(wall_seconds, 1e-9)
-
-
-def scale_box(positions: np.ndarray, molecules: Sequence[np.ndarray], masses: np.ndarray, factor: float) -> np.ndarray:
-    """Scale molecule centres of mass by ``factor``, keeping each molecule rigid.
-
-    Parameters
-    ----------
-    positions : numpy.ndarray
-        Unwrapped positions, shape (n_atoms, 3), nm.
-    molecules : sequence of numpy.ndarray
-        Atom indices of each molecule.
-    masses : numpy.ndarray
-        Atom masses, shape (n_atoms,), amu.
-    factor : float
-        New box edge / old box edge.
-
-    Returns
-    -------
-    numpy.ndarray
-        New positions, shape (n_atoms, 3), nm.
-    """
-    out = np.array(positions, dtype=float, copy=True)
-    for idx in molecules:
-        w = masses[idx] / masses[idx].sum()
-        com = w @ out[idx]
-        out[idx] += (factor - 1.0) * com
-    return out
-
-
-@dataclass
-class EquilibrationResult:
-    """The equilibrated box handed to production.
-
-    Attributes
-    ----------
-    positions : numpy.ndarray
-        Unwrapped positions in the final box, shape (n_atoms, 3), nm.
-    box_length : float
-        Cubic box edge, nm.
-    progress : dict
-        The equilibration record (stage, blocks with time/density/energy/temperature, converged).
-    """
-
-    positions: np.ndarray
-    box_length: float
-    progress: dict[str, Any] = field(default_factory=dict)
-
-
-class Equilibration:
-    """Minimise, compress and equilibrate at constant pressure, resumably, under ``out/.run/equilibration``.
-
-    Parameters
-    ----------
-    out : pathlib.Path
-        Output directory of the run.
-    es : ElectrolyteSystem
-        The System (without barostat; one is added here) and its topology.
-    settings : ElectrolyteSettings
-        Run options.
-    platform, threads, progress
-        As in :class:`cgsim.reference.runner.ChunkedRun`.
-    """
-
-    def __init__(self, out: Path, es: el.ElectrolyteSystem, settings: ElectrolyteSettings, platform: str = "auto",
-                 threads: int = 1, progress: bool = True) -> None:
-        self.out = Path(out)
-        self.dir = self.out / RUN_DIR / EQ_DIR
-        self.es = es
-        self.s = settings
-        self.platform_name = platform
-        self.threads = threads
-        self.show_progress = progress
-        self.masses = el.masses(es.topology)
-        self.total_mass = float(self.masses.sum())
-        self.molecules = el.molecule_indices(es.topology)
-        n = es.system.getNumParticles()
-        self.dof = 3 * n - es.n_constraints - 3
-        self.platform_used = platform
-
-    # -- on-disk state ----------------------------------------------------------------------
-    def read_progress(self) -> dict[str, Any]:
-        """The equilibration record (a fresh one if none is on disk)."""
-        path = self.dir / "progress.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        return {"stage": "minimize", "steps": {"compress": 0, "npt": 0}, "blocks": [], "state": None,
-                "wall_seconds": 0.0, "minimized_energy": None, "converged": None, "box_length": None,
-                "density": None}
-
-    def _commit(self, progress: dict[str, Any], state: openmm.State | None) -> None:
-        """Write the state (if any), then the record that points to it; drop the old state."""
-        old = progress.get("state")
-        if state is not None:
-            name = f"state_{len(progress['blocks']):06d}_{progress['stage']}.xml"
-            with atomic_path(self.dir / name) as tmp:
-                tmp.write_text(openmm.XmlSerializer.serialize(state))
-            progress["state"] = name
-        write_json_atomic(self.dir / "progress.json", progress)
-        if old and old != progress.get("state"):
-            (self.dir / old).unlink(missing_ok=True)
-
-    def _cleanup(self, progress: dict[str, Any]) -> None:
-        for f in self.dir.glob("state_*.xml"):
-            if f.name != progress.get("state"):
-                f.unlink()
-        for f in self.dir.glob(".*"):
-            f.unlink()
-
-    # -- the run ----------------------------------------------------------------------------
-    def run(self, initial: Callable[[], tuple[np.ndarray, float]]) -> EquilibrationResult:
-        """Run (or resume) until the density is stable; return the box for production.
-
-        Parameters
-        ----------
-        initial : callable
-            ``initial() -> (positions (n_atoms, 3) nm, box_length nm)``: the packed start,
-            called only on a fresh start.
-        """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        progress = self.read_progress()
-        self._cleanup(progress)
-        if progress["stage"] == "done":
-            with np.load(self.dir / "equilibrated.npz") as z:
-                return EquilibrationResult(z["positions"], float(z["box_length"]), progress)
-        s = self.s
-        system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.es.system))
-        baro = openmm.MonteCarloBarostat(s.pressure * u.bar, s.temperature * u.kelvin, s.barostat_interval)
-        baro.setRandomNumberSeed((s.seed * 7919 + len(progress["blocks"])) % 2**31)
-        baro_index = system.addForce(baro)
-        integrator = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.friction / u.picosecond,
-                                                     s.timestep * u.picosecond)
-        integrator.setRandomNumberSeed((s.seed * 100_003 + 13 * len(progress["blocks"]) + 1) % 2**31)
-        platform, props, self.platform_used = select_platform(self.platform_name, self.threads)
-        context = openmm.Context(system, integrator, platform, props)
-        t_start, c_start = time.perf_counter(), time.process_time()
-        base_wall, base_cpu = float(progress["wall_seconds"]), float(progress.get("cpu_seconds", 0.0))
-        if progress["state"]:
-            context.setState(openmm.XmlSerializer.deserialize((self.dir / progress["state"]).read_text()))
-        else:
-            positions, box = initial()
-            context.setPeriodicBoxVectors(*(np.eye(3) * box))
-            context.setPositions(positions * u.nanometer)
-
-        if progress["stage"] == "minimize":
-            try:
-                minimize_energy(context, s.minimize_tolerance, s.minimize_max_iterations, self.threads)
-            except openmm.OpenMMException as exc:
-                raise self._failure("minimize", 0.0, exc) from None
-            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-            if not math.isfinite(energy):
-                raise CgsimInputError("equilibration.minimize", "energy is NaN after minimisation; the packed "
-                                      "structure overlaps (lower system.pack_density or raise system.pack_tolerance)")
-            context.setVelocitiesToTemperature(s.temperature * u.kelvin, s.seed % 2**31)
-            progress["minimized_energy"] = energy
-            progress["stage"] = "compress" if s.compress_steps > 0 else "npt"
-            progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-            progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-            self._commit(progress, context.getState(getPositions=True, getVelocities=True))
-
-        total = s.compress_steps + s.npt_max_steps
-        done = progress["steps"]["compress"] + progress["steps"]["npt"]
-        bar = tqdm(total=total, initial=done, unit="step", disable=not self.show_progress,
-                   desc=f"equilibrate {s.file_name}", dynamic_ncols=True, mininterval=2.0)
-        steps_session = 0
-        try:
-            while progress["stage"] in ("compress", "npt"):
-                stage = progress["stage"]
-                pressure = s.compress_pressure if stage == "compress" else s.pressure
-                context.setParameter(openmm.MonteCarloBarostat.Pressure(), pressure)
-                interval = s.compress_barostat_interval if stage == "compress" else s.barostat_interval
-                if system.getForce(baro_index).getFrequency() != interval:
-                    system.getForce(baro_index).setFrequency(interval)
-                    context.reinitialize(preserveState=True)
-                t_stage = progress["steps"][stage] * s.timestep
-                volumes = []
-                try:
-                    for _ in range(s.block_steps // s.sample_steps):
-                        integrator.step(s.sample_steps)
-                        box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
-                        volumes.append(float(np.linalg.det(box)))
-                except openmm.OpenMMException as exc:
-                    raise self._failure(stage, t_stage, exc) from None
-                state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
-                energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-                if not math.isfinite(energy):
-                    raise self._failure(stage, t_stage, None)
-                steps_session += s.block_steps
-                progress["steps"][stage] += s.block_steps
-                kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-                vol = float(np.mean(volumes))
-                block = {"stage": stage, "time": progress["steps"][stage] * s.timestep, "pressure": pressure,
-                         "volume": vol, "density": float(el.density_g_cm3(self.total_mass, vol)),
-                         "potential_energy": energy, "temperature": 2.0 * kinetic / (self.dof * BOLTZMANN)}
-                progress["blocks"].append(block)
-                if stage == "compress" and progress["steps"]["compress"] >= s.compress_steps:
-                    progress["stage"] = "npt"
-                elif stage == "npt":
-                    dens = [b["density"] for b in progress["blocks"] if b["stage"] == "npt"]
-                    stable = density_converged(dens, s.window_blocks, s.density_tolerance)
-                    if (progress["steps"]["npt"] >= s.npt_min_steps and stable) or progress["steps"]["npt"] >= s.npt_max_steps:
-                        progress["converged"] = stable
-                        progress["stage"] = "final"
-                progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-                progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-                self._commit(progress, state)
-                bar.update(s.block_steps)
-                rate = ns_per_day(steps_session * s.timestep, time.perf_counter() - t_start)
-                bar.set_postfix_str(f"{stage} {block['density']:.4f} g/cm3, {rate:.3g} ns/day")
-        finally:
-            bar.close()
-
-        # final box: the mean volume of the last window, molecules rigidly moved
-        state = context.getState(getPositions=True)
-        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
-        npt_blocks = [b for b in progress["blocks"] if b["stage"] == "npt"]  # >= 1: npt_max_time > 0
-        length = float(np.mean([b["volume"] for b in npt_blocks[-s.window_blocks:]])) ** (1.0 / 3.0)
-        positions = scale_box(positions, self.molecules, self.masses, length / float(box[0, 0]))
-        with atomic_path(self.dir / "equilibrated.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, positions=positions, box_length=length)
-        progress["stage"] = "done"
-        progress["box_length"] = length
-        progress["density"] = float(el.density_g_cm3(self.total_mass, length**3))
-        progress["npt_time"] = progress["steps"]["npt"] * s.timestep
-        progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-        progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-        progress["last_session"] = {"steps": steps_session, "wall_seconds": time.perf_counter() - t_start,
-                                    "ns_per_day": ns_per_day(steps_session * s.timestep, time.perf_counter() - t_start),
-                                    "ns_per_cpu_day": ns_per_day(steps_session * s.timestep, time.process_time() - c_start)}
-        old_state, progress["state"] = progress["state"], None
-        write_json_atomic(self.dir / "progress.json", progress)
-        (self.dir / old_state).unlink(missing_ok=True)
-        return EquilibrationResult(positions, length, progress)
-
-    def _failure(self, stage: str, t: float, exc: Exception | None) -> CgsimInputError:
-        detail = f"OpenMM: {str(exc).splitlines()[0]}" if exc is not None else "the energy is NaN"
-        return CgsimInputError(f"equilibration.{stage}", f"the simulation blew up after {t:.1f} ps ({detail}); "
-                               "try a smaller system.timestep, a lower system.pack_density or a larger system")
+from cgsim.units import units_block
 
 
 def _identity(sc: DictConfig, s: ElectrolyteSettings) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from cgsim.errors import CgsimInputError
 from cgsim.reference import electrolyte as el
-from cgsim.reference.electrolyte_generate import EQ_DIR, ElectrolyteSettings, settings_from_config
+from cgsim.reference.electrolyte_equilibration import EQ_DIR
+from cgsim.reference.electrolyte_settings import ElectrolyteSettings, settings_from_config
 from cgsim.reference.runner import RUN_DIR, read_chunks
 
 
