@@ -113,7 +113,7 @@ class EvaluateConfig:
 
     reference: str = MISSING
     rollout: str | None = None
-    output: str = MISSING
+    output: str = "outputs/evaluate"
     #: observables to compute; null = presets[observables_preset or the reference's system name]
     observables: list[str] | None = None
     observables_preset: str | None = None
@@ -132,6 +132,7 @@ class EvaluateConfig:
     stride: int = 1
     figures: bool = True
     dpi: int = 110
+    #: progress bar per trajectory set (stderr)
     progress: bool = True
     rdf: RDFOptions = field(default_factory=RDFOptions)
     distributions: DistributionOptions = field(default_factory=DistributionOptions)

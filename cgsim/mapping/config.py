@@ -1,8 +1,9 @@
 """Structured-config schemas of ``cgsim map`` (hydra validates overrides against them).
 
 The root config is ``conf/map.yaml``; ``mapping=NAME`` picks ``conf/mapping/NAME.yaml``, each
-with its own schema below. Value checks (known modes, positive numbers, files that exist)
-happen in :func:`cgsim.mapping.command.run` and raise :class:`cgsim.errors.CgsimInputError`.
+with its own schema below. These schemas are the one source of every default: the YAML files
+only merge them (and hold hydra's settings and usage comments). Value checks (known modes,
+positive numbers, files that exist) happen in :func:`cgsim.mapping.command.run` and raise :class:`cgsim.errors.CgsimInputError`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ class MapInputConfig:
     lammps_units: str = "real"
     #: LAMMPS MD time step in its time unit (gives frame times from dump step numbers)
     lammps_timestep: float | None = None
-    #: file of atom charges (e), one per topology atom in its order (LAMMPS: by atom id):
-    #: .npy | .txt/.dat/.csv (numbers, '#' comments) | .xml (OpenMM System: its NonbondedForce);
-    #: replaces a LAMMPS data file's or a sidecar's charges; null = from the input, if it has any
+    #: atom charges (e) for inputs whose topology has none (PDB, GRO, ...): a file with one
+    #: charge per atom of the topology, in its atom order (before input.selection; LAMMPS: by
+    #: atom id): .npy (NumPy array, shape (n_atoms,)) | .txt/.dat/.csv (numbers separated by
+    #: newlines, spaces or commas; '#' starts a comment) | .xml (OpenMM System,
+    #: XmlSerializer.serialize(system): its NonbondedForce charges). Bead charge = sum of its
+    #: atoms' charges (mapping.yaml, beads.json extra.particle_charges, summary.charges_known).
+    #: Given for a LAMMPS data file, it replaces the file's charges; null = from a LAMMPS data
+    #: file or the input's cgsim sidecar, else unknown (beads get 0)
     charges: str | None = None
 
 

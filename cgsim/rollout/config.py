@@ -1,4 +1,12 @@
-"""Structured-config schema of ``cgsim rollout`` (hydra validates overrides against it)."""
+"""Structured-config schema of ``cgsim rollout`` (hydra validates overrides against it).
+
+This schema is the one source of the rollout's defaults: ``conf/rollout.yaml`` only merges it
+(``defaults: [rollout_schema]``) and holds hydra's own settings. The values live here, not in
+the YAML, because Python reads them too: a resumed rollout fills options added since its state
+was written at these defaults (:func:`cgsim.config_compat.with_added_defaults`), and benches and
+tests build ``GuardConfig()`` without composing hydra. Fields without a default (``MISSING``)
+are required on the command line.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ class GuardConfig:
     min_distance_factor: float = 0.5
     #: true: the overlap limit is per pair of bead types (min_distance_factor x the closest
     #: approach of that pair in the scanned frames; pairs never within the cutoff keep the
-    #: overall limit)
+    #: overall limit), so ions that repel (Li+ ... Li+, >= 0.59 nm in MD) cannot drift into each other
     by_type_pair: bool = False
     #: initial frames (evenly spaced) scanned for the longest bond / closest approach
     scan_frames: int = 50
@@ -39,7 +47,7 @@ class ExclusionConfig:
     #: a pair of bead types is kept at least this fraction of its closest approach in the
     #: scanned initial frames (guard.scan_frames) apart; pairs never within the model cutoff: no limit
     factor: float = 0.8
-    #: overlap-removal sweeps per step at most
+    #: overlap-removal sweeps per step at most (corrected pairs are counted in summary.json)
     iterations: int = 10
 
 
@@ -47,9 +55,13 @@ class ExclusionConfig:
 class PriorConfig:
     """Override the checkpoint's structural-prior schedule (null = as exported; cgsim/model/prior.py)."""
 
+    #: Langevin updates per learned step after the draw (0 = off; no network calls)
     steps: int | None = None
+    #: step size as a fraction of each bead's inverse curvature
     tau: float | None = None
+    #: exponent of the fitted potential of mean force (1 = as fitted)
     strength: float | None = None
+    #: mean (sample q x prior) | draw (move the draw to where the prior allows)
     anchor: str | None = None
 
 
@@ -57,13 +69,16 @@ class PriorConfig:
 class RefineConfig:
     """Override the checkpoint's refinement schedule (null = as trained; see cgsim/model/refinement.py)."""
 
+    #: langevin | diffusion | ode
     sampler: str | None = None
     levels: int | None = None
     steps_per_level: int | None = None
     step_size: float | None = None
     sigma_start: float | None = None
     final_denoise: bool | None = None
+    #: geometric | karras
     spacing: str | None = None
+    #: true: molecule centres stay where the Gaussian sample put them
     keep_centres: bool | None = None
 
 
@@ -88,7 +103,8 @@ class RolloutConfig:
     device: str = "cpu"
     #: noise scale (0 = deterministic mean)
     temperature: float = 1.0
-    #: keep freed heap memory in the process (glibc): no page faults on the big per-step tensors
+    #: keep freed heap memory in the process (glibc, cgsim/runtime.py): no page faults on the big
+    #: per-step tensors
     keep_freed_memory: bool = True
     #: continue the rollout in ``output`` from its last checkpoint (same frames as one uninterrupted run)
     resume: bool = False

@@ -1,0 +1,70 @@
+"""Structure that the code keeps (issue 21): one source of each default, imports one way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+#: keys a root config may set itself: values built from other keys (hydra interpolations)
+INTERPOLATED = {"generate": {"output"}, "train": {"output"}}
+
+
+@pytest.mark.parametrize("verb", ["rollout", "map", "evaluate", "generate", "train"])
+def test_root_configs_hold_no_default_of_their_schema(verb):
+    """A verb with a structured schema keeps its defaults there only: its YAML merges the schema."""
+    data = yaml.safe_load((CONF / f"{verb}.yaml").read_text())
+    assert f"{verb}_schema" in [d if isinstance(d, str) else next(iter(d)) for d in data["defaults"]]
+    own = set(data) - {"defaults", "hydra"}
+    assert own <= INTERPOLATED.get(verb, set()), f"conf/{verb}.yaml repeats schema defaults: {sorted(own)}"
+    for key in own:
+        assert "${" in str(data[key])
+
+
+@pytest.mark.parametrize("name", ["metis", "molecule", "residue", "file"])
+def test_mapping_group_configs_hold_no_default_of_their_schema(name):
+    data = yaml.safe_load((CONF / "mapping" / f"{name}.yaml").read_text())
+    assert set(data) == {"defaults"} and data["defaults"] == [f"{name}_schema"]
+
+
+def test_composed_rollout_defaults_are_the_schema_defaults(compose_cfg):
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from cgsim.rollout.config import RolloutConfig
+
+    cfg = OmegaConf.to_container(compose_cfg("rollout", ["checkpoint=c.pt", "initial=i", "steps=1", "output=o"]))
+    schema = dataclasses.asdict(RolloutConfig())
+    for key, value in schema.items():
+        if key not in ("checkpoint", "initial", "steps", "output"):
+            assert cfg[key] == value, key
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules ``path`` imports (at any depth: lazy imports inside functions count too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+    return {str(p.relative_to(ROOT)): _imports(p) for p in sorted((ROOT / "cgsim" / package).rglob("*.py"))}
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("cgsim/mapping/spec.py", "cgsim.mapping.builders"),
+    ("cgsim/mapping/assemble.py", "cgsim.mapping.builders"),
+    ("cgsim/mapping/assemble.py", "cgsim.mapping.spec"),
+])
+def test_mapping_modules_import_one_way(module, forbidden):
+    assert forbidden not in _imports(ROOT / module)
