@@ -403,3 +403,138 @@ def test_c_complete_dcd_still_maps(tmp_path):
     res = run_map(f"input.trajectory={tmp_path / 'nobox.dcd'}", f"input.topology={PDB}", "input.dt=1", "pbc=none",
                   f"output={tmp_path / 'cg'}")
     assert res["n_frames"] == 5
+
+
+# -- m. reference MD resumed after a kill -9: bitwise on the same platform, stated elsewhere ------------
+class _Kill(RuntimeError):
+    pass
+
+
+def _chain_run(compose_cfg, out: Path, monkeypatch=None, kill: str | None = None, at: int = 1, **kw: Any) -> None:
+    """A tiny chain run (CPU, one thread; 4 chunks of frames); ``kill`` dies in this session's ``at``-th chunk
+    ("chunk") or between its ``at``-th state + checkpoint and their progress record ("commit"), as a kill -9."""
+    from cgsim.reference import runner as runner_mod
+    from cgsim.reference.generate import run
+    from tests.conftest import tiny_chain_overrides
+
+    cfg = compose_cfg("generate", tiny_chain_overrides(out, **{"platform": "CPU", "threads": 1, **kw}))
+    if kill is None:
+        run(cfg)
+        return
+    calls = {"n": 0}
+    if kill == "chunk":
+        original = runner_mod.ChunkedRun._write_chunk
+
+        def dying(self, *a, **k):
+            calls["n"] += 1
+            original(self, *a, **k)
+            if calls["n"] == at:
+                raise _Kill
+
+        monkeypatch.setattr(runner_mod.ChunkedRun, "_write_chunk", dying)
+    else:
+        original = runner_mod.write_json_atomic
+
+        def dying(path, data):
+            if str(path).endswith("progress.json"):
+                calls["n"] += 1
+                if calls["n"] == at:
+                    raise _Kill
+            return original(path, data)
+
+        monkeypatch.setattr(runner_mod, "write_json_atomic", dying)
+    with pytest.raises(_Kill):
+        run(cfg)
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("kill", ["chunk", "commit"])
+def test_m_generate_resumed_after_kill_continues_bitwise(tmp_path, compose_cfg, monkeypatch, capsys, kill):
+    """m: the OpenMM checkpoint carries the integrator's random state: killed twice + resumed = never killed."""
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    _chain_run(compose_cfg, whole)
+    _chain_run(compose_cfg, killed, monkeypatch, kill="chunk", at=1)
+    _chain_run(compose_cfg, killed, monkeypatch, kill=kill, at=2)  # stopped again, two chunks on
+    run_dir = killed / ".run"
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["checkpoint_platform"] == "CPU (Threads=1)" and (run_dir / progress["checkpoint"]).is_file()
+    capsys.readouterr()
+    _chain_run(compose_cfg, killed)
+    assert "statistically" not in capsys.readouterr().err
+    for i in range(3):
+        assert (killed / f"seq_{i:03d}.xtc").read_bytes() == (whole / f"seq_{i:03d}.xtc").read_bytes()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["identity.json", "progress.json"]
+
+
+def test_m_generate_resumed_on_another_platform_says_statistically(tmp_path, compose_cfg, monkeypatch, capsys):
+    """m: a run checkpointed on CPU and resumed on Reference goes on from the XML state, saying so in one line."""
+    out = tmp_path / "o"
+    _chain_run(compose_cfg, out, monkeypatch, kill="chunk")
+    capsys.readouterr()
+    _chain_run(compose_cfg, out, platform="Reference")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "statistically" in ln]
+    assert lines == [f"generate: {out}: resumed from the portable XML state, not an OpenMM checkpoint (it was "
+                     "checkpointed on CPU (Threads=1) and resumes on Reference); the run continues statistically "
+                     "only, not bitwise"]
+    traj = md.load(out / "seq_000.xtc", top=out / "seq_000.pdb")
+    np.testing.assert_allclose(traj.time, np.arange(0, 50.01, 5.0))
+
+
+def test_m_generate_resumes_a_state_written_without_checkpoint(tmp_path, compose_cfg, monkeypatch, capsys):
+    """m: run directories of older cgsim (XML state, no checkpoint) stay resumable, statistically."""
+    out = tmp_path / "o"
+    _chain_run(compose_cfg, out, monkeypatch, kill="chunk")
+    run_dir = out / ".run"
+    progress = json.loads((run_dir / "progress.json").read_text())
+    (run_dir / progress.pop("checkpoint")).unlink()
+    progress.pop("checkpoint_platform")
+    (run_dir / "progress.json").write_text(json.dumps(progress))
+    capsys.readouterr()
+    _chain_run(compose_cfg, out)
+    err = capsys.readouterr().err
+    assert ("(the saved state has no checkpoint, as an older cgsim wrote it); the run continues statistically "
+            "only, not bitwise") in err
+    traj = md.load(out / "seq_001.xtc", top=out / "seq_001.pdb")
+    np.testing.assert_allclose(traj.time, np.arange(0, 50.01, 5.0))
+    assert np.all(np.linalg.norm(np.diff(traj.xyz, axis=0), axis=-1).mean(axis=1) > 0)
+
+
+def test_m_electrolyte_killed_in_npt_and_production_resumes_bitwise(tmp_path, compose_cfg, monkeypatch, capsys):
+    """m: PME, constraints and the barostat: NPT blocks and frames of a twice-killed run equal an unkilled run's."""
+    from cgsim.reference import electrolyte_generate as eg
+    from cgsim.reference import runner as runner_mod
+    from cgsim.reference.generate import run
+    from tests.test_electrolyte_generate import tiny_overrides
+
+    def cfg(out: Path) -> Any:
+        return compose_cfg("generate", tiny_overrides(out, threads=1))
+
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    run(cfg(whole))
+    commit, chunk = eg.Equilibration._commit, runner_mod.ChunkedRun._write_chunk
+    calls = {"eq": 0, "chunk": 0}
+
+    def eq_dies(self, progress, state):
+        commit(self, progress, state)
+        calls["eq"] += 1
+        if calls["eq"] == 4:  # minimise, 2 x compress, 1 x NPT
+            raise _Kill
+
+    def chunk_dies(self, *a, **k):
+        calls["chunk"] += 1
+        chunk(self, *a, **k)
+        if calls["chunk"] == 2:
+            raise _Kill
+
+    for target, name, dying in ((eg.Equilibration, "_commit", eq_dies), (runner_mod.ChunkedRun, "_write_chunk", chunk_dies)):
+        monkeypatch.setattr(target, name, dying)
+        with pytest.raises(_Kill):
+            run(cfg(killed))
+        monkeypatch.undo()
+    capsys.readouterr()
+    run(cfg(killed))
+    assert "statistically" not in capsys.readouterr().err
+    blocks = [json.loads((d / ".run" / "equilibration" / "progress.json").read_text())["blocks"] for d in (whole, killed)]
+    assert [b["density"] for b in blocks[1]] == [b["density"] for b in blocks[0]]
+    name = "peo2x4_litfsi2.xtc"
+    assert (killed / name).read_bytes() == (whole / name).read_bytes()

@@ -3,8 +3,11 @@
 :class:`Equilibration` runs stages 2-5 of :mod:`cgsim.reference.electrolyte_generate` (minimise,
 compress, NPT until the density settles, then the box of the mean volume of the last window)
 under ``OUT/.run/equilibration/``: ``progress.json`` (stage, steps, one block per NPT block
-with its mean density), the OpenMM state of the last block and, when done,
-``equilibrated.npz``. A run killed at any moment resumes from the last committed block.
+with its mean density), the OpenMM state of the last block (portable XML, plus the OpenMM
+checkpoint that carries the integrator's and the barostat's random state) and, when done,
+``equilibrated.npz``. A run killed at any moment resumes from the last committed block: bitwise
+from the checkpoint on the platform it was written on, statistically from the XML state elsewhere
+(:func:`cgsim.reference.runner.restore_state`).
 MD units (nm, ps, K, bar, kJ/mol); densities g/cm^3.
 """
 
@@ -28,7 +31,13 @@ from cgsim.io_utils import atomic_path, write_json_atomic
 from cgsim.reference import electrolyte as el
 from cgsim.reference.electrolyte_settings import ElectrolyteSettings
 from cgsim.reference.platforms import minimize_energy, select_platform
-from cgsim.reference.runner import RUN_DIR
+from cgsim.reference.runner import (
+    RUN_DIR,
+    commit_checkpoint,
+    nonzero_seed,
+    platform_signature,
+    restore_state,
+)
 from cgsim.units import BOLTZMANN
 
 EQ_DIR = "equilibration"
@@ -134,6 +143,9 @@ class Equilibration:
         n = es.system.getNumParticles()
         self.dof = 3 * n - es.n_constraints - 3
         self.platform_used = platform
+        self.signature = platform
+        self.context: openmm.Context | None = None
+        self.resumed = "fresh"
 
     # -- on-disk state ----------------------------------------------------------------------
     def read_progress(self) -> dict[str, Any]:
@@ -146,20 +158,26 @@ class Equilibration:
                 "density": None}
 
     def _commit(self, progress: dict[str, Any], state: openmm.State | None) -> None:
-        """Write the state (if any), then the record that points to it; drop the old state."""
-        old = progress.get("state")
+        """Write the state (if any: the running context's present state) and its checkpoint, then the
+        record that points to them; drop the old ones. The running context is then reinitialised
+        from its own checkpoint, as a resumed run starts (so both continue bitwise alike)."""
+        old, old_chk = progress.get("state"), progress.get("checkpoint")
         if state is not None:
             name = f"state_{len(progress['blocks']):06d}_{progress['stage']}.xml"
             with atomic_path(self.dir / name) as tmp:
                 tmp.write_text(openmm.XmlSerializer.serialize(state))
             progress["state"] = name
+            commit_checkpoint(self.dir, name, self.context, self.signature, progress)
         write_json_atomic(self.dir / "progress.json", progress)
-        if old and old != progress.get("state"):
-            (self.dir / old).unlink(missing_ok=True)
+        for f in (old, old_chk):
+            if f and f not in (progress.get("state"), progress.get("checkpoint")):
+                (self.dir / f).unlink(missing_ok=True)
+        if state is not None and self.context is not None:
+            self.context.reinitialize(preserveState=True)
 
     def _cleanup(self, progress: dict[str, Any]) -> None:
-        for f in self.dir.glob("state_*.xml"):
-            if f.name != progress.get("state"):
+        for f in list(self.dir.glob("state_*.xml")) + list(self.dir.glob("state_*.chk")):
+            if f.name not in (progress.get("state"), progress.get("checkpoint")):
                 f.unlink()
         for f in self.dir.glob(".*"):
             f.unlink()
@@ -181,93 +199,118 @@ class Equilibration:
             with np.load(self.dir / "equilibrated.npz") as z:
                 return EquilibrationResult(z["positions"], float(z["box_length"]), progress)
         s = self.s
+        context, integrator, system, baro_index = self._open(progress, initial)
+        self._clock = (time.perf_counter(), time.process_time(), float(progress["wall_seconds"]),
+                       float(progress.get("cpu_seconds", 0.0)))
+        if progress["stage"] == "minimize":
+            self._minimize(context, progress)
+        bar = tqdm(total=s.compress_steps + s.npt_max_steps, initial=progress["steps"]["compress"] + progress["steps"]["npt"],
+                   unit="step", disable=not self.show_progress, desc=f"equilibrate {s.file_name}", dynamic_ncols=True,
+                   mininterval=2.0)
+        steps_session = 0
+        try:
+            while progress["stage"] in ("compress", "npt"):
+                block = self._block(context, integrator, system.getForce(baro_index), progress)
+                steps_session += s.block_steps
+                bar.update(s.block_steps)
+                rate = ns_per_day(steps_session * s.timestep, time.perf_counter() - self._clock[0])
+                bar.set_postfix_str(f"{block['stage']} {block['density']:.4f} g/cm3, {rate:.3g} ns/day")
+        finally:
+            bar.close()
+        return self._finish(context, progress, steps_session)
+
+    def _stamp(self, progress: dict[str, Any]) -> None:
+        """Wall and CPU seconds of the run so far, into ``progress``."""
+        t_start, c_start, base_wall, base_cpu = self._clock
+        progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
+        progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
+
+    def _open(self, progress: dict[str, Any], initial: Callable[[], tuple[np.ndarray, float]]
+              ) -> tuple[openmm.Context, openmm.Integrator, openmm.System, int]:
+        """The running context (System + barostat): the committed state restored, or the packed start."""
+        s = self.s
         system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(self.es.system))
         baro = openmm.MonteCarloBarostat(s.pressure * u.bar, s.temperature * u.kelvin, s.barostat_interval)
-        baro.setRandomNumberSeed((s.seed * 7919 + len(progress["blocks"])) % 2**31)
+        baro.setRandomNumberSeed(nonzero_seed(s.seed * 7919 + len(progress["blocks"])))
         baro_index = system.addForce(baro)
         integrator = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.friction / u.picosecond,
                                                      s.timestep * u.picosecond)
-        integrator.setRandomNumberSeed((s.seed * 100_003 + 13 * len(progress["blocks"]) + 1) % 2**31)
+        integrator.setRandomNumberSeed(nonzero_seed(s.seed * 100_003 + 13 * len(progress["blocks"]) + 1))
         platform, props, self.platform_used = select_platform(self.platform_name, self.threads)
+        self.signature = platform_signature(self.platform_used, props)
         context = openmm.Context(system, integrator, platform, props)
-        t_start, c_start = time.perf_counter(), time.process_time()
-        base_wall, base_cpu = float(progress["wall_seconds"]), float(progress.get("cpu_seconds", 0.0))
+        self.context = context
         if progress["state"]:
-            context.setState(openmm.XmlSerializer.deserialize((self.dir / progress["state"]).read_text()))
+            self.resumed = restore_state(context, self.dir, progress, self.signature, f"{self.out} equilibration")
         else:
             positions, box = initial()
             context.setPeriodicBoxVectors(*(np.eye(3) * box))
             context.setPositions(positions * u.nanometer)
+        return context, integrator, system, baro_index
 
-        if progress["stage"] == "minimize":
-            try:
-                minimize_energy(context, s.minimize_tolerance, s.minimize_max_iterations, self.threads)
-            except openmm.OpenMMException as exc:
-                raise self._failure("minimize", 0.0, exc) from None
-            energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-            if not math.isfinite(energy):
-                raise CgsimInputError("equilibration.minimize", "energy is NaN after minimisation; the packed "
-                                      "structure overlaps (lower system.pack_density or raise system.pack_tolerance)")
-            context.setVelocitiesToTemperature(s.temperature * u.kelvin, s.seed % 2**31)
-            progress["minimized_energy"] = energy
-            progress["stage"] = "compress" if s.compress_steps > 0 else "npt"
-            progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-            progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-            self._commit(progress, context.getState(getPositions=True, getVelocities=True))
-
-        total = s.compress_steps + s.npt_max_steps
-        done = progress["steps"]["compress"] + progress["steps"]["npt"]
-        bar = tqdm(total=total, initial=done, unit="step", disable=not self.show_progress,
-                   desc=f"equilibrate {s.file_name}", dynamic_ncols=True, mininterval=2.0)
-        steps_session = 0
+    def _minimize(self, context: openmm.Context, progress: dict[str, Any]) -> None:
+        """Minimise the packed start, draw velocities, commit; the next stage is compress (or NPT)."""
+        s = self.s
         try:
-            while progress["stage"] in ("compress", "npt"):
-                stage = progress["stage"]
-                pressure = s.compress_pressure if stage == "compress" else s.pressure
-                context.setParameter(openmm.MonteCarloBarostat.Pressure(), pressure)
-                interval = s.compress_barostat_interval if stage == "compress" else s.barostat_interval
-                if system.getForce(baro_index).getFrequency() != interval:
-                    system.getForce(baro_index).setFrequency(interval)
-                    context.reinitialize(preserveState=True)
-                t_stage = progress["steps"][stage] * s.timestep
-                volumes = []
-                try:
-                    for _ in range(s.block_steps // s.sample_steps):
-                        integrator.step(s.sample_steps)
-                        box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
-                        volumes.append(float(np.linalg.det(box)))
-                except openmm.OpenMMException as exc:
-                    raise self._failure(stage, t_stage, exc) from None
-                state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
-                energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-                if not math.isfinite(energy):
-                    raise self._failure(stage, t_stage, None)
-                steps_session += s.block_steps
-                progress["steps"][stage] += s.block_steps
-                kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-                vol = float(np.mean(volumes))
-                block = {"stage": stage, "time": progress["steps"][stage] * s.timestep, "pressure": pressure,
-                         "volume": vol, "density": float(el.density_g_cm3(self.total_mass, vol)),
-                         "potential_energy": energy, "temperature": 2.0 * kinetic / (self.dof * BOLTZMANN)}
-                progress["blocks"].append(block)
-                if stage == "compress" and progress["steps"]["compress"] >= s.compress_steps:
-                    progress["stage"] = "npt"
-                elif stage == "npt":
-                    dens = [b["density"] for b in progress["blocks"] if b["stage"] == "npt"]
-                    stable = density_converged(dens, s.window_blocks, s.density_tolerance)
-                    if (progress["steps"]["npt"] >= s.npt_min_steps and stable) or progress["steps"]["npt"] >= s.npt_max_steps:
-                        progress["converged"] = stable
-                        progress["stage"] = "final"
-                progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-                progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-                self._commit(progress, state)
-                bar.update(s.block_steps)
-                rate = ns_per_day(steps_session * s.timestep, time.perf_counter() - t_start)
-                bar.set_postfix_str(f"{stage} {block['density']:.4f} g/cm3, {rate:.3g} ns/day")
-        finally:
-            bar.close()
+            minimize_energy(context, s.minimize_tolerance, s.minimize_max_iterations, self.threads)
+        except openmm.OpenMMException as exc:
+            raise self._failure("minimize", 0.0, exc) from None
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        if not math.isfinite(energy):
+            raise CgsimInputError("equilibration.minimize", "energy is NaN after minimisation; the packed "
+                                  "structure overlaps (lower system.pack_density or raise system.pack_tolerance)")
+        context.setVelocitiesToTemperature(s.temperature * u.kelvin, s.seed % 2**31)
+        progress["minimized_energy"] = energy
+        progress["stage"] = "compress" if s.compress_steps > 0 else "npt"
+        self._stamp(progress)
+        self._commit(progress, context.getState(getPositions=True, getVelocities=True))
 
-        # final box: the mean volume of the last window, molecules rigidly moved
+    def _block(self, context: openmm.Context, integrator: openmm.Integrator, barostat: openmm.MonteCarloBarostat,
+               progress: dict[str, Any]) -> dict[str, Any]:
+        """One compress or NPT block: integrate, log its mean density, move on a stage when due, commit."""
+        s = self.s
+        stage = progress["stage"]
+        pressure = s.compress_pressure if stage == "compress" else s.pressure
+        context.setParameter(openmm.MonteCarloBarostat.Pressure(), pressure)
+        interval = s.compress_barostat_interval if stage == "compress" else s.barostat_interval
+        if barostat.getFrequency() != interval:
+            barostat.setFrequency(interval)
+            context.reinitialize(preserveState=True)
+        t_stage = progress["steps"][stage] * s.timestep
+        volumes = []
+        try:
+            for _ in range(s.block_steps // s.sample_steps):
+                integrator.step(s.sample_steps)
+                box = context.getState().getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+                volumes.append(float(np.linalg.det(box)))
+        except openmm.OpenMMException as exc:
+            raise self._failure(stage, t_stage, exc) from None
+        state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
+        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        if not math.isfinite(energy):
+            raise self._failure(stage, t_stage, None)
+        progress["steps"][stage] += s.block_steps
+        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        vol = float(np.mean(volumes))
+        block = {"stage": stage, "time": progress["steps"][stage] * s.timestep, "pressure": pressure,
+                 "volume": vol, "density": float(el.density_g_cm3(self.total_mass, vol)),
+                 "potential_energy": energy, "temperature": 2.0 * kinetic / (self.dof * BOLTZMANN)}
+        progress["blocks"].append(block)
+        if stage == "compress" and progress["steps"]["compress"] >= s.compress_steps:
+            progress["stage"] = "npt"
+        elif stage == "npt":
+            dens = [b["density"] for b in progress["blocks"] if b["stage"] == "npt"]
+            stable = density_converged(dens, s.window_blocks, s.density_tolerance)
+            if (progress["steps"]["npt"] >= s.npt_min_steps and stable) or progress["steps"]["npt"] >= s.npt_max_steps:
+                progress["converged"] = stable
+                progress["stage"] = "final"
+        self._stamp(progress)
+        self._commit(progress, state)
+        return block
+
+    def _finish(self, context: openmm.Context, progress: dict[str, Any], steps_session: int) -> EquilibrationResult:
+        """The final box: the mean volume of the last window, molecules rigidly moved; stage ``done``."""
+        s = self.s
         state = context.getState(getPositions=True)
         positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
         box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
@@ -281,14 +324,18 @@ class Equilibration:
         progress["box_length"] = length
         progress["density"] = float(el.density_g_cm3(self.total_mass, length**3))
         progress["npt_time"] = progress["steps"]["npt"] * s.timestep
-        progress["wall_seconds"] = base_wall + time.perf_counter() - t_start
-        progress["cpu_seconds"] = base_cpu + time.process_time() - c_start
-        progress["last_session"] = {"steps": steps_session, "wall_seconds": time.perf_counter() - t_start,
-                                    "ns_per_day": ns_per_day(steps_session * s.timestep, time.perf_counter() - t_start),
-                                    "ns_per_cpu_day": ns_per_day(steps_session * s.timestep, time.process_time() - c_start)}
+        self._stamp(progress)
+        wall, cpu = time.perf_counter() - self._clock[0], time.process_time() - self._clock[1]
+        progress["last_session"] = {"steps": steps_session, "wall_seconds": wall,
+                                    "ns_per_day": ns_per_day(steps_session * s.timestep, wall),
+                                    "ns_per_cpu_day": ns_per_day(steps_session * s.timestep, cpu)}
         old_state, progress["state"] = progress["state"], None
+        old_chk, progress["checkpoint"] = progress.get("checkpoint"), None
         write_json_atomic(self.dir / "progress.json", progress)
-        (self.dir / old_state).unlink(missing_ok=True)
+        for f in (old_state, old_chk):
+            if f:
+                (self.dir / f).unlink(missing_ok=True)
+        self.context = None
         return EquilibrationResult(positions, length, progress)
 
     def _failure(self, stage: str, t: float, exc: Exception | None) -> CgsimInputError:

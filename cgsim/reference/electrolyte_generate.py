@@ -297,6 +297,6 @@ def _finalize(out: Path, cfg: DictConfig, s: ElectrolyteSettings, es: el.Electro
     write_json_atomic(out / "dataset.json", index)
     remove_chunks(out)
     eq_dir = out / RUN_DIR / EQ_DIR
-    for f in list(eq_dir.glob("state_*.xml")) + [eq_dir / "equilibrated.npz"]:
+    for f in list(eq_dir.glob("state_*.xml")) + list(eq_dir.glob("state_*.chk")) + [eq_dir / "equilibrated.npz"]:
         f.unlink(missing_ok=True)
     return summary

@@ -4,7 +4,10 @@ One place for the choice that ``cgsim generate`` (chains and electrolyte), the e
 validation's NVE run and the benchmarks make:
 
 - ``auto``: CUDA where OpenMM finds it, else CPU;
-- ``CPU``: ``Threads`` = the requested thread count;
+- ``CPU``: ``Threads`` = the requested thread count, and ``OPENMM_CPU_THREADS`` set to it too:
+  OpenMM's CPU PME plugin ignores ``Threads`` and reads that variable when a Context is created
+  (every core otherwise), which also made PME systems on ``threads=1`` non-deterministic from
+  one Context to the next (a resumed run could not continue bitwise);
 - ``CUDA`` / ``OpenCL``: ``Precision = mixed`` (forces in single, integration in double
   precision: OpenMM's recommended setting for MD that must conserve energy; its default there
   is ``single``). For an OpenCL implementation that runs on the CPU (pocl, Debian's
@@ -31,6 +34,7 @@ from cgsim.errors import CgsimInputError
 GPU_STYLE = ("CUDA", "OpenCL", "HIP")
 PRECISION = "mixed"
 POCL_THREADS_ENV = "POCL_MAX_PTHREAD_COUNT"
+CPU_THREADS_ENV = "OPENMM_CPU_THREADS"
 
 
 def available_platforms() -> list[str]:
@@ -68,8 +72,9 @@ def select_platform(name: str, threads: int = 1, where: str = "platform") -> tup
     name : str
         ``auto`` (CUDA if present, else CPU), ``CPU``, ``CUDA``, ``OpenCL``, ``HIP`` or ``Reference``.
     threads : int
-        CPU threads for the CPU platform and for pocl's CPU OpenCL (set in ``POCL_MAX_PTHREAD_COUNT``
-        when the environment does not set it; pocl reads it when it first starts in a process).
+        CPU threads for the CPU platform (its ``Threads`` property and ``OPENMM_CPU_THREADS``, which
+        its PME reads) and for pocl's CPU OpenCL (set in ``POCL_MAX_PTHREAD_COUNT`` when the
+        environment does not set it; pocl reads it when it first starts in a process).
     where : str
         Config key named in the error message.
 
@@ -90,6 +95,8 @@ def select_platform(name: str, threads: int = 1, where: str = "platform") -> tup
         raise CgsimInputError(where, f"OpenMM platform {name!r} is not available here; available: {', '.join(names)}")
     if name == "OpenCL":
         os.environ.setdefault(POCL_THREADS_ENV, str(max(1, int(threads))))
+    if name == "CPU":
+        os.environ[CPU_THREADS_ENV] = str(max(1, int(threads)))
     return openmm.Platform.getPlatformByName(name), platform_properties(name, threads), name
 
 

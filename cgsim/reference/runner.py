@@ -8,12 +8,23 @@ at given times). The state lives in ``OUT/.run/``:
 - ``progress.json``: the commit point (steps of equilibration done, frames and chunks written);
 - ``state_NNNNN.xml``: the OpenMM State (positions, velocities, box) at that commit point,
   portable across platforms and machines;
+- ``state_NNNNN.chk``: the OpenMM checkpoint of the same moment (``Context.createCheckpoint``),
+  which also carries the random state of the integrator (and of a barostat), and the platform it
+  was written on (``checkpoint_platform`` in ``progress.json``);
 - ``chunks/chunk_NNNNN.xtc`` + ``.npz``: recorded frames of all particles (XTC, 1e-3 nm
   precision) with their times and per-molecule temperatures.
 
 Each chunk and state is written to a temporary file and renamed, and only then is
 ``progress.json`` replaced, so a run killed at any moment resumes from the last commit
 without duplicating or losing frames (files from after the last commit are deleted).
+
+Resuming on the platform (and thread count) the checkpoint was written on loads the checkpoint,
+so a killed run continues bitwise as if it had never stopped: every commit reinitialises the
+running context from its own checkpoint, exactly what a resume does. That holds where the
+platform is deterministic at all (Reference, CPU with ``threads=1``; OpenMM's multi-threaded CPU
+platform is not, even without a kill). Resumed on another platform, or from a state written
+before checkpoints were kept, the run loads the portable XML state with a reseeded integrator,
+says in one line that it continues statistically only, and goes on.
 When all frames exist, :func:`finalize` splits them into one trajectory per molecule
 (``NAME.pdb`` + ``NAME.xtc`` + ``NAME.json`` sidecar) and removes the chunks.
 """
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +52,63 @@ from cgsim.reference.platforms import select_platform
 from cgsim.units import BOLTZMANN
 
 RUN_DIR = ".run"
+
+
+def nonzero_seed(seed: int) -> int:
+    """``seed`` in OpenMM's range ``[1, 2^31)``: OpenMM draws a fresh random seed for a seed of 0,
+    which would make a run with ``system.seed=0`` irreproducible from its first step."""
+    return int(seed) % 2**31 or 1
+
+
+def platform_signature(name: str, properties: dict[str, str]) -> str:
+    """What must match for an OpenMM checkpoint to continue bitwise, e.g. ``"CPU (Threads=1)"``."""
+    props = ", ".join(f"{k}={v}" for k, v in sorted(properties.items()))
+    return f"{name} ({props})" if props else name
+
+
+def commit_checkpoint(directory: Path, state_name: str, context: openmm.Context | None, signature: str,
+                      progress: dict[str, Any]) -> None:
+    """Write ``context``'s checkpoint next to the XML state ``state_name`` and record it in ``progress``.
+
+    The checkpoint file is ``state_name`` with the suffix ``.chk``, written atomically; ``progress``
+    gets ``checkpoint`` (its name, None without a context) and ``checkpoint_platform``. The caller
+    then writes ``progress`` (the commit) and deletes the previous files.
+    """
+    if context is None:
+        progress["checkpoint"] = None
+        return
+    name = Path(state_name).with_suffix(".chk").name
+    with atomic_path(Path(directory) / name) as tmp:
+        tmp.write_bytes(context.createCheckpoint())
+    progress["checkpoint"] = name
+    progress["checkpoint_platform"] = signature
+
+
+def restore_state(context: openmm.Context, directory: Path, progress: dict[str, Any], signature: str,
+                  where: str) -> str:
+    """Load the committed state of ``progress`` into ``context``; return how the run continues.
+
+    Returns ``"bitwise"`` when the OpenMM checkpoint was written on this platform (``signature``)
+    and loaded, else ``"statistical"``: the portable XML state (positions, velocities, box) is
+    loaded with the integrator's fresh seed, and one line on stderr says so and why.
+    """
+    directory = Path(directory)
+    chk = progress.get("checkpoint")
+    saved_on = progress.get("checkpoint_platform")
+    if chk and saved_on == signature and (directory / chk).is_file():
+        try:
+            context.loadCheckpoint((directory / chk).read_bytes())
+            return "bitwise"
+        except openmm.OpenMMException as exc:
+            reason = f"its checkpoint does not load here: {str(exc).splitlines()[0]}"
+    elif chk and saved_on != signature:
+        reason = f"it was checkpointed on {saved_on} and resumes on {signature}"
+    else:
+        reason = "the saved state has no checkpoint, as an older cgsim wrote it"
+    context.setState(openmm.XmlSerializer.deserialize((directory / progress["state"]).read_text()))
+    print(f"generate: {where}: resumed from the portable XML state, not an OpenMM checkpoint ({reason}); the run "
+          "continues statistically only, not bitwise", file=sys.stderr)
+    return "statistical"
 
 
 @dataclass
@@ -141,7 +210,8 @@ class ChunkedRun:
         The system.
     make_integrator : callable
         ``make_integrator(seed) -> openmm.Integrator``; called at every (re)start with a seed
-        that depends on the run seed and the number of chunks done.
+        in ``[1, 2^31)`` that depends on the run seed and the number of chunks done (a resume
+        that loads an OpenMM checkpoint restores the integrator's random state over it).
     positions : numpy.ndarray
         Initial positions, shape (n_particles, 3), nm (used only on a fresh start).
     molecules : list of Molecule
@@ -191,6 +261,9 @@ class ChunkedRun:
         self.prepare = prepare
         self.rate_format = rate_format
         self.platform_used = platform
+        self.signature = platform
+        self.context: openmm.Context | None = None
+        self.resumed = "fresh"
         self.masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
 
     # -- state on disk -------------------------------------------------------------------
@@ -202,14 +275,23 @@ class ChunkedRun:
         return {"equilibration_steps_done": 0, "frames_done": 0, "chunks_done": 0, "wall_seconds": 0.0, "state": None}
 
     def _commit(self, progress: dict[str, Any], state: openmm.State) -> None:
+        """Commit ``state`` (the running context's present state) and its checkpoint, then the record.
+
+        The running context is then reinitialised from its own checkpoint, so that a run that
+        goes on and a run resumed from this commit continue from the same footing (bitwise).
+        """
         name = f"state_{progress['chunks_done']:05d}_{progress['equilibration_steps_done']:012d}.xml"
         with atomic_path(self.run_dir / name) as tmp:
             tmp.write_text(openmm.XmlSerializer.serialize(state))
-        old = progress.get("state")
+        old, old_chk = progress.get("state"), progress.get("checkpoint")
         progress["state"] = name
+        commit_checkpoint(self.run_dir, name, self.context, self.signature, progress)
         write_json_atomic(self.run_dir / "progress.json", progress)
-        if old and old != name:
-            (self.run_dir / old).unlink(missing_ok=True)
+        for f in (old, old_chk):
+            if f and f not in (name, progress["checkpoint"]):
+                (self.run_dir / f).unlink(missing_ok=True)
+        if self.context is not None:
+            self.context.reinitialize(preserveState=True)
 
     def _cleanup_uncommitted(self, progress: dict[str, Any]) -> None:
         """Delete chunks and states written after the last commit."""
@@ -217,8 +299,8 @@ class ChunkedRun:
             idx = int(f.name.split("_")[1].split(".")[0])
             if idx >= progress["chunks_done"]:
                 f.unlink()
-        for f in self.run_dir.glob("state_*.xml"):
-            if f.name != progress.get("state"):
+        for f in list(self.run_dir.glob("state_*.xml")) + list(self.run_dir.glob("state_*.chk")):
+            if f.name not in (progress.get("state"), progress.get("checkpoint")):
                 f.unlink()
         for f in list(self.run_dir.glob(".*.tmp*")) + list(self.chunk_dir.glob(".*")):
             f.unlink()
@@ -226,7 +308,26 @@ class ChunkedRun:
     # -- platform ------------------------------------------------------------------------
     def _platform(self) -> tuple[openmm.Platform, dict[str, str]]:
         platform, props, self.platform_used = select_platform(self.platform_name, self.threads)
+        self.signature = platform_signature(self.platform_used, props)
         return platform, props
+
+    def _open_context(self, progress: dict[str, Any]) -> tuple[openmm.Context, openmm.Integrator]:
+        """The running context: the committed state restored, or the fresh start prepared and committed."""
+        platform, props = self._platform()
+        integrator = self.make_integrator(nonzero_seed(self.seed * 100_003 + progress["chunks_done"] * 7
+                                                       + progress["equilibration_steps_done"] % 997))
+        context = openmm.Context(self.system, integrator, platform, props)
+        if progress["state"]:
+            self.resumed = restore_state(context, self.run_dir, progress, self.signature, str(self.out))
+            self.context = context
+        else:
+            context.setPositions(self.positions * u.nanometer)
+            if self.prepare is not None:
+                self.prepare(context)
+            context.setVelocitiesToTemperature(integrator.getTemperature(), self.seed)
+            self.context = context
+            self._commit(progress, context.getState(getPositions=True, getVelocities=True, enforcePeriodicBox=False))
+        return context, integrator
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -242,19 +343,7 @@ class ChunkedRun:
         if progress["frames_done"] >= plan.n_frames:
             return progress
 
-        platform, props = self._platform()
-        integrator = self.make_integrator(self.seed * 100_003 + progress["chunks_done"] * 7 + progress["equilibration_steps_done"] % 997)
-        context = openmm.Context(self.system, integrator, platform, props)
-        if progress["state"]:
-            state = openmm.XmlSerializer.deserialize((self.run_dir / progress["state"]).read_text())
-            context.setState(state)
-        else:
-            context.setPositions(self.positions * u.nanometer)
-            if self.prepare is not None:
-                self.prepare(context)
-            context.setVelocitiesToTemperature(integrator.getTemperature(), self.seed)
-            self._commit(progress, context.getState(getPositions=True, getVelocities=True, enforcePeriodicBox=False))
-
+        context, integrator = self._open_context(progress)
         unit_name, unit_ps = self.time_unit
         done_steps = progress["equilibration_steps_done"] + (
             int(plan.frame_steps[progress["frames_done"] - 1]) if progress["frames_done"] else 0)
@@ -309,9 +398,13 @@ class ChunkedRun:
                 buf_xyz, buf_t, buf_temp = [], [], []
                 bar.set_postfix_str(f"{progress['frames_done']}/{plan.n_frames} frames, {_rate()}")
         bar.close()
-        elapsed = time.perf_counter() - t_start
-        self.session = {"steps": steps_this_session, "wall_seconds": elapsed,
-                        "steps_per_second": steps_this_session / max(elapsed, 1e-9), "already_complete": False}
+        return self._end_session(progress, steps_this_session, time.perf_counter() - t_start)
+
+    def _end_session(self, progress: dict[str, Any], steps: int, elapsed: float) -> dict[str, Any]:
+        """Record this session (steps, wall time, how it started) in ``progress.json``; return ``progress``."""
+        self.context = None
+        self.session = {"steps": steps, "wall_seconds": elapsed, "steps_per_second": steps / max(elapsed, 1e-9),
+                        "already_complete": False, "resumed": self.resumed}
         progress["last_session"] = dict(self.session)
         write_json_atomic(self.run_dir / "progress.json", progress)
         return progress
@@ -351,8 +444,8 @@ def read_chunks(out: Path, n_chunks: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def remove_chunks(out: Path) -> None:
-    """Delete chunks and states of a finished run, keeping identity.json and progress.json."""
+    """Delete chunks, states and checkpoints of a finished run, keeping identity.json and progress.json."""
     run_dir = Path(out) / RUN_DIR
     shutil.rmtree(run_dir / "chunks", ignore_errors=True)
-    for f in run_dir.glob("state_*.xml"):
+    for f in list(run_dir.glob("state_*.xml")) + list(run_dir.glob("state_*.chk")):
         f.unlink()
