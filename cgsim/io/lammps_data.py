@@ -231,8 +231,37 @@ def read_data(path: str | Path, units: str = "real") -> LammpsData:
     if not path.is_file():
         raise CgsimInputError(where, "LAMMPS data file not found")
     factor = _units(units, "input.lammps_units")["length"]
-    lines = path.read_text().splitlines()
+    header, (lo, hi, tilt, have_box), sections = _sections(path.read_text().splitlines(), where)
+    if "Atoms" not in sections:
+        raise CgsimInputError(where, "no 'Atoms' section; expected a LAMMPS data file with atoms")
+    if "Masses" not in sections:
+        raise CgsimInputError(where, "no 'Masses' section; expected per-type masses")
+    type_masses, type_labels = _masses(sections["Masses"][1], where)
+    style, cols, table = _atom_table(sections["Atoms"], header, where)
+    col = {name: i for i, name in enumerate(cols)}
+    atom_ids = table[:, col["id"]].astype(np.int64)
+    if np.any(np.diff(atom_ids) == 0):
+        raise CgsimInputError(where, "atom ids in 'Atoms' are not unique")
+    types = table[:, col["type"]].astype(np.int64)
+    missing = sorted(set(types.tolist()) - set(type_masses))
+    if missing:
+        raise CgsimInputError(where, f"atom types {missing} have no entry in 'Masses'")
+    mol = table[:, col["mol"]].astype(np.int64) if "mol" in col else np.zeros(len(table), dtype=np.int64)
+    charges = table[:, col["q"]].astype(np.float64) if "q" in col else None
+    positions = table[:, [col["x"], col["y"], col["z"]]] * factor
+    images = table[:, len(cols):len(cols) + 3].astype(np.int64) if table.shape[1] == len(cols) + 3 else None
+    bonds = _bonds(sections.get("Bonds", ("", []))[1], atom_ids, header, where)
+    box = origin = None
+    if all(have_box):
+        b, o = box_from_bounds(lo, hi, tilt)
+        box, origin = b * factor, o * factor
+    return LammpsData(path=where, atom_style=style, atom_ids=atom_ids, molecule_ids=mol, types=types, charges=charges,
+                      positions=positions, images=images, type_masses=type_masses, type_labels=type_labels,
+                      bonds=bonds, box=box, origin=origin)
 
+
+def _sections(lines: list[str], where: str) -> tuple[dict[str, int], tuple, dict[str, tuple[str, list[tuple[int, str]]]]]:
+    """Header counts, box bounds ``(lo, hi, tilt, have_box)`` and ``{section: (style comment, [(line number, line)])}``."""
     header: dict[str, int] = {}
     lo = np.zeros(3)
     hi = np.zeros(3)
@@ -269,24 +298,26 @@ def read_data(path: str | Path, units: str = "real") -> LammpsData:
             raise CgsimInputError(f"{where}:{lineno}", f"unknown section {text!r} (or a type label in '{current}'; "
                                                        "type labels are not supported)")
         sections[current][1].append((lineno, raw))
+    return header, (lo, hi, tilt, have_box), sections
 
-    if "Atoms" not in sections:
-        raise CgsimInputError(where, "no 'Atoms' section; expected a LAMMPS data file with atoms")
-    if "Masses" not in sections:
-        raise CgsimInputError(where, "no 'Masses' section; expected per-type masses")
 
-    # Masses
+def _masses(rows: list[tuple[int, str]], where: str) -> tuple[dict[int, float], dict[int, str]]:
+    """``Masses``: per-type mass (amu) and the label of its comment, if any."""
     type_masses: dict[int, float] = {}
     type_labels: dict[int, str] = {}
-    for lineno, raw in sections["Masses"][1]:
+    for lineno, raw in rows:
         tok = _strip(raw).split()
         t = _int(tok[0], f"{where}:{lineno}", "atom type")
         type_masses[t] = float(tok[1])
         if "#" in raw and raw.split("#", 1)[1].strip():
             type_labels[t] = raw.split("#", 1)[1].strip().split()[0]
+    return type_masses, type_labels
 
-    # Atoms
-    style_hint, atom_lines = sections["Atoms"]
+
+def _atom_table(section: tuple[str, list[tuple[int, str]]], header: dict[str, int], where: str
+                ) -> tuple[str, tuple[str, ...], np.ndarray]:
+    """``Atoms``: its style, the style's columns and the rows sorted by atom id (image flags last, if any)."""
+    style_hint, atom_lines = section
     ncol = {len(_strip(r).split()) for _, r in atom_lines}
     if len(ncol) != 1:
         raise CgsimInputError(where, f"'Atoms' lines have different numbers of columns {sorted(ncol)}; expected one atom style")
@@ -312,22 +343,11 @@ def read_data(path: str | Path, units: str = "real") -> LammpsData:
     if "atoms" in header and header["atoms"] != len(table):
         raise CgsimInputError(where, f"header says {header['atoms']} atoms but the 'Atoms' section has {len(table)} lines")
     order = np.argsort(table[:, 0], kind="stable")
-    table = table[order]
-    col = {name: i for i, name in enumerate(cols)}
-    atom_ids = table[:, col["id"]].astype(np.int64)
-    if np.any(np.diff(atom_ids) == 0):
-        raise CgsimInputError(where, "atom ids in 'Atoms' are not unique")
-    types = table[:, col["type"]].astype(np.int64)
-    missing = sorted(set(types.tolist()) - set(type_masses))
-    if missing:
-        raise CgsimInputError(where, f"atom types {missing} have no entry in 'Masses'")
-    mol = table[:, col["mol"]].astype(np.int64) if "mol" in col else np.zeros(len(table), dtype=np.int64)
-    charges = table[:, col["q"]].astype(np.float64) if "q" in col else None
-    positions = table[:, [col["x"], col["y"], col["z"]]] * factor
-    images = table[:, len(cols):len(cols) + 3].astype(np.int64) if ncol_ == len(cols) + 3 else None
+    return style, cols, table[order]
 
-    # Bonds
-    bond_rows = sections.get("Bonds", ("", []))[1]
+
+def _bonds(bond_rows: list[tuple[int, str]], atom_ids: np.ndarray, header: dict[str, int], where: str) -> np.ndarray:
+    """``Bonds`` as atom index pairs (in id order), shape (n_bonds, 2), each pair sorted."""
     if bond_rows:
         try:
             btab = np.array([_strip(r).split()[:4] for _, r in bond_rows], dtype=np.int64)
@@ -345,14 +365,7 @@ def read_data(path: str | Path, units: str = "real") -> LammpsData:
         bonds = np.zeros((0, 2), dtype=np.int64)
     if "bonds" in header and header["bonds"] != len(bonds):
         raise CgsimInputError(where, f"header says {header['bonds']} bonds but the 'Bonds' section has {len(bonds)} lines")
-
-    box = origin = None
-    if all(have_box):
-        b, o = box_from_bounds(lo, hi, tilt)
-        box, origin = b * factor, o * factor
-    return LammpsData(path=where, atom_style=style, atom_ids=atom_ids, molecule_ids=mol, types=types, charges=charges,
-                      positions=positions, images=images, type_masses=type_masses, type_labels=type_labels,
-                      bonds=bonds, box=box, origin=origin)
+    return bonds
 
 
 def lammps_topology(data: LammpsData) -> md.Topology:

@@ -132,6 +132,35 @@ def _coordinates(x: np.ndarray, box: np.ndarray | None) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(q.astype(np.uint32).view(np.int32).transpose(2, 0, 1)), box / _FIXED
 
 
+def _key_layout(xyz: np.ndarray, box: np.ndarray | None, edges: np.ndarray, n_labels: int
+                ) -> tuple[float, int, float, int, np.float32 | None]:
+    """Histogram keys of :func:`_dense_histograms`: ``(per_nm, base, shift, stride, cap)``.
+
+    A distance r goes to bin ``int(r * per_nm + shift) - base`` (``shift`` makes every value >= 0);
+    each label pair owns ``stride`` keys; ``cap`` (or None) is the overflow key that indices
+    beyond the range are clamped to, so the histogram stays small.
+    """
+    n_bins = edges.size - 1
+    r_min, r_max = float(edges[0]), float(edges[-1])
+    per_nm = n_bins / (r_max - r_min)
+    base = int(np.ceil(r_min * per_nm)) + 1 if r_min > 0 else 0
+    shift = base - r_min * per_nm
+    if box is not None:
+        r_far = float(np.sqrt(((0.5 * box) ** 2).sum(axis=1)).max())
+    else:
+        r_far = float(np.sqrt(3.0) * (xyz.max(axis=1) - xyz.min(axis=1)).max())
+    # keys per label pair: every reachable bin index, and at least the whole requested range (a
+    # system smaller than r_max reaches fewer bins than are returned)
+    stride = max(int(r_far * per_nm + shift) + 2, base + n_bins + 1)
+    cap = None
+    # far-flung particles (a rollout that blew up), a short r_max in a big box, or many labels:
+    # clamp, so that the histogram stays small
+    if stride > 4 * (base + n_bins + 1) or n_labels * n_labels * stride > 1 << 20:
+        cap = np.float32(base + n_bins)  # indices beyond the range all go to one overflow key
+        stride = base + n_bins + 1
+    return per_nm, base, shift, stride, cap
+
+
 def _dense_histograms(xyz: np.ndarray, box: np.ndarray | None, labels: np.ndarray, n_labels: int,
                       edges: np.ndarray, workers: int = 1) -> np.ndarray:
     """Ordered pair counts per (label, label, bin) over all pairs, frames in blocks (float32).
@@ -172,24 +201,7 @@ def _dense_histograms(xyz: np.ndarray, box: np.ndarray | None, labels: np.ndarra
 
     n_frames, n, _ = xyz.shape
     n_bins = edges.size - 1
-    r_min, r_max = float(edges[0]), float(edges[-1])
-    per_nm = n_bins / (r_max - r_min)
-    # bin index = int(r * per_nm + shift) - base, with shift making every value >= 0
-    base = int(np.ceil(r_min * per_nm)) + 1 if r_min > 0 else 0
-    shift = base - r_min * per_nm
-    if box is not None:
-        r_far = float(np.sqrt(((0.5 * box) ** 2).sum(axis=1)).max())
-    else:
-        r_far = float(np.sqrt(3.0) * (xyz.max(axis=1) - xyz.min(axis=1)).max())
-    # keys per label pair: every reachable bin index, and at least the whole requested range (a
-    # system smaller than r_max reaches fewer bins than are returned)
-    stride = max(int(r_far * per_nm + shift) + 2, base + n_bins + 1)
-    cap = None
-    # far-flung particles (a rollout that blew up), a short r_max in a big box, or many labels:
-    # clamp, so that the histogram stays small
-    if stride > 4 * (base + n_bins + 1) or n_labels * n_labels * stride > 1 << 20:
-        cap = np.float32(base + n_bins)  # indices beyond the range all go to one overflow key
-        stride = base + n_bins + 1
+    per_nm, base, shift, stride, cap = _key_layout(xyz, box, edges, n_labels)
     size = n_labels * n_labels * stride
     lab = labels.astype(np.int64)
     row_key, col_key = (lab * n_labels * stride).astype(np.int32), (lab * stride).astype(np.int32)
@@ -244,7 +256,7 @@ def _dense_histograms(xyz: np.ndarray, box: np.ndarray | None, labels: np.ndarra
                 if b < n:
                     across += band(q, scale, ratio, a, b, b, n, bufs)
         # i = i sits at r = 0: in bin 0 when r_min = 0, else below the range
-        if r_min == 0:
+        if float(edges[0]) == 0:
             self_key = (lab * n_labels + lab) * stride
             within -= idx.size * np.bincount(self_key, minlength=size)
         return within + across + across.reshape(n_labels, n_labels, stride).transpose(1, 0, 2).ravel()
