@@ -59,8 +59,10 @@ class DumpFrames:
     box : numpy.ndarray or None
         Box vectors as rows, nm, shape (n_frames, 3, 3); None for a non-periodic box.
     images : numpy.ndarray or None
-        Image flags, shape (n_frames, n_atoms, 3), int64, when the dump has ``ix iy iz`` and
-        wrapped coordinates.
+        Image flags, shape (n_frames, n_atoms, 3), int64: read from ``ix iy iz`` with wrapped
+        coordinates, or, with unwrapped ones in a periodic box, those they hold (the cell of
+        each position, counted from the box origin): mapping needs them to unwrap an NPT run
+        without bias (:class:`cgsim.mapping.pbc.ImageUnwrapper`).
     unwrapped : bool
         True when ``xyz`` are LAMMPS unwrapped coordinates (``xu``/``xsu`` columns).
     columns : tuple[str, ...]
@@ -277,6 +279,8 @@ def _frame_arrays(frame: dict, plan: tuple, atom_ids: np.ndarray | None, expecte
     images = None
     if has_images:
         images = table[order][:, [col["ix"], col["iy"], col["iz"]]].astype(np.float64).astype(np.int64)
+    elif unwrapped and frame["box"] is not None:
+        images = np.floor((xyz - origin) @ np.linalg.inv(box)).astype(np.int64)
     length = fac["length"]
     time = frame["time"] * fac["time"] if frame["time"] is not None else None
     return {"step": step, "time": time, "xyz": xyz * length,

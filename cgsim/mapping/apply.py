@@ -6,8 +6,12 @@ with the trajectory (its only state is one position per unit root). For each chu
 1. gets unwrapped atom positions, by one of the ``pbc`` modes:
 
    ``images``  wrapped positions plus image flags times the box (LAMMPS ``ix iy iz``), or
-               positions the input declares unwrapped (LAMMPS ``xu yu zu``), used as they are;
-   ``bonds``   units made whole along bonds and continuous in time (:mod:`cgsim.mapping.pbc`);
+               positions the input declares unwrapped (LAMMPS ``xu yu zu``), used as they are
+               while the box stays the same; when it changes (NPT) each box crossing counts
+               with the box of its frame (:class:`cgsim.mapping.pbc.ImageUnwrapper`, the
+               scheme of von Bulow, Bullerjahn & Hummer 2020), which ``w + n L`` would bias;
+   ``bonds``   units made whole along bonds and continuous in time by minimum-image
+               displacements between frames (:mod:`cgsim.mapping.pbc`; unbiased under NPT);
    ``none``    positions used as they are (non-periodic input, or input already unwrapped);
    ``auto``    ``images`` when the input has them, else ``bonds`` when there is a box, else
                ``none``;
@@ -24,7 +28,7 @@ import numpy as np
 
 from cgsim.errors import CgsimInputError
 from cgsim.mapping.core import CGMapping
-from cgsim.mapping.pbc import Unwrapper, unwrap_plan
+from cgsim.mapping.pbc import ImageUnwrapper, Unwrapper, unwrap_plan
 from cgsim.mapping.system import PDB_STANDARD_RESIDUES, topology_bonds
 
 log = logging.getLogger(__name__)
@@ -109,6 +113,7 @@ class BeadMapper:
         self.mode: str | None = None  # the mode in use, fixed by the first chunk
         self.frames_done = 0
         self._unwrapper: Unwrapper | None = None
+        self._images = ImageUnwrapper()
 
     @property
     def n_atoms(self) -> int:
@@ -151,7 +156,8 @@ class BeadMapper:
         box : numpy.ndarray, optional
             Box vectors as rows, nm, shape (n_frames, 3, 3); None when not periodic.
         images : numpy.ndarray, optional
-            Image flags, shape (n_frames, n_atoms, 3), int.
+            Image flags, shape (n_frames, n_atoms, 3), int (with ``unwrapped``: those the
+            unwrapped positions hold, which a changing box needs).
         unwrapped : bool
             The input says ``xyz`` are already unwrapped (LAMMPS ``xu``).
 
@@ -180,7 +186,7 @@ class BeadMapper:
             raise CgsimInputError(self.where, f"frame {self.frames_done}: input changes from pbc mode {self.mode} to {mode} "
                                               "(box or image flags appear or disappear)")
         if mode == "images" and images is not None:
-            out = xyz + np.einsum("fni,fij->fnj", np.asarray(images, dtype=np.float64), box)
+            out = self._images(xyz, box, images, unwrapped)
         elif mode == "bonds":
             assert self._unwrapper is not None
             out = self._unwrapper(xyz, box)

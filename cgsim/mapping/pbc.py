@@ -17,7 +17,19 @@ Continuity in time
     The root of every unit is unwrapped through time by adding minimum-image displacements
     between consecutive frames (the box of the later frame), so a unit never jumps by a box
     vector between frames; this needs a root to move less than half the box between frames.
-    The state carries over between chunks of frames (:class:`Unwrapper`).
+    The state carries over between chunks of frames (:class:`Unwrapper`). This is the scheme
+    of von Bulow, Bullerjahn & Hummer (J. Chem. Phys. 153, 021101, 2020), right under constant
+    pressure too: ``u[i+1] = u[i] + (w[i+1] - w[i]) - L[i+1] round((w[i+1] - w[i]) / L[i+1])``.
+
+Image flags under constant pressure
+    Positions rebuilt from image flags as ``w[i] + n[i] L[i]`` (what LAMMPS writes as ``xu``)
+    move every particle by ``n (L[i] - L[i-1])`` whenever the box changes, a displacement that
+    grows with the number of boxes ``n`` the particle has crossed, and so inflate the MSD and
+    the diffusion coefficient of an NPT run (von Bulow et al. 2020). :class:`ImageUnwrapper`
+    counts each crossing with the box of the frame it happens in instead,
+    ``u[i+1] = u[i] + (w[i+1] - w[i]) + (n[i+1] - n[i]) L[i+1]``: the same displacements as the
+    scheme above, without its limit on the motion between frames. At constant volume it gives
+    ``w + n L`` exactly.
 """
 
 from __future__ import annotations
@@ -222,3 +234,58 @@ class Unwrapper:
                 sl = slice(b[lvl], b[lvl + 1])
                 x[:, plan.child[sl]] = x[:, plan.parent[sl]] + edge[:, sl]
         return x
+
+
+@dataclass
+class ImageUnwrapper:
+    """Unwrapped positions from image flags, unbiased when the box changes (see the module docstring).
+
+    ``u[i] = w[i] + n[i] L[i] + c[i]`` with ``c[0] = 0`` and ``c[i+1] = c[i] - n[i] (L[i+1] - L[i])``,
+    which is ``u[i+1] = u[i] + (w[i+1] - w[i]) + (n[i+1] - n[i]) L[i+1]``; ``c`` stays exactly 0
+    while the box does not change. The state carries over between chunks of frames.
+
+    Attributes
+    ----------
+    last_images : numpy.ndarray or None
+        Image flags of the last frame seen, shape (n_atoms, 3).
+    last_box : numpy.ndarray or None
+        Box of the last frame seen, nm, shape (3, 3).
+    correction : numpy.ndarray or None
+        ``c`` of the last frame seen, nm, shape (n_atoms, 3).
+    """
+
+    last_images: np.ndarray | None = field(default=None, repr=False)
+    last_box: np.ndarray | None = field(default=None, repr=False)
+    correction: np.ndarray | None = field(default=None, repr=False)
+
+    def __call__(self, xyz: np.ndarray, box: np.ndarray, images: np.ndarray, unwrapped: bool = False) -> np.ndarray:
+        """Unwrapped positions of a chunk of frames.
+
+        Parameters
+        ----------
+        xyz : numpy.ndarray
+            Positions, nm, shape (n_frames, n_atoms, 3): wrapped (``w``), or, with
+            ``unwrapped``, already ``w + n L`` (LAMMPS ``xu yu zu``).
+        box : numpy.ndarray
+            Box vectors as rows, nm, shape (n_frames, 3, 3).
+        images : numpy.ndarray
+            Image flags ``n``, shape (n_frames, n_atoms, 3), int.
+        unwrapped : bool
+            ``xyz`` already holds ``w + n L``.
+
+        Returns
+        -------
+        numpy.ndarray
+            New array, shape of ``xyz``, float64.
+        """
+        n = np.asarray(images, dtype=np.float64)
+        box = np.asarray(box, dtype=np.float64)
+        base = np.asarray(xyz, dtype=np.float64) if unwrapped else xyz + np.einsum("fni,fij->fnj", n, box)
+        if self.last_images is None:
+            self.last_images, self.last_box, self.correction = n[0], box[0], np.zeros(n.shape[1:])
+        prev_n = np.concatenate([self.last_images[None], n[:-1]])
+        prev_box = np.concatenate([self.last_box[None], box[:-1]])
+        term = np.einsum("fni,fij->fnj", prev_n, box - prev_box)
+        corr = self.correction[None] - np.cumsum(term, axis=0)
+        self.last_images, self.last_box, self.correction = n[-1], box[-1], corr[-1]
+        return base + corr
