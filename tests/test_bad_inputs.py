@@ -115,6 +115,32 @@ def unsidecared_map(ctx: Ctx, n_frames: int = 40) -> Path:
     return out
 
 
+def lammps_map(ctx: Ctx, n_frames: int = 12, timestep: bool = True, ion_scale: float = 1.0,
+               out: str = "lmp") -> Path:
+    """The fixture electrolyte as a LAMMPS data file + dump without ITEM: TIME (as LAMMPS writes it by
+    default), mapped by molecule; ``ion_scale`` scales the Li+ and TFSI- charges (molecules 2-5)."""
+    from tests.test_mapping_cli import DATA, write_dump
+
+    data_path = DATA
+    if ion_scale != 1.0:
+        lines = DATA.read_text().splitlines()
+        start, end = lines.index("Atoms # full") + 2, lines.index("Bonds") - 1
+        for k in range(start, end):
+            tok = lines[k].split()
+            if tok and int(tok[1]) >= 2:
+                tok[3] = f"{float(tok[3]) * ion_scale:.6f}"
+                lines[k] = " ".join(tok)
+        data_path = ctx.tmp / "scaled.data"
+        data_path.write_text("\n".join(lines) + "\n")
+    from cgsim.io.lammps import read_data
+
+    write_dump(ctx.tmp / "run.lammpstrj", wrapped_md(n_frames).xyz.astype(np.float64), read_data(data_path))
+    mapped = ctx.tmp / out
+    run_map(f"input.trajectory={ctx.tmp / 'run.lammpstrj'}", f"input.topology={data_path}", "mapping=molecule",
+            f"output={mapped}", *(["input.lammps_timestep=2.0"] if timestep else []))
+    return mapped
+
+
 # -- the table --------------------------------------------------------------------------------------
 CASES: list[tuple[str, Callable[[Ctx], Any], str]] = [
     # a. conductivity without a temperature (a trajectory mapped without a sidecar)
@@ -218,6 +244,15 @@ CASES: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("k-bad-syntax", lambda c: check_overrides("rollout", ["steps=[1,2"]), "is not valid override syntax"),
     ("k-unknown-mapping-option", lambda c: check_overrides("map", ["mapping=metis", "mapping.atomsperbead=3"]),
      "mapping.atomsperbead: unknown key; did you mean 'mapping.atoms_per_bead'?"),
+    # o. real LAMMPS data and outside trajectories through map and evaluate
+    ("o-lammps-dump-without-time", lambda c: lammps_map(c, timestep=False, out="cg"),
+     "input.lammps_timestep: "),
+    ("o-lammps-dump-without-time-says-what", lambda c: lammps_map(c, timestep=False, out="cg"),
+     "is a LAMMPS dump without ITEM: TIME, so its frames' times are unknown; set input.lammps_timestep=DT, the run's "
+     "timestep in fs (units real: time = step x DT), or input.dt=PS"),
+    ("o-explicit-window-too-long-for-blocks",
+     lambda c: c.evaluate("observables=[diffusion]", "dynamics.fit_window=[2,20]", reference=unsidecared_map(c, 12)),
+     "use fewer blocks or a shorter window"),
 ]
 
 
@@ -538,3 +573,78 @@ def test_m_electrolyte_killed_in_npt_and_production_resumes_bitwise(tmp_path, co
     assert [b["density"] for b in blocks[1]] == [b["density"] for b in blocks[0]]
     name = "peo2x4_litfsi2.xtc"
     assert (killed / name).read_bytes() == (whole / name).read_bytes()
+
+
+# -- n. NPT: the box changes each frame; unwrapping must not bias diffusion -------------------------------
+def npt_walk(n_particles: int = 60, n_frames: int = 1500, seed: int = 0) -> dict[str, np.ndarray]:
+    """Particles diffusing in a cubic box that fluctuates (an OU process, 8 % rms, ~1.5 % per frame).
+
+    Each frame the barostat scales the wrapped positions with the box, the particles then move
+    (Gaussian steps), and positions are wrapped into the new box with LAMMPS-style image counts.
+    ``true`` is the path the particles actually made (the sum of those displacements).
+    """
+    rng = np.random.default_rng(seed)
+    length = np.empty(n_frames)
+    eta = 0.0
+    for i in range(n_frames):
+        eta = 0.97 * eta + np.sqrt(1 - 0.97**2) * rng.standard_normal()
+        length[i] = 2.0 * (1.0 + 0.08 * eta)
+    w = np.empty((n_frames, n_particles, 3))
+    img = np.zeros((n_frames, n_particles, 3), dtype=np.int64)
+    true = np.empty_like(w)
+    w[0] = true[0] = rng.uniform(0, length[0], (n_particles, 3))
+    for i in range(1, n_frames):
+        moved = w[i - 1] * (length[i] / length[i - 1]) + 0.04 * rng.standard_normal((n_particles, 3))
+        k = np.floor(moved / length[i])
+        w[i] = moved - k * length[i]
+        img[i] = img[i - 1] + k.astype(np.int64)
+        true[i] = true[i - 1] + (moved - w[i - 1])
+    box = length[:, None, None] * np.eye(3)
+    return {"w": w, "images": img, "true": true, "box": box, "lattice": w + img * length[:, None, None]}
+
+
+def _point_mapper(n: int, pbc: str):
+    from cgsim.mapping import BeadMapper, build_mapping
+    from cgsim.mapping.system import system_from_topology
+
+    top = md.Topology()
+    chain = top.add_chain()
+    for _ in range(n):
+        top.add_atom("AR", md.element.argon, top.add_residue("AR", chain))
+    return BeadMapper(build_mapping(system_from_topology(top, source="argon.pdb"), "residue"), np.zeros((0, 2)), pbc=pbc)
+
+
+@pytest.mark.parametrize("source", ["image-flags", "lammps-xu", "wrapped-only"])
+def test_n_npt_unwrapping_keeps_the_true_path_and_msd(source):
+    """n: von Bulow, Bullerjahn & Hummer (2020): each box crossing counts with the box of its frame."""
+    from cgsim.observables.msd import msd
+
+    walk = npt_walk()
+    n = walk["w"].shape[1]
+    mapper = _point_mapper(n, "bonds" if source == "wrapped-only" else "images")
+    got = []
+    for s in range(0, len(walk["w"]), 400):  # in chunks, as `cgsim map` streams
+        sl = slice(s, s + 400)
+        if source == "image-flags":
+            got.append(mapper.map(walk["w"][sl], walk["box"][sl], walk["images"][sl]))
+        elif source == "lammps-xu":
+            got.append(mapper.map(walk["lattice"][sl], walk["box"][sl], walk["images"][sl], unwrapped=True))
+        else:
+            got.append(mapper.map(walk["w"][sl], walk["box"][sl]))
+    got = np.concatenate(got)
+    shift = walk["true"][0] - got[0]  # the bonds mode starts from the wrapped first frame
+    np.testing.assert_allclose(got + shift, walk["true"], atol=1e-9)
+    m_true = msd(walk["true"], 1.0, max_lag=1000).msd[0]
+    m_got = msd(got, 1.0, max_lag=1000).msd[0]
+    np.testing.assert_allclose(m_got, m_true, rtol=1e-9)
+    # the lattice positions w + n L (what `xu` holds and images gave before) are off by n dL
+    assert np.abs(walk["lattice"] - walk["true"]).max() > 0.1
+
+
+def test_n_npt_images_at_constant_volume_are_exactly_w_plus_n_l():
+    """n: with a fixed box the image unwrapping is w + n L, bit for bit, as before."""
+    walk = npt_walk(n_particles=10, n_frames=50, seed=1)
+    box = np.repeat(walk["box"][:1], 50, axis=0)
+    mapper = _point_mapper(10, "images")
+    out = mapper.unwrap(walk["w"], box, walk["images"])
+    assert np.array_equal(out, walk["w"] + np.einsum("fni,fij->fnj", walk["images"].astype(float), box))

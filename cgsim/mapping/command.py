@@ -72,10 +72,11 @@ def mapping_from_config(inp: MapInput, mcfg: DictConfig | dict[str, Any]) -> CGM
 class _Clock:
     """Times of output frames and the interval between them (checked to be even)."""
 
-    def __init__(self, dt: float | None, stride: int, where: str) -> None:
+    def __init__(self, dt: float | None, stride: int, where: str, lammps_units: str | None = None) -> None:
         self.dt = dt
         self.stride = stride
         self.where = where
+        self.lammps_units = lammps_units  # a LAMMPS dump: its unit style
         self.count = 0
         self.first: float | None = None
         self.last: float | None = None
@@ -86,6 +87,13 @@ class _Clock:
         if self.dt is not None:
             t = (self.count + np.arange(n)) * self.dt * self.stride
         elif chunk.time is None:
+            if self.count + n > 1 and self.lammps_units is not None:
+                unit = "fs" if self.lammps_units == "real" else "ps"
+                raise CgsimInputError("input.lammps_timestep", f"{self.where} is a LAMMPS dump without ITEM: TIME, so its "
+                                                               "frames' times are unknown; set input.lammps_timestep=DT, "
+                                                               f"the run's timestep in {unit} (units "
+                                                               f"{self.lammps_units}: time = step x DT), or input.dt=PS "
+                                                               "(time between frames)")
             if self.count + n > 1:
                 raise CgsimInputError("input.dt", f"the times of the frames of {self.where} are unknown (DCD, PDB, GRO or a "
                                                   "LAMMPS dump without ITEM: TIME); set input.dt=PS (time between input frames), "
@@ -173,7 +181,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s: its sidecar declares unwrapped coordinates; pbc=none", inp.trajectory)
         pbc = "none"
     mapper = BeadMapper(mapping, inp.system.bonds, pbc=pbc, where=inp.trajectory)
-    clock = _Clock(None if ic.dt is None else float(ic.dt), int(ic.stride), inp.trajectory)
+    clock = _Clock(None if ic.dt is None else float(ic.dt), int(ic.stride), inp.trajectory,
+                   inp.lammps_units if inp.kind == "lammps" else None)
     top = bead_topology(mapping)
     first_xyz = first_box = None
     n_frames = 0

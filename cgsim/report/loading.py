@@ -85,6 +85,11 @@ class BeadTrajectory:
         stopped at (its sidecar's ``extra.stop_step``); None for a complete trajectory.
     stop_reason : str or None
         The guard's reason for stopping it (sidecar ``extra.stop_reason``).
+    unfinished : bool
+        A rollout replica whose run has not finished: killed (or still running) before the
+        steps it was asked for (its sidecar's ``extra.status`` is ``"running"``).
+    steps_done : int or None
+        For a rollout replica: the learned steps its frames cover (sidecar ``extra.steps_done``).
     """
 
     name: str
@@ -105,6 +110,8 @@ class BeadTrajectory:
     replica: int = 0
     stop_step: int | None = None
     stop_reason: str | None = None
+    unfinished: bool = False
+    steps_done: int | None = None
 
     @property
     def stopped_early(self) -> bool:
@@ -187,9 +194,10 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         raise CgsimInputError(side, f"fields 'system.particle_types'/'particle_masses' have {types.size}/{masses.size} "
                                     f"entries, expected {n} (the trajectory's particles)")
     stop_step, stop_reason = _stop(meta, side)
-    # a replica the guard stopped before its first saved step holds just the initial frame: it
-    # still counts for structure (dynamical observables leave stopped replicas out)
-    min_frames = 1 if stop_step is not None else 2
+    unfinished, steps_done = _unfinished(meta, stop_step)
+    # a replica the guard stopped (or a run killed) before its first saved step holds just the
+    # initial frame: it still counts for structure (dynamical observables leave such replicas out)
+    min_frames = 1 if stop_step is not None or unfinished else 2
     if traj.n_frames < min_frames:
         raise CgsimInputError(str(path), f"expected at least {min_frames} frames, got {traj.n_frames}")
     if not (np.isfinite(meta.save_interval) and meta.save_interval > 0):
@@ -220,7 +228,7 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         dt=float(meta.save_interval) * t_factor * stride, box=box, types=types, masses=masses, bonds=bonds,
         molecule_ids=ids, molecule_kinds=kinds, periodic=bool(meta.system.periodic), coordinates=meta.coordinates,
         temperature=None if meta.system.temperature is None else float(meta.system.temperature) * temp_factor, charges=charges, system=str(meta.system.name),
-        stop_step=stop_step, stop_reason=stop_reason)
+        stop_step=stop_step, stop_reason=stop_reason, unfinished=unfinished, steps_done=steps_done)
 
 
 def _stop(meta: TrajectoryMetadata, where: str) -> tuple[int | None, str | None]:
@@ -239,6 +247,21 @@ def _stop(meta: TrajectoryMetadata, where: str) -> tuple[int | None, str | None]
                                      "which the stability guard stopped this replica") from None
     reason = extra.get("stop_reason")
     return step, (str(reason) if reason else "stopped by the stability guard")
+
+
+def _unfinished(meta: TrajectoryMetadata, stop_step: int | None) -> tuple[bool, int | None]:
+    """Whether a rollout replica's run never finished, and the learned steps its frames cover.
+
+    ``cgsim rollout`` rewrites every replica's sidecar at each of its checkpoints with
+    ``extra.status == "running"`` and only at the end with ``"finished"`` (or ``"stopped"``),
+    so a killed run (or one still running) leaves ``"running"``: fewer steps than asked.
+    """
+    extra = meta.extra if isinstance(meta.extra, dict) else {}
+    if meta.kind != "rollout":
+        return False, None
+    done = extra.get("steps_done")
+    steps_done = int(done) if isinstance(done, int | float) and not isinstance(done, bool) else None
+    return stop_step is None and extra.get("status") == "running", steps_done
 
 
 def _mapping_charges(path: Path, meta: TrajectoryMetadata, n: int) -> np.ndarray | None:

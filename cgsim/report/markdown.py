@@ -61,12 +61,20 @@ def _cells(d: dict[str, Any] | None) -> str:
 
 
 def _excluded(info: dict[str, Any]) -> str:
-    """Clause on the replicas a set's dynamics leave out (stopped early by the stability guard)."""
+    """Clauses on the replicas a set's dynamics leave out (stopped early by the stability guard) and on
+    replicas of a rollout that did not finish."""
     ex = info.get("excluded_from_dynamics") or {}
-    if not ex.get("n"):
-        return ""
-    return (f"; {ex['n']} of {ex['of']} trajectories stopped early by the stability guard are excluded from the "
-            f"dynamical observables ({', '.join(ex['observables'])}) and kept for the structural ones (see Notes)")
+    text = ""
+    if ex.get("n"):
+        text = (f"; {ex['n']} of {ex['of']} trajectories stopped early by the stability guard are excluded from the "
+                f"dynamical observables ({', '.join(ex['observables'])}) and kept for the structural ones (see Notes)")
+    un = info.get("unfinished") or {}
+    if un.get("n"):
+        text += (f"; **UNFINISHED**: {un['n']} of {un['of']} trajectories come from a rollout that did not finish "
+                 "(killed or still running; frames up to its last checkpoint), "
+                 + ("used for the dynamics too" if un.get("in_dynamics") else
+                    "left out of the dynamical observables unless include_unfinished=true") + " (see Notes)")
+    return text
 
 
 def render(metrics: dict[str, Any], figures: dict[str, str]) -> str:

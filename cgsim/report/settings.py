@@ -51,7 +51,12 @@ class Settings:
     charges: dict[str, float]
     temperature: float | None
     match_topology: bool
-
+    #: integer ion charges (``conductivity.charges=formal``) instead of the sidecars' charges
+    charges_formal: bool = False
+    #: unfinished rollout replicas count for the dynamical observables too (``include_unfinished``)
+    include_unfinished: bool = False
+    #: what was adapted to the data (stated in the report's notes)
+    notes: tuple[str, ...] = ()
 
 
 def _chain_particles(t: BeadTrajectory) -> np.ndarray:
@@ -78,9 +83,15 @@ def _describe_stop(t: BeadTrajectory) -> str:
     return f"{t.name} replica {t.replica}: {reason}" + ("" if "step" in reason else f" (step {t.stop_step})")
 
 
-def dynamical_set(trajs: list[BeadTrajectory], label: str, observables: tuple[str, ...] | list[str] = DYNAMIC
-                  ) -> list[BeadTrajectory]:
-    """The trajectories of a set that the dynamical observables use: all but replicas stopped early.
+def _describe_unfinished(t: BeadTrajectory) -> str:
+    steps = "" if t.steps_done is None else f" after {t.steps_done} step(s)"
+    return f"{t.name} replica {t.replica}: its rollout was not finished (killed or still running){steps}"
+
+
+def dynamical_set(trajs: list[BeadTrajectory], label: str, observables: tuple[str, ...] | list[str] = DYNAMIC,
+                  include_unfinished: bool = False) -> list[BeadTrajectory]:
+    """The trajectories of a set that the dynamical observables use: all but replicas stopped early
+    and, unless ``include_unfinished``, replicas of a rollout that was not finished.
 
     MSD, D, the Rg^2 ACF and the conductivity are curves in lag time, pooled over trajectories
     only up to the shortest one's longest lag (:func:`~cgsim.observables.msd.combine_msds`,
@@ -98,10 +109,22 @@ def dynamical_set(trajs: list[BeadTrajectory], label: str, observables: tuple[st
     ----------
     trajs : list of BeadTrajectory
         The set.
+    A rollout killed before the steps it was asked for (its replicas' sidecars still say
+    ``"running"``) has frames that end wherever the kill struck and lags and a default fit
+    window shorter than asked for; its replicas count for structure, and for the dynamics only
+    with ``include_unfinished`` (an empty list when all of them are unfinished: the caller
+    then leaves the set's dynamics out and says so).
+
+    Parameters
+    ----------
+    trajs : list of BeadTrajectory
+        The set.
     label : str
         Name of the set in the error (``"reference"``, ``"rollout"``).
     observables : sequence of str
         The dynamical observables asked for (named in the error).
+    include_unfinished : bool
+        Keep replicas of unfinished rollouts.
 
     Raises
     ------
@@ -114,13 +137,70 @@ def dynamical_set(trajs: list[BeadTrajectory], label: str, observables: tuple[st
                                      f"{len(trajs)} trajectories were stopped early by the stability guard (first: "
                                      f"{_describe_stop(trajs[0])}); evaluate structure alone (e.g. observables=[rdf,rg]) "
                                      "or roll out again with a more stable model or schedule")
-    return kept
+    return kept if include_unfinished else [t for t in kept if not t.unfinished]
 
 
 def stopped_early(trajs: list[BeadTrajectory]) -> list[dict[str, Any]]:
     """JSON entries (name, replica, stop step and reason, frames) of the replicas the guard stopped early."""
     return [{"name": t.name, "replica": t.replica, "stop_step": t.stop_step, "stop_reason": t.stop_reason,
              "n_frames": t.n_frames, "path": str(t.path)} for t in trajs if t.stopped_early]
+
+
+def unfinished(trajs: list[BeadTrajectory]) -> list[dict[str, Any]]:
+    """JSON entries (name, replica, steps done, frames) of the replicas of rollouts that were not finished."""
+    return [{"name": t.name, "replica": t.replica, "steps_done": t.steps_done, "n_frames": t.n_frames,
+             "path": str(t.path)} for t in trajs if t.unfinished]
+
+
+def unfinished_info(trajs: list[BeadTrajectory], include: bool) -> dict[str, Any]:
+    """``unfinished`` block of a set's entry in ``metrics.json``: how many replicas, and what was done."""
+    entries = unfinished(trajs)
+    return {"n": len(entries), "of": len(trajs), "in_dynamics": bool(include),
+            "note": ("replicas of a rollout that was not finished (killed or still running): frames up to its last "
+                     "checkpoint; " + ("used for the dynamics too (include_unfinished=true)" if include else
+                                       "left out of the dynamical observables, kept for the structural ones; "
+                                       "include_unfinished=true uses them")) if entries else None,
+            "trajectories": entries}
+
+
+def choose_preset(reference: list[BeadTrajectory], presets: Any, requested: str | None) -> tuple[str, str | None]:
+    """The observables preset for a reference: ``requested``, its system's name, or one its content implies.
+
+    A trajectory mapped from outside data is named after its file (``system.name`` = the file
+    stem), which names no preset; then charged beads choose ``electrolyte`` and a reference of
+    one bonded molecule per trajectory ``chain``. Returns the preset and, when the content chose
+    it, a note saying why (None otherwise).
+
+    Raises
+    ------
+    CgsimInputError
+        ``observables_preset`` names no preset, or the content decides none (one line saying
+        which options to pass).
+    """
+    names = sorted(presets)
+    if requested is not None:
+        if requested not in presets:
+            raise CgsimInputError("observables_preset", f"no preset {requested!r}; expected one of {names} or an explicit "
+                                                        "observables list")
+        return requested, None
+    system = reference[0].system
+    if system in presets:
+        return system, None
+    charged = [t for t in reference if t.charges is not None]
+    single = all(t.molecule_ids.max() == 0 and t.bonds.size > 0 for t in reference)
+    if charged and "electrolyte" in presets:
+        return "electrolyte", (f"observables: preset 'electrolyte' chosen from the content (charged beads in "
+                               f"{charged[0].path.name}; the reference's system {system!r} names no preset); "
+                               "observables_preset= or observables= choose others")
+    if single and "chain" in presets:
+        return "chain", (f"observables: preset 'chain' chosen from the content (one bonded molecule per trajectory; "
+                         f"the reference's system {system!r} names no preset); observables_preset= or observables= "
+                         "choose others")
+    n_mol = int(reference[0].molecule_ids.max()) + 1
+    raise CgsimInputError("observables_preset", f"the reference's system {system!r} (a name taken from its file) has no "
+                                                f"preset and its content implies none (no charged beads, {n_mol} "
+                                                f"molecules): pass observables_preset= one of {names}, or "
+                                                "observables=[rdf,msd,...]")
 
 
 def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[str, ...],
@@ -201,20 +281,14 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
     # the window must fit the trajectories the dynamics use, not a replica stopped early; with no
     # dynamical observable it is unused, so only the reference (never stopped) sets it
     timed = list(reference)
+    include = bool(cfg.get("include_unfinished", False))
     if dynamic:
-        timed = [*dynamical_set(reference, "reference", dynamic), *dynamical_set(others or [], other_label, dynamic)]
-    shortest = min(t.duration for t in timed)
-    if dyn.fit_window is not None:
-        window = tuple(float(x) for x in dyn.fit_window)
-    else:
-        f0, f1 = (float(x) for x in dyn.fit_window_fraction)
-        if not 0 <= f0 < f1 <= 1:
-            raise CgsimInputError("dynamics.fit_window_fraction", f"expected 0 <= start < end <= 1, got [{f0}, {f1}]")
-        window = (f0 * shortest, f1 * shortest)
-    if dynamic and (len(window) != 2 or not (0 <= window[0] < window[1])):
-        raise CgsimInputError("dynamics.fit_window", f"expected [t_start, t_end] in ps with 0 <= t_start < t_end, got {list(window)}")
+        timed = [*dynamical_set(reference, "reference", dynamic, include),
+                 *dynamical_set(others or [], other_label, dynamic, include)]
+        timed = timed or list(reference)
     if int(dyn.n_blocks) < 1:
         raise CgsimInputError("dynamics.n_blocks", f"expected a positive number of blocks, got {dyn.n_blocks}")
+    window, n_blocks, notes = _fit_window(dyn, timed, bool(dynamic))
     if dyn.acf_method not in ("integral", "exponential"):
         raise CgsimInputError("dynamics.acf_method", f"got {dyn.acf_method!r}, expected 'integral' or 'exponential'")
     if cfg.rdf.max_frames is not None and int(cfg.rdf.max_frames) < 1:
@@ -228,11 +302,63 @@ def make_settings(reference: list[BeadTrajectory], cfg: Any, observables: tuple[
         rdf_workers=int(cfg.rdf.workers), rdf_method=_rdf_method(cfg.rdf.method),
         bond_edges=bond_edges, angle_edges=angle_edges, rg_edges=rg_edges, ree_edges=ree_edges,
         end_types=None if cfg.polymer.end_types is None else [str(x) for x in cfg.polymer.end_types],
-        contact_cutoff=contact, fit_window=(float(window[0]), float(window[1])), n_blocks=int(dyn.n_blocks),
+        contact_cutoff=contact, fit_window=(float(window[0]), float(window[1])), n_blocks=n_blocks,
         remove_drift=bool(dyn.remove_com_drift), acf_method=str(dyn.acf_method),
-        charges=_charges(cfg.conductivity.charges),
+        charges={} if _formal(cfg.conductivity.charges) else _charges(cfg.conductivity.charges),
         temperature=None if cfg.conductivity.temperature is None else float(cfg.conductivity.temperature),
-        match_topology=bool(cfg.match_topology))
+        match_topology=bool(cfg.match_topology), charges_formal=_formal(cfg.conductivity.charges),
+        include_unfinished=include, notes=tuple(notes))
+
+
+def _fit_window(dyn: Any, timed: list[BeadTrajectory], dynamic: bool) -> tuple[tuple[float, float], int, list[str]]:
+    """The MSD fit window (ps) and block count; the defaults adapted to short runs, saying how.
+
+    With ``dynamics.fit_window`` null the window is ``fit_window_fraction`` of the shortest
+    trajectory the dynamics use; on a short run it is widened to hold two lags (the first two
+    after its start) and ``dynamics.n_blocks`` is lowered until the window fits inside one
+    block of that trajectory (the block error needs it). A window given explicitly is kept as
+    it is, blocks and all: an impossible combination is then refused where it fails.
+    """
+    shortest = min(timed, key=lambda t: t.duration)
+    n_blocks = int(dyn.n_blocks)
+    if dyn.fit_window is not None:
+        window = tuple(float(x) for x in dyn.fit_window)
+        if dynamic and (len(window) != 2 or not (0 <= window[0] < window[1])):
+            raise CgsimInputError("dynamics.fit_window", f"expected [t_start, t_end] in ps with 0 <= t_start < t_end, "
+                                                         f"got {list(window)}")
+        return (window[0], window[1]), n_blocks, []
+    f0, f1 = (float(x) for x in dyn.fit_window_fraction)
+    if not 0 <= f0 < f1 <= 1:
+        raise CgsimInputError("dynamics.fit_window_fraction", f"expected 0 <= start < end <= 1, got [{f0}, {f1}]")
+    t_total, dt, n = shortest.duration, shortest.dt, shortest.n_frames
+    window = (f0 * t_total, f1 * t_total)
+    notes: list[str] = []
+    if not dynamic or dt <= 0:
+        return window, n_blocks, notes
+    first = max(1, math.ceil(window[0] / dt - 1e-9))
+    if math.floor(window[1] / dt + 1e-9) - first < 1:  # fewer than two lags inside
+        if (first + 1) * dt > t_total * (1 + 1e-9):
+            raise CgsimInputError("dynamics.fit_window", f"{shortest.path}: {n} frames are too few for a diffusion fit "
+                                                         "(it needs two lags); evaluate structure alone (e.g. "
+                                                         "observables=[rdf,bond_lengths]) or use a longer trajectory")
+        window = (first * dt, (first + 1) * dt)
+        notes.append(f"dynamics: the default fit window ({f0:g}-{f1:g} of {t_total:g} ps, the shortest trajectory "
+                     f"{shortest.name}) holds fewer than two lags; widened to [{window[0]:g}, {window[1]:g}] ps; "
+                     "dynamics.fit_window=[T0,T1] sets it")
+    blocks = n_blocks
+    while blocks > 1 and (n // blocks < 2 or (n // blocks - 1) * dt < window[1] * (1 - 1e-9)):
+        blocks -= 1
+    if blocks < n_blocks:
+        notes.append(f"dynamics: {n_blocks} blocks of the shortest trajectory ({shortest.name}, {n} frames) cannot hold "
+                     f"the fit window [{window[0]:g}, {window[1]:g}] ps; block errors use {blocks} block(s)"
+                     + (" (none: one block has no spread)" if blocks == 1 else "")
+                     + "; dynamics.n_blocks and dynamics.fit_window set them")
+    return window, blocks, notes
+
+
+def _formal(value: Any) -> bool:
+    """``conductivity.charges=formal``: integer ion charges."""
+    return isinstance(value, str) and value.strip().lower() == "formal"
 
 
 def _rdf_method(value: Any) -> str:
@@ -252,7 +378,8 @@ def _charges(value: Any) -> dict[str, float]:
         out = {str(k): float(v) for k, v in items}
     except (TypeError, ValueError):
         raise CgsimInputError("conductivity.charges", f"expected a mapping of bead type to charge in e, e.g. "
-                                                      f"{{Li: 1.0, TFSI: -1.0}}, got {value!r}") from None
+                                                      f"{{Li: 1.0, TFSI: -1.0}}, or formal (integer ion charges), "
+                                                      f"got {value!r}") from None
     if not all(math.isfinite(v) for v in out.values()):
         raise CgsimInputError("conductivity.charges", "expected finite charges (e)")
     return out

@@ -61,10 +61,14 @@ from cgsim.report.settings import (  # noqa: F401 - re-exported
     Settings,
     _chain_particles,
     _describe_stop,
+    _describe_unfinished,
+    choose_preset,
     dynamical_set,
     make_settings,
     noise_settings,
     stopped_early,
+    unfinished,
+    unfinished_info,
 )
 
 
@@ -287,19 +291,42 @@ def _rg_acf(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
     suite.rg_acf = combine_acfs(res, s.acf_method)
 
 
+def formal_charges(q: np.ndarray, molecule_ids: np.ndarray) -> np.ndarray:
+    """Integer ion charges: each molecule's net charge rounded away from zero to a whole number of e
+    (0.8 e -> 1 e, -1.6 e -> -2 e; below 0.25 e, the rounding of partial charges: neutral), shared
+    among its beads in proportion to their charges.
+
+    Force fields often scale ion charges (0.8 here, for the missing electronic polarisation);
+    high-throughput screening data sets report conductivities with the formal charges.
+    """
+    net = np.bincount(molecule_ids, weights=q)
+    formal = np.sign(net) * np.ceil(np.abs(net) - 0.25)
+    scale = np.divide(formal, net, out=np.zeros_like(net), where=np.abs(net) >= 0.25)
+    return q * scale[molecule_ids]
+
+
+def _charge_source(t: BeadTrajectory, s: Settings) -> tuple[np.ndarray, str]:
+    """Charge per particle (e) for the conductivity, and where it came from."""
+    if s.charges:  # the config's charges per bead type win over the sidecar's
+        if not set(s.charges) & set(t.types.tolist()):
+            raise CgsimInputError("conductivity.charges", f"none of the bead types {sorted(s.charges)} occurs in {t.path}")
+        return np.array([s.charges.get(x, 0.0) for x in t.types]), "conductivity.charges"
+    if t.charges is None:
+        raise CgsimInputError("conductivity.charges", f"empty, and {t.path.with_suffix('.json')} has no "
+                                                      "extra.particle_charges: give the charge (e) of each ionic "
+                                                      "bead type, e.g. conductivity.charges={Li: 1.0, TFSI: -1.0}")
+    if s.charges_formal:
+        return formal_charges(t.charges, t.molecule_ids), "formal (integer) ion charges (conductivity.charges=formal)"
+    return t.charges, ("the trajectories' bead charges (sidecar or mapping: the force field's, ion charges scaled as it "
+                       "scales them); conductivity.charges=formal uses integer ion charges")
+
+
 def _conductivity(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> None:
+    used: dict[str, float] = {}
+    source = ""
     for t in trajs:
         _wrapped(t)
-        if s.charges:  # the config's charges per bead type win over the sidecar's
-            if not set(s.charges) & set(t.types.tolist()):
-                raise CgsimInputError("conductivity.charges", f"none of the bead types {sorted(s.charges)} occurs in {t.path}")
-            q = np.array([s.charges.get(x, 0.0) for x in t.types])
-        elif t.charges is not None:
-            q = t.charges
-        else:
-            raise CgsimInputError("conductivity.charges", f"empty, and {t.path.with_suffix('.json')} has no "
-                                                          "extra.particle_charges: give the charge (e) of each ionic "
-                                                          "bead type, e.g. conductivity.charges={Li: 1.0, TFSI: -1.0}")
+        q, source = _charge_source(t, s)
         if t.box is None:
             raise CgsimInputError(str(t.path), "trajectory has no box; conductivity needs the volume")
         sizes = np.bincount(t.molecule_ids)
@@ -314,12 +341,42 @@ def _conductivity(trajs: list[BeadTrajectory], s: Settings, suite: Suite) -> Non
         suite.conductivity.append(ionic_conductivity(
             t.xyz, t.dt, q, t.box, temperature, s.fit_window, species=species, molecule_ids=t.molecule_ids,
             masses=t.masses, remove_drift=s.remove_drift, n_blocks=s.n_blocks))
+        res = suite.conductivity[-1]
+        used.update({str(sp): round(float(c), 6) for sp, c in zip(res.species, res.charges, strict=True) if c})
+    shown = ", ".join(f"{sp} {c:+g} e" for sp, c in sorted(used.items()))
+    suite.notes.append(f"conductivity: charges used per ion ({shown}) are {source}")
 
 
 _COMPUTE: dict[str, Callable[[list[BeadTrajectory], Settings, Suite], None]] = {
     "rdf": _rdf, "bond_lengths": _bonds, "bond_angles": _angles, "rg": _rg, "end_to_end": _end_to_end,
     "contact_map": _contacts, "msd": _msd, "diffusion": _diffusion, "rg_acf": _rg_acf, "conductivity": _conductivity,
 }
+
+
+def _exclusion_notes(trajs: list[BeadTrajectory], label: str, dynamic: tuple[str, ...],
+                     include_unfinished: bool) -> list[str]:
+    """What the report says about trajectories left out of (or unfinished within) the dynamics."""
+    notes = []
+    stopped = [t for t in trajs if t.stopped_early]
+    if dynamic and stopped:
+        shown = "; ".join(_describe_stop(t) for t in stopped[:3]) + ("; ..." if len(stopped) > 3 else "")
+        notes.append(f"{label}: {len(stopped)} of {len(trajs)} trajectories excluded from the dynamical "
+                     f"observables ({', '.join(dynamic)}): stopped early by the stability guard ({shown}); "
+                     "they still count for the structural observables over the frames they have")
+    open_ = [t for t in trajs if t.unfinished]
+    if open_:
+        shown = "; ".join(_describe_unfinished(t) for t in open_[:3]) + ("; ..." if len(open_) > 3 else "")
+        if include_unfinished or not dynamic:
+            what = "used for every observable as they are" + (" (include_unfinished=true)" if dynamic else "")
+        elif len(open_) == len(trajs):
+            what = (f"the dynamical observables ({', '.join(dynamic)}) are not computed for {label}; "
+                    "include_unfinished=true uses their frames")
+        else:
+            what = (f"excluded from the dynamical observables ({', '.join(dynamic)}), kept for the structural ones; "
+                    "include_unfinished=true uses them")
+        notes.append(f"{label}: UNFINISHED: {len(open_)} of {len(trajs)} trajectories come from a rollout that did not "
+                     f"finish ({shown}): their frames end at its last checkpoint; {what}")
+    return notes
 
 
 def compute_suite(trajs: list[BeadTrajectory], settings: Settings, label: str, progress: bool = False) -> Suite:
@@ -346,16 +403,15 @@ def compute_suite(trajs: list[BeadTrajectory], settings: Settings, label: str, p
     suite = Suite(label=label, n_trajectories=len(trajs), n_frames=int(sum(t.n_frames for t in trajs)),
                   dt=float(trajs[0].dt))
     dynamic = tuple(o for o in settings.observables if o in DYNAMIC)
-    # replicas stopped early by the stability guard: structure yes, dynamics no (see dynamical_set)
-    moving = dynamical_set(trajs, label, dynamic) if dynamic else trajs
-    if len(moving) < len(trajs):
-        stopped = [t for t in trajs if t.stopped_early]
-        shown = "; ".join(_describe_stop(t) for t in stopped[:3]) + ("; ..." if len(stopped) > 3 else "")
-        suite.notes.append(f"{label}: {len(stopped)} of {len(trajs)} trajectories excluded from the dynamical "
-                           f"observables ({', '.join(dynamic)}): stopped early by the stability guard ({shown}); "
-                           "they still count for the structural observables over the frames they have")
+    # replicas stopped early by the stability guard, or of unfinished rollouts: structure yes,
+    # dynamics no (see dynamical_set)
+    moving = dynamical_set(trajs, label, dynamic, settings.include_unfinished) if dynamic else trajs
+    suite.notes.extend(settings.notes)
+    suite.notes.extend(_exclusion_notes(trajs, label, dynamic, settings.include_unfinished))
     bar = tqdm(settings.observables, desc=f"evaluate {label}", unit="observable", disable=not progress, leave=False)
     for name in bar:
+        if name in DYNAMIC and not moving:
+            continue  # every trajectory of the set is unfinished: said in the notes
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
         try:
