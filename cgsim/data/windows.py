@@ -45,6 +45,43 @@ class BeadTrajectory:
         return int(self.positions.shape[0])
 
 
+def window_frames(start: int, history: int, stride: int, target: bool = False) -> np.ndarray:
+    """Frame indices of ``history`` frames ``stride`` recorded frames apart, the first at ``start``.
+
+    This is the one place that spaces a model's input frames: training windows, the histories
+    that validation rollouts and ``cgsim rollout`` start from all take their frames here. With
+    ``target`` the frame ``stride`` after the last input frame is appended (shape (H+1,), else (H,)).
+    """
+    return int(start) + int(stride) * np.arange(int(history) + int(bool(target)))
+
+
+def history_positions(traj: BeadTrajectory, history: int, stride: int, start: int | None = None) -> torch.Tensor:
+    """``history`` frames ``stride`` apart (:func:`window_frames`), shape (n_beads, history, 3), nm.
+
+    Parameters
+    ----------
+    traj : BeadTrajectory
+        The trajectory.
+    history, stride : int
+        Frames, and recorded frames between two of them.
+    start : int, optional
+        First frame; ``None``: the last ``history`` frames (the latest history, which a rollout
+        continues from).
+
+    Raises
+    ------
+    CgsimInputError
+        If the trajectory has fewer than ``(history - 1) * stride + 1`` frames from ``start``.
+    """
+    need = (history - 1) * stride + 1
+    first = traj.n_frames - need if start is None else int(start)
+    if first < 0 or first + need > traj.n_frames:
+        raise CgsimInputError(traj.name, f"trajectory has {traj.n_frames} frames; the model needs a history of {history} "
+                                         f"frames {stride} apart ({need} frames)")
+    frames = traj.positions[window_frames(first, history, stride)]
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2)))
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """All windows of ``history`` + 1 frames, ``stride`` frames apart, over many trajectories.
 
@@ -91,7 +128,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def frames(self, i: int) -> np.ndarray:
         """Frame indices of window ``i``: H inputs then the target, shape (H+1,)."""
         _, start = self.index[i]
-        return start + self.stride * np.arange(self.history + 1)
+        return window_frames(start, self.history, self.stride, target=True)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
         """(trajectory index, positions (n_beads, H+1, 3) float32 nm)."""

@@ -51,11 +51,13 @@ target, fitted from data), so one config serves systems whose steps differ in si
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from cgsim.errors import CgsimInputError
 from cgsim.model.batch import BeadBatch
 from cgsim.model.blocks import InteractionBlock
 from cgsim.model.collective import remove_centre_shift
@@ -69,6 +71,15 @@ SAMPLERS = ("langevin", "diffusion", "ode")
 SPACINGS = ("geometric", "karras")
 #: exponent of the Karras et al. (2022) noise ladder
 KARRAS_RHO = 7.0
+#: the sampling schedule: what :meth:`ScoreRefiner.set_schedule` sets (not part of training)
+SCHEDULE_KEYS = ("sampler", "levels", "steps_per_level", "step_size", "sigma_start", "final_denoise", "spacing",
+                 "keep_centres")
+
+
+def refiner_calls(sampler: str, levels: int, steps_per_level: int, final_denoise: bool) -> int:
+    """Network evaluations of the refiner per learned step for a schedule (module docstring)."""
+    per_level = {"langevin": 0, "diffusion": 1, "ode": 2}[sampler]
+    return per_level * max(int(levels) - 1, 0) + int(levels) * int(steps_per_level) + int(bool(final_denoise))
 
 
 class ScoreRefiner(nn.Module):
@@ -181,6 +192,28 @@ class ScoreRefiner(nn.Module):
         if keep_centres is not None:
             self.keep_centres = bool(keep_centres)
 
+    def schedule(self) -> dict[str, Any]:
+        """The current sampling schedule, ``{key: value}`` for :data:`SCHEDULE_KEYS`."""
+        return {key: getattr(self, key) for key in SCHEDULE_KEYS}
+
+    def apply_overrides(self, overrides: Mapping[str, Any], prefix: str = "refine") -> None:
+        """:meth:`set_schedule` from option overrides (``None`` entries keep the current value).
+
+        Raises
+        ------
+        CgsimInputError
+            Naming ``<prefix>.<key>`` for an unknown key or a value out of range.
+        """
+        given = {k: v for k, v in dict(overrides).items() if v is not None}
+        unknown = sorted(set(given) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise CgsimInputError(f"{prefix}.{unknown[0]}", f"not a refinement schedule option; expected one of {SCHEDULE_KEYS}")
+        try:
+            self.set_schedule(**given)
+        except ValueError as exc:
+            name, _, message = str(exc).partition(": ")
+            raise CgsimInputError(f"{prefix}.{name}", message) from None
+
     def annealing_levels(self) -> list[float]:
         """Annealing noise levels, largest first, in target-scale units (``levels`` values)."""
         if self.levels == 0:
@@ -197,9 +230,7 @@ class ScoreRefiner(nn.Module):
     @property
     def calls_per_step(self) -> int:
         """Network evaluations per learned step."""
-        per_level = {"langevin": 0, "diffusion": 1, "ode": 2}[self.sampler]
-        predictor = per_level * max(self.levels - 1, 0)
-        return predictor + self.levels * self.steps_per_level + int(self.final_denoise)
+        return refiner_calls(self.sampler, self.levels, self.steps_per_level, self.final_denoise)
 
     def _sigma_features(self, sigma_rel: torch.Tensor) -> torch.Tensor:
         """(N,) relative sigma -> (N, 3): log sigma, normalised to about [-1, 1], and its sin/cos."""

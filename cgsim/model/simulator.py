@@ -35,6 +35,7 @@ from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
+from cgsim.model.sampling import generator_noise, learned_step
 
 TARGETS = ("acceleration", "displacement")
 
@@ -327,11 +328,8 @@ class MultiScaleDynamics(nn.Module):
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,
              chem: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample next positions (N, 3), nm (refined when the model has a refiner)."""
-        pred = self(batch, chem)
-        new = self.positions_from_target(batch.pos[:, -self.history:], pred.sample(generator, temperature))
-
-        def noise() -> torch.Tensor:
-            return torch.randn(new.shape, generator=generator, device=new.device, dtype=new.dtype)
-
-        return self.refine(batch, pred, new, noise)
+        """Sample next positions (N, 3), nm: :func:`cgsim.model.sampling.learned_step` with every
+        draw from ``generator`` (refined when the model has a refiner; no structural prior step,
+        which needs the batch's prior topology)."""
+        noise = generator_noise((batch.n_beads, 3), generator, batch.pos.device, batch.pos.dtype)
+        return learned_step(self, batch, noise, temperature, chem)

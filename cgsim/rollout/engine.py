@@ -44,6 +44,7 @@ from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path
 from cgsim.model.batch import BeadBatch, SystemGraph, collate
 from cgsim.model.prior import PriorTopology
+from cgsim.model.sampling import learned_step
 from cgsim.model.simulator import MultiScaleDynamics
 
 STATE_FORMAT = "cgsim-rollout-state"
@@ -54,6 +55,30 @@ def member_seed(seed: int, system: int, replica: int) -> int:
     """Seed of the noise generator of replica ``replica`` of system ``system`` (63-bit int)."""
     state = np.random.SeedSequence([int(seed), int(system), int(replica)]).generate_state(1, dtype=np.uint64)[0]
     return int(state) & ((1 << 63) - 1)
+
+
+def non_finite_members(pos: torch.Tensor, member_of_bead: torch.Tensor, n_members: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which members of a batch hold a non-finite coordinate (NaN or infinity).
+
+    Parameters
+    ----------
+    pos : torch.Tensor
+        Positions of the batch, shape (N, 3).
+    member_of_bead : torch.Tensor
+        Member (0..n_members-1) of each bead, shape (N,), int64.
+    n_members : int
+        Members in the batch.
+
+    Returns
+    -------
+    bad : torch.Tensor
+        Shape (n_members,), bool: True for a member with any non-finite coordinate.
+    finite : torch.Tensor
+        Shape (N,), bool: True for a bead whose three coordinates are finite.
+    """
+    finite = torch.isfinite(pos).all(1)
+    bad = torch.zeros(n_members, device=pos.device, dtype=pos.dtype).index_add_(0, member_of_bead, (~finite).to(pos.dtype)) > 0
+    return bad, finite
 
 
 @dataclass
@@ -347,13 +372,8 @@ class RolloutEngine:
         batch, rows, chem, member_of_bead = self._active_batch(active, cache)
         hist = state.pos[rows] if len(active) < len(self.members) else state.pos
         batch = batch.with_pos(hist)
-        pred = self.model(batch, chem)
-        value = pred.value(self._noise(active), self.temperature)
-        new = self.model.positions_from_target(hist, value)
-        noise = functools.partial(self._noise, active)
-        new = self.model.refine(batch, pred, new, noise)
-        new = self.model.apply_prior(batch, pred, new, noise,
-                                       self._prior_topo if tuple(active) == self._active_key else self._redraw_topo)
+        topo = self._prior_topo if tuple(active) == self._active_key else self._redraw_topo
+        new = learned_step(self.model, batch, functools.partial(self._noise, active), self.temperature, chem, topo)
         proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
         for hook in self.hooks:
             hook.correct(self, state, proposal)
@@ -365,12 +385,10 @@ class RolloutEngine:
         for hook in self.hooks:
             for m, why in hook.check(self, state, proposal).items():
                 stops.setdefault(m, why)
-        new = proposal.new_pos
-        if not bool(torch.isfinite(new).all()):  # always, even without a guard hook: NaN never enters the state
-            bad = torch.zeros(len(proposal.active), device=self.device).index_add_(
-                0, proposal.member_of_bead, (~torch.isfinite(new).all(1)).to(new.dtype)) > 0
-            for k in torch.nonzero(bad).flatten().tolist():
-                stops.setdefault(proposal.active[k], f"non-finite coordinates at step {proposal.step}")
+        # always, even without a guard hook: NaN never enters the state
+        bad, _ = non_finite_members(proposal.new_pos, proposal.member_of_bead, len(proposal.active))
+        for k in torch.nonzero(bad).flatten().tolist():
+            stops.setdefault(proposal.active[k], f"non-finite coordinates at step {proposal.step}")
         return stops
 
     def _redraw(self, state: RolloutState, proposal: Proposal, retry: list[int]) -> dict[int, str]:

@@ -38,7 +38,13 @@ from cgsim.geometry import radius_graph
 from cgsim.io.trajectory import TrajectoryWriter, box_lengths_angles
 from cgsim.io_utils import atomic_path
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
-from cgsim.rollout.engine import Proposal, RolloutEngine, RolloutHook, RolloutState
+from cgsim.rollout.engine import (
+    Proposal,
+    RolloutEngine,
+    RolloutHook,
+    RolloutState,
+    non_finite_members,
+)
 from cgsim.rollout.exclusion import merge_pair_tables
 
 #: a member whose beads spread over more than this (nm, max - min of a coordinate) counts as
@@ -79,8 +85,7 @@ class StabilityGuard(RolloutHook):
         act = torch.tensor(p.active, device=dev)
         max_bond = self.max_bond.to(dev, x.dtype)[act]
         min_d = self.min_distance.to(dev, x.dtype)[act]
-        finite = torch.isfinite(x).all(1)
-        bad_nf = torch.zeros(na, device=dev).index_add_(0, mob, (~finite).to(x.dtype)) > 0
+        bad_nf, finite = non_finite_members(x, mob, na)
         xf = torch.where(finite[:, None], x, torch.zeros_like(x))
         idx3 = mob[:, None].expand(-1, 3)
         hi = torch.full((na, 3), -torch.inf, device=dev, dtype=x.dtype).scatter_reduce(0, idx3, xf, "amax")

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from cgsim.data.windows import BeadTrajectory, WindowCollator, WindowDataset
+from cgsim.data.windows import BeadTrajectory, WindowCollator, WindowDataset, history_positions
+from cgsim.model.sampling import rollout_positions
 from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.observables.bonds import bond_lengths
-from cgsim.rollout.core import rollout_positions
 
 
 @dataclass
@@ -82,12 +82,8 @@ def rollout_validation(model: MultiScaleDynamics, trajectories: Sequence[BeadTra
     The history is the first ``history`` frames ``stride`` apart; the reference bond-length
     distribution is taken over the whole reference trajectory.
     """
-    h = model.history
-    systems, initial = [], []
-    for t in trajectories:
-        frames = np.arange(h) * stride
-        systems.append(t.graph)
-        initial.append(torch.from_numpy(np.ascontiguousarray(t.positions[frames].transpose(1, 0, 2))))
+    systems = [t.graph for t in trajectories]
+    initial = [history_positions(t, model.history, stride, start=0) for t in trajectories]
     gen = torch.Generator(device=device).manual_seed(int(seed))
     out = rollout_positions(model, systems, initial, n_steps, generator=gen).cpu().numpy()
     w1s, stable = [], []
