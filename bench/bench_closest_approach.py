@@ -20,7 +20,7 @@ import mdtraj as md
 import numpy as np
 
 from cgsim.data.load import load_systems
-from cgsim.rollout.command import closest_by_type_pair, closest_in_frames
+from cgsim.rollout.limits import closest_by_type_pair, closest_in_frames
 
 
 def rollout_trajectories(rollout_dir: Path) -> list[Path]:

@@ -40,10 +40,10 @@ import yaml
 from cgsim.data.load import expand_paths, load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.model.batch import collate
+from cgsim.model.card import ModelCard
+from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
 from cgsim.model.graph import molecule_index
-from cgsim.rollout.command import apply_refine_overrides
-from cgsim.train.checkpoint import load_checkpoint
-from cgsim.train.loop import model_from_checkpoint
+from cgsim.model.sampling import apply_refine_overrides
 
 
 def molecules(traj: BeadTrajectory, types: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -163,12 +163,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     ckpt = load_checkpoint(args.checkpoint)
+    card = ModelCard.from_checkpoint(ckpt, args.checkpoint)
     model = model_from_checkpoint(ckpt).eval()
-    stride = int(ckpt["config"]["data"]["stride"])
+    stride = card.history_spacing
     if args.refine:
         overrides = dict(kv.split("=", 1) for kv in args.refine)
         apply_refine_overrides(model, {k: yaml.safe_load(v) for k, v in overrides.items()}, args.checkpoint)
-    trajs = load_systems(args.systems, "--systems", atom_types=list(ckpt["data"]["atom_types"])).trajectories
+    trajs = load_systems(args.systems, "--systems", atom_types=list(card.atom_types)).trajectories
     dirs = expand_paths(args.systems, "--systems")  # the order load_systems reads them in
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for k, t in enumerate(trajs):

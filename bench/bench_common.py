@@ -46,11 +46,11 @@ def compose_train(overrides: list[str]) -> Any:
 def set_refinement(model: MultiScaleDynamics, on: bool, where: str = "model") -> None:
     """Leave the refiner's schedule as built (``on``) or empty it (no refiner calls per step).
 
-    Emptying goes through :func:`cgsim.rollout.command.apply_refine_overrides`, i.e. exactly
+    Emptying goes through :func:`cgsim.model.sampling.apply_refine_overrides`, i.e. exactly
     ``cgsim rollout ... refine.levels=0 refine.steps_per_level=0 refine.final_denoise=false``.
     A model without a refiner is left alone.
     """
-    from cgsim.rollout.command import apply_refine_overrides
+    from cgsim.model.sampling import apply_refine_overrides
 
     if not on and getattr(model, "refiner", None) is not None:
         apply_refine_overrides(model, {"levels": 0, "steps_per_level": 0, "final_denoise": False}, where)
@@ -106,7 +106,7 @@ def untrained_model(experiment: str, n_atom_types: int, positions: torch.Tensor,
     extra_overrides : list of str, optional
         More hydra overrides.
     """
-    from cgsim.train.loop import build_model
+    from cgsim.model.checkpoint import build_model
 
     overrides = [f"experiment={experiment}", "model.target=displacement", *(extra_overrides or [])]
     cfg = compose_train(overrides)

@@ -32,13 +32,14 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from cgsim.data.load import load_systems
+from cgsim.data.windows import history_positions as initial_history
+from cgsim.model.card import ModelCard
+from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
 from cgsim.observables.bonds import bond_lengths
 from cgsim.observables.polymer import radius_of_gyration
-from cgsim.rollout.command import guard_limits, initial_history
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, member_seed
 from cgsim.rollout.hooks import StabilityGuard
-from cgsim.train.checkpoint import load_checkpoint
-from cgsim.train.loop import model_from_checkpoint
+from cgsim.rollout.limits import guard_limits
 
 
 class _Recorder(RolloutHook):
@@ -71,8 +72,9 @@ def parse_schedule(text: str) -> dict:
 
 
 def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, seed: int, every: int,
-                 temperature: float = 1.0, redraws: int = 0) -> dict:
-    """Roll out every system x replica with one refinement schedule and score it."""
+                 temperature: float = 1.0, redraws: int = 0, spacing: int = 1) -> dict:
+    """Roll out every system x replica with one refinement schedule and score it (histories
+    ``spacing`` recorded frames apart: the model card's ``history_spacing``)."""
     opts = parse_schedule(schedule)
     if model.refiner is None:
         if opts["levels"] or opts["final_denoise"]:
@@ -84,7 +86,7 @@ def run_schedule(model, trajs, refs, schedule: str, replicas: int, steps: int, s
         longest, closest = guard_limits(t, model.cutoff, 50)
         for r in range(replicas):
             members.append(Member(system=s, replica=r, name=f"{t.name}/{r}", graph=t.graph, seed=member_seed(seed, s, r)))
-            initial.append(initial_history(t, model.history, 1))
+            initial.append(initial_history(t, model.history, spacing))
             max_bond.append(1.5 * longest)
             min_dist.append(0.5 * closest)
     rec = _Recorder(every)
@@ -136,9 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt = load_checkpoint(args.checkpoint)
+    card = ModelCard.from_checkpoint(ckpt, args.checkpoint)
     model = model_from_checkpoint(ckpt)
     dirs = sorted(glob.glob(args.initial))
-    trajs = load_systems(dirs, "initial", atom_types=list(ckpt["data"]["atom_types"])).trajectories
+    trajs = load_systems(dirs, "initial", atom_types=list(card.atom_types)).trajectories
     refs = []
     for d, t in zip(dirs, trajs, strict=True):
         long = Path(d + args.reference_suffix)
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for sched in args.schedules:
         r = run_schedule(model, trajs, refs, sched, args.replicas, args.steps, args.seed, args.record_every,
-                         args.temperature, args.redraws)
+                         args.temperature, args.redraws, card.history_spacing)
         rows.append(r)
         print(f"{r['schedule']:>12} {r['calls_per_step']:>5d} {r['stable_fraction']:>6.2f} {r['mean_steps_survived']:>8.0f} "
               f"{r['bond_w1_nm']:>10.4f} {r['rg_rel_error']:>7.3f} {r['ms_per_step']:>8.1f} "

@@ -52,10 +52,10 @@ import torch
 from bench_common import StepTimer, untrained_model
 
 from cgsim.data.load import load_systems
+from cgsim.data.windows import history_positions as initial_history
 from cgsim.geometry import VerletList, radius_graph
 from cgsim.model.batch import SystemGraph, collate
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.rollout.command import initial_history
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutState, member_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,18 +109,17 @@ def chain_model(n_atom_types: int, refine: bool, positions: torch.Tensor) -> Mul
 def load_model(args: argparse.Namespace, device: torch.device, refine: bool = False) -> dict[str, Any]:
     """The model, the initial system's graph and history, and what the table needs to know."""
     if args.checkpoint:
-        from cgsim.train.checkpoint import load_checkpoint
-        from cgsim.train.loop import model_from_checkpoint
+        from cgsim.model.card import ModelCard
+        from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
-        vocab = list(ckpt["data"]["atom_types"])
-        stride = int(ckpt["config"]["data"]["stride"])
-        learned_dt, time_unit = float(ckpt["data"]["learned_dt"]), str(ckpt["data"]["time_unit"])
+        card = ModelCard.from_checkpoint(ckpt, args.checkpoint)
+        stride, learned_dt, time_unit = card.history_spacing, card.learned_dt, card.time_unit
         model = model_from_checkpoint(ckpt, device=device, use_ema=True)
-        systems = load_systems([str(args.initial)], "initial", atom_types=vocab)
+        systems = load_systems([str(args.initial)], "initial", atom_types=list(card.atom_types))
         traj = systems.trajectories[0]
-        if not math.isclose(systems.save_interval * stride, learned_dt, rel_tol=1e-6):
-            raise SystemExit(f"{args.initial}: frames {systems.save_interval:g} apart x stride {stride} "
+        if not card.matches_save_interval(systems.save_interval):
+            raise SystemExit(f"{args.initial}: frames {systems.save_interval:g} apart x stride {card.stride} "
                              f"is not the learned dt {learned_dt:g}")
         label = f"checkpoint {args.checkpoint}"
     else:

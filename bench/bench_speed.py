@@ -87,13 +87,14 @@ from scipy.sparse.csgraph import connected_components
 
 from cgsim.data.load import load_systems
 from cgsim.data.windows import BeadTrajectory
+from cgsim.data.windows import history_positions as initial_history
 from cgsim.geometry import radius_graph
 from cgsim.metadata import read_sidecar
 from cgsim.model.batch import SystemGraph
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.rollout.command import guard_limits, initial_history
 from cgsim.rollout.engine import Member, RolloutEngine, member_seed
 from cgsim.rollout.hooks import StabilityGuard
+from cgsim.rollout.limits import guard_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = ROOT / "runs" / "chain_refine2" / "checkpoints" / "best.pt"
@@ -305,19 +306,18 @@ def rates(res: dict[str, Any], dt: float) -> dict[str, Any]:
 def load_learned(kind: str, checkpoint: str | None, paths: list[str], device: torch.device) -> dict[str, Any]:
     """Model (as trained, refiner on), mapped systems, learned dt and a label, for ``kind`` (chain | electrolyte)."""
     if checkpoint:
-        from cgsim.train.checkpoint import load_checkpoint
-        from cgsim.train.loop import model_from_checkpoint
+        from cgsim.model.card import ModelCard
+        from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(checkpoint)
-        vocab = list(ckpt["data"]["atom_types"])
-        stride = int(ckpt["config"]["data"]["stride"])
-        learned_dt, unit = float(ckpt["data"]["learned_dt"]), str(ckpt["data"]["time_unit"])
+        card = ModelCard.from_checkpoint(ckpt, checkpoint)
+        stride, learned_dt, unit = card.history_spacing, card.learned_dt, card.time_unit
         model = model_from_checkpoint(ckpt, device=device, use_ema=True)  # use_ema: cgsim rollout's default
-        systems = load_systems(paths, "initial", atom_types=vocab)
-        if not math.isclose(systems.save_interval * stride, learned_dt, rel_tol=1e-6):
-            raise SystemExit(f"{paths}: frames {systems.save_interval:g} apart x stride {stride} is not the "
+        systems = load_systems(paths, "initial", atom_types=list(card.atom_types))
+        if not card.matches_save_interval(systems.save_interval):
+            raise SystemExit(f"{paths}: frames {systems.save_interval:g} apart x stride {card.stride} is not the "
                              f"checkpoint's learned dt {learned_dt:g}")
-        label, temperature = f"checkpoint {checkpoint} (epoch {ckpt.get('epoch')})", 1.0
+        label, temperature = f"checkpoint {checkpoint} (epoch {card.epoch})", 1.0
     else:
         systems = load_systems(paths, "initial")
         positions = torch.from_numpy(systems.trajectories[0].positions)

@@ -37,8 +37,9 @@ import bench_fidelity
 from cgsim.cli import compose_verb, hydra_quoted, load_verb
 from cgsim.data.load import expand_paths
 from cgsim.errors import CgsimInputError
+from cgsim.model.card import ModelCard
+from cgsim.model.checkpoint import load_checkpoint
 from cgsim.report.markdown import median_over_keys
-from cgsim.train.checkpoint import load_checkpoint
 
 #: named arms: ``cgsim train`` overrides on top of the experiment. Each arm says what it has and what it
 #: has not (``~group`` drops a group the experiment selects), so an arm means the same whatever the
@@ -123,10 +124,11 @@ def train_arm(experiment: str, overrides: list[str], systems: list[str], out: Pa
         train(compose_verb("train", args))
     rows = _metrics_rows(metrics)
     validated = [r for r in rows if not math.isnan(r["val_nll"])]
-    best = load_checkpoint(out / "checkpoints" / "best.pt")
-    return {"n_parameters": int(best["n_parameters"]), "train_seconds": sum(r["epoch_seconds"] for r in rows),
-            "optimizer_steps": int(rows[-1]["step"]), "best_epoch": int(best["epoch"]) + 1,
-            "val_nll": float(best["metrics"]["val_nll"]),
+    best_path = out / "checkpoints" / "best.pt"
+    best = ModelCard.from_checkpoint(load_checkpoint(best_path), best_path)
+    return {"n_parameters": int(best.n_parameters), "train_seconds": sum(r["epoch_seconds"] for r in rows),
+            "optimizer_steps": int(rows[-1]["step"]), "best_epoch": int(best.epoch) + 1,
+            "val_nll": float(best.metrics["val_nll"]),
             "val_nll_last": validated[-1]["val_nll"] if validated else float("nan"),
             "checkpoint": str(out / "checkpoints" / "best.pt")}
 

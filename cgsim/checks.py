@@ -144,13 +144,17 @@ def model_periodic(checkpoint: Mapping[str, Any]) -> bool | None:
     return any(seen) if seen else None
 
 
-def periodic_initial(checkpoint: Mapping[str, Any], systems: Sequence[Any], where: str) -> None:
+def periodic_initial(periodic: bool | None | Mapping[str, Any], systems: Sequence[Any], where: str) -> None:
     """Refuse initial systems without a periodic box for a model trained on periodic systems.
 
+    ``periodic`` is the model's periodicity (:attr:`cgsim.model.card.ModelCard.periodic`; None:
+    unknown, nothing refused) or a loaded checkpoint (judged by :func:`model_periodic`).
     ``systems`` are :class:`cgsim.data.windows.BeadTrajectory` (``graph.box`` None without a box);
     ``where`` names the checkpoint.
     """
-    if not model_periodic(checkpoint):
+    if isinstance(periodic, Mapping):
+        periodic = model_periodic(periodic)
+    if not periodic:
         return
     for t in systems:
         if t.graph.box is None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import cgsim.model.checkpoint as model_checkpoint
 import cgsim.train.loop as train_loop
 from cgsim.cli import VERBS
 from cgsim.data.load import load_systems
@@ -201,7 +202,7 @@ def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path
     opts = ("steps=6", "replicas=3", "temperature=0.0", "guard.max_bond_factor=50")
     clean = rollout(_cfg(compose_cfg, ckpt, tmp_path / "clean", *opts))
     assert clean["n_stopped"] == 0
-    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage(kind))
+    monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage(kind))
     out = tmp_path / "bad"
     summary = rollout(_cfg(compose_cfg, ckpt, out, *opts))
     victim, others = summary["members"][1], [summary["members"][0], summary["members"][2]]
@@ -222,7 +223,7 @@ def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path
 
 
 def test_non_finite_replica_stopped_even_without_guard(compose_cfg, ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage("nan"))
+    monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage("nan"))
     summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "replicas=3", "guard.enabled=false"))
     assert [m["status"] for m in summary["members"]] == ["finished", "stopped", "finished"]
     assert summary["members"][1]["stop_reason"] == "non-finite coordinates at step 3"
@@ -451,7 +452,7 @@ def test_redraws_exhausted_stop_the_member(ckpt):
 
 
 def test_redraws_reported_and_checked_by_the_command(compose_cfg, ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_loop, "model_from_checkpoint", _sabotage("nan"))
+    monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage("nan"))
     out = tmp_path / "o"
     summary = rollout(_cfg(compose_cfg, ckpt, out, "replicas=3", "temperature=0.0", "guard.max_bond_factor=50",
                            "guard.redraws=2"))

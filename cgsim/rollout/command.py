@@ -5,9 +5,16 @@
     cgsim rollout checkpoint=runs/chain/checkpoints/best.pt initial=data/chain/mapped/test/seq_000 \\
         steps=10000 output=outputs/rollout/chain replicas=8 save_every=10
 
-The model is rebuilt from the config saved in the checkpoint (never guessed). Each initial
-system's history is its last ``history`` frames, ``data.stride`` recorded frames apart (the
-spacing the model was trained on); every system x replica is one member of the batch.
+The model is rebuilt from the config saved in the checkpoint (never guessed), and everything
+else it needs is read from its :class:`~cgsim.model.card.ModelCard`. Each initial system's
+history is its last ``history`` frames, the card's ``history_spacing`` recorded frames apart
+(the spacing the model was trained on); every system x replica is one member of the batch.
+
+:func:`rollout` only orchestrates named steps: check the options, load the model
+(:func:`load_model`) and the initial systems (:func:`load_initial`), plan the members and their
+limits (:func:`plan_members`, limits from :mod:`cgsim.rollout.limits`), build the hooks
+(:func:`build_hooks`), start or resume the state, run the engine and summarise
+(:func:`summarise`).
 
 Output (``output``): per member ``<system>/replica_<r>/`` with ``rollout.h5``, ``rollout.dcd``,
 ``beads.pdb`` and the ``rollout.json`` sidecar (see :mod:`cgsim.rollout.hooks`);
@@ -17,9 +24,9 @@ Output (``output``): per member ``<system>/replica_<r>/`` with ``rollout.h5``, `
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +37,42 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cgsim.checks import output_apart_from_inputs, periodic_initial, positive_temperature
 from cgsim.config_compat import with_added_defaults
-from cgsim.data.load import TRAJECTORY_NAMES, expand_paths, load_systems
-from cgsim.data.windows import BeadTrajectory
+from cgsim.data.load import TRAJECTORY_NAMES, SystemSet, expand_paths, load_systems
+from cgsim.data.windows import BeadTrajectory, history_positions
 from cgsim.errors import CgsimInputError
-from cgsim.geometry import radius_graph
 from cgsim.io_utils import write_json_atomic
 from cgsim.metadata import command_line, now_iso, read_sidecar
+from cgsim.model import checkpoint as model_checkpoint
+from cgsim.model.card import ModelCard
+from cgsim.model.sampling import apply_prior_overrides, apply_refine_overrides
 from cgsim.rollout.config import RolloutConfig
-from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
-from cgsim.rollout.exclusion import STATE_KEY, PairExclusion, exclusion_table
+from cgsim.rollout.engine import (
+    Member,
+    RolloutEngine,
+    RolloutHook,
+    RolloutState,
+    load_state,
+    member_seed,
+)
+from cgsim.rollout.exclusion import STATE_KEY, PairExclusion
 from cgsim.rollout.hooks import MemberOutput, ProgressBar, StabilityGuard, TrajectoryOutput
+from cgsim.rollout.limits import (
+    SystemLimits,
+    check_limit_options,
+    closest_by_type_pair,
+    closest_in_frames,
+    guard_limits,
+    longest_bond,
+    system_limits,
+)
 from cgsim.runtime import keep_freed_memory
-from cgsim.train.checkpoint import load_checkpoint
+
+# moved: the guard-limit scans live in cgsim.rollout.limits, the refine / prior overrides in
+# cgsim.model.sampling and the history in cgsim.data.windows; re-exported for older imports
+initial_history = history_positions
+__all__ = ["RESUME_MUST_MATCH", "RolloutPlan", "apply_prior_overrides", "apply_refine_overrides", "build_hooks",
+           "closest_by_type_pair", "closest_in_frames", "guard_limits", "initial_history", "initial_paths",
+           "load_initial", "load_model", "longest_bond", "plan_members", "rollout", "summarise"]
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
 RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
@@ -64,109 +95,6 @@ def initial_paths(value: Any) -> list[str]:
     raise CgsimInputError("initial", f"expected a mapped-system directory or a list of them, got {value!r}")
 
 
-def initial_history(traj: BeadTrajectory, history: int, stride: int) -> torch.Tensor:
-    """Last ``history`` frames ``stride`` apart, shape (n_beads, history, 3), nm.
-
-    Raises
-    ------
-    CgsimInputError
-        If the trajectory has fewer than ``(history - 1) * stride + 1`` frames.
-    """
-    need = (history - 1) * stride + 1
-    if traj.n_frames < need:
-        raise CgsimInputError(traj.name, f"trajectory has {traj.n_frames} frames; the model needs a history of {history} "
-                                         f"frames {stride} apart ({need} frames)")
-    frames = traj.positions[traj.n_frames - need::stride]
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(1, 0, 2)))
-
-
-def _scanned_frames(traj: BeadTrajectory, scan_frames: int) -> np.ndarray:
-    """Positions of at most ``scan_frames`` evenly spaced frames of ``traj``, (F, N, 3) nm."""
-    idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
-    return traj.positions[idx]
-
-
-def longest_bond(traj: BeadTrajectory, scan_frames: int) -> float:
-    """Longest bead bond (nm) over evenly spaced frames of ``traj`` (``inf`` without bonds)."""
-    x = _scanned_frames(traj, scan_frames)
-    bonds = traj.graph.bead_bonds.numpy()
-    bonds = bonds[:, bonds[0] < bonds[1]]
-    return float(np.linalg.norm(x[:, bonds[0]] - x[:, bonds[1]], axis=-1).max()) if bonds.shape[1] else math.inf
-
-
-def guard_limits(traj: BeadTrajectory, cutoff: float, scan_frames: int) -> tuple[float, float]:
-    """Longest bond and closest bead approach (nm) over evenly spaced frames of ``traj``.
-
-    The closest approach is searched within ``cutoff`` (0.0 when no pair is that close).
-    """
-    _, _, closest = closest_by_type_pair(traj, ["all"] * traj.graph.n_beads, cutoff, scan_frames)
-    return longest_bond(traj, scan_frames), _overall(closest)
-
-
-def _overall(closest: np.ndarray) -> float:
-    """Closest approach of any pair from a per-type-pair table (0.0 when none came within the cutoff)."""
-    return float(closest.min()) if np.isfinite(closest).any() else 0.0
-
-
-def closest_by_type_pair(traj: BeadTrajectory, types: Sequence[str], cutoff: float,
-                         scan_frames: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Closest approach (nm) of each pair of bead types over evenly spaced frames of ``traj``.
-
-    Parameters
-    ----------
-    traj : BeadTrajectory
-        Mapped trajectory, ``n_beads`` beads.
-    types : sequence of str
-        Bead type of each bead, length ``n_beads``.
-    cutoff : float
-        Search radius, nm: pairs never closer than this get ``inf``.
-    scan_frames : int
-        At most this many frames, evenly spaced over the trajectory.
-
-    Returns
-    -------
-    names : list of str
-        The distinct types, sorted (T of them).
-    index : numpy.ndarray
-        Type index of each bead, shape (n_beads,), int64.
-    closest : numpy.ndarray
-        Symmetric (T, T) closest approaches, nm (``inf`` where no pair came within ``cutoff``).
-    """
-    if len(types) != traj.graph.n_beads:
-        raise CgsimInputError("particle_types", f"{traj.name}: expected one type per bead ({traj.graph.n_beads}), "
-                                                f"got {len(types)}")
-    names = sorted(set(types))
-    index = np.array([names.index(t) for t in types], dtype=np.int64)
-    return names, index, closest_in_frames(_scanned_frames(traj, scan_frames), index, len(names),
-                                           traj.graph.box, cutoff)
-
-
-def closest_in_frames(frames: np.ndarray, index: np.ndarray, n_types: int, box: torch.Tensor | None,
-                      cutoff: float) -> np.ndarray:
-    """Closest approach of each pair of types over all ``frames``, symmetric (T, T) nm.
-
-    Parameters
-    ----------
-    frames : numpy.ndarray
-        Positions, shape (F, N, 3), nm.
-    index : numpy.ndarray
-        Type index of each bead, shape (N,), values 0..T-1.
-    n_types : int
-        T.
-    box : torch.Tensor or None
-        Box lengths (3,), nm; ``None``: not periodic.
-    cutoff : float
-        Search radius, nm: pairs never closer than this get ``inf``.
-    """
-    closest = np.full((n_types, n_types), np.inf)
-    for frame in frames:
-        g = radius_graph(torch.from_numpy(np.ascontiguousarray(frame)), cutoff, box)
-        if g.n_edges:
-            a, b = index[g.edge_index[0].numpy()], index[g.edge_index[1].numpy()]
-            np.minimum.at(closest, (a, b), g.dist.numpy())
-    return np.minimum(closest, closest.T)
-
-
 def _trajectory_file(directory: Path) -> Path:
     return next(directory / n for n in TRAJECTORY_NAMES if (directory / n).is_file())
 
@@ -177,6 +105,175 @@ def _labels(trajectories: Sequence[BeadTrajectory]) -> list[str]:
         name = Path(t.name).name or f"system_{k:03d}"
         labels.append(name if name not in labels else f"{name}_{k:03d}")
     return labels
+
+
+# -- the named steps of a rollout -------------------------------------------------------------
+def _check_options(cfg: DictConfig) -> None:
+    """One-line errors for options that cannot run, before anything is loaded."""
+    for key, minimum in (("steps", 1), ("replicas", 1), ("save_every", 1), ("checkpoint_every", 0)):
+        _positive(cfg, key, minimum)
+    positive_temperature(cfg.temperature, "temperature", allow_zero=True, unit="noise scale, 0 = the deterministic mean")
+    out, state_path = Path(cfg.output), Path(cfg.output) / "rollout_state.pt"
+    if state_path.is_file() and not cfg.resume:
+        raise CgsimInputError(str(out), "output already holds a rollout; pass resume=true to continue it or choose another output")
+    if cfg.evaluate and not cfg.reference:
+        raise CgsimInputError("reference", "evaluate=true needs reference=PATH (a trajectory with sidecar or a dataset directory)")
+    if cfg.resume and not state_path.is_file():
+        raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
+    output_apart_from_inputs(out, expand_paths(initial_paths(cfg.initial), "initial"), "output", "initial")
+    check_limit_options(cfg.guard, cfg.exclusion)
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> tuple[ModelCard, torch.nn.Module]:
+    """The checkpoint's card and its model, with the ``refine.*`` / ``prior.*`` schedule overrides applied."""
+    ckpt = model_checkpoint.load_checkpoint(cfg.checkpoint)
+    card = ModelCard.from_checkpoint(ckpt, cfg.checkpoint)
+    model = model_checkpoint.model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
+    apply_refine_overrides(model, cfg.get("refine") or {}, card.path)
+    apply_prior_overrides(model, cfg.get("prior") or {}, card.path)
+    return card, model
+
+
+def load_initial(cfg: DictConfig, card: ModelCard) -> SystemSet:
+    """The initial systems, checked against the card (fine types, periodic box, time unit and step)."""
+    systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=list(card.atom_types))
+    periodic_initial(card.periodic, systems.trajectories, card.path)
+    if systems.time_unit != card.time_unit:
+        raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {card.time_unit}")
+    if not card.matches_save_interval(systems.save_interval):
+        raise CgsimInputError("initial", f"frames are {systems.save_interval:g} {card.time_unit} apart; with the model's "
+                                         f"stride {card.stride} that is not its learned dt {card.learned_dt:g} {card.time_unit}")
+    return systems
+
+
+@dataclass
+class RolloutPlan:
+    """The members of a rollout and what each needs, in member order (:func:`plan_members`).
+
+    Attributes
+    ----------
+    labels : list of str
+        Output directory name of each system.
+    members : list of Member
+        Every system x replica.
+    initial : list of torch.Tensor
+        Position history of each member, (n_beads, H, 3), nm.
+    outputs : list of MemberOutput
+        Where each member's trajectory goes.
+    limits : list of SystemLimits
+        Guard and exclusion limits of each member (its system's).
+    ps_per_unit : float
+        Picoseconds per time unit of the files (``tau``: from the systems' sidecars).
+    """
+
+    labels: list[str]
+    members: list[Member]
+    initial: list[torch.Tensor]
+    outputs: list[MemberOutput]
+    limits: list[SystemLimits]
+    ps_per_unit: float = 1.0
+
+
+def plan_members(cfg: DictConfig, card: ModelCard, systems: SystemSet, out: Path) -> RolloutPlan:
+    """Members (system x replica), their histories, outputs and limits (one scan per system)."""
+    histories = [history_positions(t, card.history, card.history_spacing) for t in systems.trajectories]
+    plan = RolloutPlan(labels=_labels(systems.trajectories), members=[], initial=[], outputs=[], limits=[])
+    for s, (traj, label, hist) in enumerate(zip(systems.trajectories, plan.labels, histories, strict=True)):
+        d = Path(traj.name)
+        meta = read_sidecar(_trajectory_file(d))
+        if card.time_unit == "tau":
+            plan.ps_per_unit = float(meta.system.units.get("lj_in_md_units", {}).get("tau_ps", 1.0))
+        top = md.load_topology(str(d / "beads.pdb"))
+        box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
+        limits = system_limits(traj, meta.system.particle_types, card.cutoff, cfg.guard, cfg.exclusion)
+        for r in range(int(cfg.replicas)):
+            seed = member_seed(int(cfg.seed), s, r)
+            plan.members.append(Member(system=s, replica=r, name=f"{label}/replica_{r:03d}", graph=traj.graph, seed=seed))
+            plan.initial.append(hist)
+            plan.limits.append(limits)
+            plan.outputs.append(MemberOutput(
+                directory=out / label / f"replica_{r:03d}", topology=top, source_pdb=d / "beads.pdb", system=meta.system,
+                box=box, extra={"source": str(d), "system_index": s, "replica": r, "member_seed": seed,
+                                "checkpoint": str(cfg.checkpoint), "seed": int(cfg.seed),
+                                "temperature": float(cfg.temperature), "learned_steps": int(cfg.steps)}))
+    return plan
+
+
+def build_hooks(cfg: DictConfig, card: ModelCard, plan: RolloutPlan, cfg_dict: dict[str, Any],
+                extra_hooks: Sequence[RolloutHook] = ()) -> list[RolloutHook]:
+    """Exclusion, guard, trajectory writer, progress bar, then ``extra_hooks``, in that order."""
+    provenance = {"command": command_line("rollout", "cgsim.rollout.command.rollout"), "config": cfg_dict,
+                  "checkpoint": str(Path(cfg.checkpoint).resolve()), "checkpoint_epoch": card.epoch, "seed": int(cfg.seed)}
+    writer = TrajectoryOutput(plan.outputs, int(cfg.save_every), card.learned_dt, card.time_unit, plan.ps_per_unit,
+                              bool(cfg.write_dcd), provenance)
+    hooks: list[RolloutHook] = []
+    if cfg.exclusion.enabled:
+        hooks.append(PairExclusion([lim.exclusion for lim in plan.limits], int(cfg.exclusion.iterations)))
+    if cfg.guard.enabled:
+        hooks.append(StabilityGuard([lim.max_bond for lim in plan.limits], [lim.min_distance for lim in plan.limits],
+                                    [lim.pair_min_distance for lim in plan.limits] if cfg.guard.by_type_pair else None))
+    return [*hooks, writer, ProgressBar(int(cfg.steps), card.learned_dt, card.time_unit, bool(cfg.progress)), *extra_hooks]
+
+
+def _start_state(cfg: DictConfig, engine: RolloutEngine, plan: RolloutPlan, cfg_dict: dict[str, Any],
+                 state_path: Path) -> RolloutState:
+    """The state at step 0, or (``resume=true``) the saved one, checked against these settings."""
+    if not cfg.resume:
+        state = engine.initial_state(plan.initial)
+        state.extra["config"] = cfg_dict
+        return state
+    state = load_state(state_path)
+    saved = with_added_defaults(state.extra.get("config", {}), RolloutConfig())
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != cfg_dict.get(key):
+            raise CgsimInputError(str(state_path), f"rollout was started with a different '{key}'; resume with the same settings")
+    if state.pos.shape[0] != engine.n_beads:
+        raise CgsimInputError(str(state_path), "rollout state has another number of beads than these systems")
+    return state
+
+
+def summarise(state: RolloutState, members: Sequence[Member], step0: int, wall: float, card: ModelCard,
+              model: torch.nn.Module, exclusion: bool, device: torch.device) -> dict[str, Any]:
+    """``summary.json`` of a run: per member status, and the speed of this call."""
+    done = state.step - step0
+    bead_steps = sum(m.n_beads * max(0, (state.step if s < 0 else s) - step0) for m, s in zip(members, state.stop_step, strict=True))
+    rate = done * card.learned_dt / max(wall, 1e-12)
+    summary: dict[str, Any] = {
+        "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
+                     "status": "stopped" if state.stop_step[k] >= 0 else "finished",
+                     "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
+                     "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k],
+                     **({"exclusion_pairs": state.extra[STATE_KEY][k]} if exclusion else {})}
+                    for k, m in enumerate(members)],
+        "steps": state.step, "learned_dt": card.learned_dt, "time_unit": card.time_unit,
+        "simulated_time": state.step * card.learned_dt,
+        "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
+        "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members),
+        "bead_steps_per_second": bead_steps / max(wall, 1e-12),
+        "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
+        **({"exclusion_pairs": sum(state.extra[STATE_KEY])} if exclusion else {}),
+        "calls_per_step": int(model.calls_per_step()),
+        "prior_steps": int(model.prior.steps) if getattr(model, "prior", None) is not None else 0,
+        "device": str(device), "finished": now_iso(),
+    }
+    if card.time_unit == "ps":
+        summary["ns_per_day"] = rate * 86400 / 1000.0
+    return summary
+
+
+def _summary_line(summary: dict[str, Any], out: Path) -> str:
+    """The one line a finished rollout prints."""
+    done, wall, unit = summary["steps_this_call"], summary["wall_seconds_this_call"], summary["time_unit"]
+    rate = summary["simulated_time_per_second"]
+    per_day = f"{summary['ns_per_day']:.4g} ns/day" if unit == "ps" else f"{rate * 86400:.4g} tau/day"
+    stopped = summary["n_stopped"]
+    first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
+    redrawn = f", {summary['redraws']} step(s) redrawn" if summary["redraws"] else ""
+    if "exclusion_pairs" in summary:
+        redrawn += f", {summary['exclusion_pairs']} pair(s) pushed apart"
+    return (f"rollout: {len(summary['members'])} member(s) x {done} step(s) = {done * summary['learned_dt']:.4g} {unit} "
+            f"in {wall:.1f} s: {rate:.4g} {unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
+            f"{stopped} stopped{f' (first: {first})' if stopped else ''}{redrawn} -> {out}")
 
 
 def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[str, Any]:
@@ -197,221 +294,31 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         time step, or with fine types the model does not know; an output holding a rollout
         without ``resume=true`` (or a resume with other settings).
     """
-    steps = _positive(cfg, "steps", 1)
-    replicas = _positive(cfg, "replicas", 1)
-    save_every = _positive(cfg, "save_every", 1)
-    checkpoint_every = _positive(cfg, "checkpoint_every", 0)
-    positive_temperature(cfg.temperature, "temperature", allow_zero=True, unit="noise scale, 0 = the deterministic mean")
+    _check_options(cfg)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.keep_freed_memory:
         keep_freed_memory()
-    device = torch.device(str(cfg.device))
-    out = Path(cfg.output)
+    device, out = torch.device(str(cfg.device)), Path(cfg.output)
     state_path = out / "rollout_state.pt"
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    if state_path.is_file() and not cfg.resume:
-        raise CgsimInputError(str(out), "output already holds a rollout; pass resume=true to continue it or choose another output")
-    if cfg.evaluate and not cfg.reference:
-        raise CgsimInputError("reference", "evaluate=true needs reference=PATH (a trajectory with sidecar or a dataset directory)")
-    if cfg.resume and not state_path.is_file():
-        raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
-    output_apart_from_inputs(out, expand_paths(initial_paths(cfg.initial), "initial"), "output", "initial")
-
-    ckpt = load_checkpoint(cfg.checkpoint)
-    try:
-        vocab = list(ckpt["data"]["atom_types"])
-        stride = int(ckpt["config"]["data"]["stride"])
-        learned_dt = float(ckpt["data"]["learned_dt"])
-        time_unit = str(ckpt["data"]["time_unit"])
-    except (KeyError, TypeError) as exc:
-        raise CgsimInputError(str(cfg.checkpoint), f"checkpoint lacks field {exc}; not a training checkpoint of this cgsim") from None
-    from cgsim.train.loop import model_from_checkpoint
-
-    model = model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
-    apply_refine_overrides(model, cfg.get("refine") or {}, str(cfg.checkpoint))
-    apply_prior_overrides(model, cfg.get("prior") or {}, str(cfg.checkpoint))
-    systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=vocab)
-    periodic_initial(ckpt, systems.trajectories, str(cfg.checkpoint))
-    if systems.time_unit != time_unit:
-        raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {time_unit}")
-    if not math.isclose(systems.save_interval * stride, learned_dt, rel_tol=1e-6):
-        raise CgsimInputError("initial", f"frames are {systems.save_interval:g} {time_unit} apart; with the model's stride "
-                                         f"{stride} that is not its learned dt {learned_dt:g} {time_unit}")
-    histories = [initial_history(t, model.history, stride) for t in systems.trajectories]
-
-    labels = _labels(systems.trajectories)
-    members: list[Member] = []
-    initial: list[torch.Tensor] = []
-    outputs: list[MemberOutput] = []
-    max_bond: list[float] = []
-    min_dist: list[float] = []
-    pair_min: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-    pair_exclusion: list[tuple[torch.Tensor, torch.Tensor]] = []
-    gc, xc = cfg.guard, cfg.exclusion
-    if xc.enabled and not 0.0 < float(xc.factor) <= 1.0:
-        raise CgsimInputError("exclusion.factor", f"expected a fraction of the closest approach in (0, 1], got {xc.factor}")
-    if xc.enabled and int(xc.iterations) < 1:
-        raise CgsimInputError("exclusion.iterations", f"expected an integer >= 1, got {xc.iterations}")
-    if gc.enabled and gc.by_type_pair and gc.min_distance is not None:
-        raise CgsimInputError("guard.by_type_pair", "per type pair limits come from guard.min_distance_factor; "
-                                                    "leave guard.min_distance null")
-    ps_per_unit = 1.0
-    for s, (traj, label, hist) in enumerate(zip(systems.trajectories, labels, histories, strict=True)):
-        d = Path(traj.name)
-        meta = read_sidecar(_trajectory_file(d))
-        if time_unit == "tau":
-            ps_per_unit = float(meta.system.units.get("lj_in_md_units", {}).get("tau_ps", 1.0))
-        top = md.load_topology(str(d / "beads.pdb"))
-        box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
-        longest = longest_bond(traj, int(gc.scan_frames))
-        # one scan of the initial frames gives the closest approach per pair of types (all beads
-        # one type unless the limits are per type pair) and overall
-        # guard.by_type_pair needs the system's bead types (a clear error without them); the
-        # exclusion uses them when there are any and treats all beads as one type otherwise
-        one_type = ["all"] * traj.graph.n_beads
-        if gc.by_type_pair:
-            types = list(meta.system.particle_types or [])
-        elif xc.enabled:
-            types = list(meta.system.particle_types or []) or one_type
-        else:
-            types = one_type
-        _, type_index, pair_closest = closest_by_type_pair(traj, types, model.cutoff, int(gc.scan_frames))
-        if xc.enabled:
-            exclusion = (torch.from_numpy(type_index), torch.from_numpy(exclusion_table(pair_closest, float(xc.factor))))
-        closest = _overall(pair_closest)
-        limit = float(gc.min_distance) if gc.min_distance is not None else float(gc.min_distance_factor) * closest
-        pair_limits = None
-        if gc.by_type_pair:
-            # pairs never seen within the cutoff keep the overall limit
-            table = np.where(np.isfinite(pair_closest), float(gc.min_distance_factor) * pair_closest, limit)
-            pair_limits = (torch.from_numpy(type_index), torch.from_numpy(table))
-            limit = float(table.max())
-        for r in range(replicas):
-            seed = member_seed(int(cfg.seed), s, r)
-            members.append(Member(system=s, replica=r, name=f"{label}/replica_{r:03d}", graph=traj.graph, seed=seed))
-            initial.append(hist)
-            max_bond.append(float(gc.max_bond_factor) * longest)
-            min_dist.append(limit)
-            pair_min.append(pair_limits)
-            if xc.enabled:
-                pair_exclusion.append(exclusion)
-            outputs.append(MemberOutput(directory=out / label / f"replica_{r:03d}", topology=top, source_pdb=d / "beads.pdb",
-                                        system=meta.system, box=box,
-                                        extra={"source": str(d), "system_index": s, "replica": r, "member_seed": seed,
-                                               "checkpoint": str(cfg.checkpoint), "seed": int(cfg.seed),
-                                               "temperature": float(cfg.temperature), "learned_steps": steps}))
-
-    provenance = {"command": command_line("rollout", "cgsim.rollout.command.rollout"), "config": cfg_dict, "checkpoint": str(Path(cfg.checkpoint).resolve()),
-                  "checkpoint_epoch": ckpt.get("epoch"), "seed": int(cfg.seed)}
-    writer = TrajectoryOutput(outputs, save_every, learned_dt, time_unit, ps_per_unit, bool(cfg.write_dcd), provenance)
-    hooks: list[RolloutHook] = []
-    if xc.enabled:
-        hooks.append(PairExclusion(pair_exclusion, int(xc.iterations)))
-    if gc.enabled:
-        hooks.append(StabilityGuard(max_bond, min_dist, pair_min if gc.by_type_pair else None))
-    hooks += [writer, ProgressBar(steps, learned_dt, time_unit, bool(cfg.progress)), *extra_hooks]
+    card, model = load_model(cfg, device)
+    plan = plan_members(cfg, card, load_initial(cfg, card), out)
+    hooks = build_hooks(cfg, card, plan, cfg_dict, extra_hooks)
     if cfg.compile:
-        model = _compiled(model, members, initial)
-    redraws = int(gc.redraws) if gc.enabled else 0
-    if redraws < 0:
-        raise CgsimInputError("guard.redraws", f"expected an integer >= 0, got {redraws}")
-    engine = RolloutEngine(model, members, float(cfg.temperature), hooks, state_path, checkpoint_every, redraws)
-
-    if cfg.resume:
-        state = load_state(state_path)
-        saved = with_added_defaults(state.extra.get("config", {}), RolloutConfig())
-        for key in RESUME_MUST_MATCH:
-            if saved.get(key) != cfg_dict.get(key):
-                raise CgsimInputError(str(state_path), f"rollout was started with a different '{key}'; resume with the same settings")
-        if state.pos.shape[0] != engine.n_beads:
-            raise CgsimInputError(str(state_path), "rollout state has another number of beads than these systems")
-    else:
-        state = engine.initial_state(initial)
-        state.extra["config"] = cfg_dict
-    write_json_atomic(out / "dataset.json", _dataset_index(labels, replicas, time_unit))
-    step0 = state.step
-    t0 = time.perf_counter()
-    state = engine.run(state, steps)
-    wall = time.perf_counter() - t0
-
-    done = state.step - step0
-    bead_steps = sum(m.n_beads * max(0, (state.step if s < 0 else s) - step0) for m, s in zip(members, state.stop_step, strict=True))
-    sim = done * learned_dt
-    rate = sim / max(wall, 1e-12)
-    summary: dict[str, Any] = {
-        "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
-                     "status": "stopped" if state.stop_step[k] >= 0 else "finished",
-                     "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
-                     "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k],
-                     **({"exclusion_pairs": state.extra[STATE_KEY][k]} if xc.enabled else {})}
-                    for k, m in enumerate(members)],
-        "steps": state.step, "learned_dt": learned_dt, "time_unit": time_unit, "simulated_time": state.step * learned_dt,
-        "steps_this_call": done, "wall_seconds_this_call": wall, "wall_seconds_total": state.wall_seconds,
-        "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members), "bead_steps_per_second": bead_steps / max(wall, 1e-12),
-        "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
-        **({"exclusion_pairs": sum(state.extra[STATE_KEY])} if xc.enabled else {}),
-        "calls_per_step": int(model.calls_per_step()),
-        "prior_steps": int(model.prior.steps) if getattr(model, "prior", None) is not None else 0,
-        "device": str(device), "finished": now_iso(),
-    }
-    if time_unit == "ps":
-        summary["ns_per_day"] = rate * 86400 / 1000.0
+        model = _compiled(model, plan.members, plan.initial)
+    redraws = int(cfg.guard.redraws) if cfg.guard.enabled else 0
+    engine = RolloutEngine(model, plan.members, float(cfg.temperature), hooks, state_path, int(cfg.checkpoint_every), redraws)
+    state = _start_state(cfg, engine, plan, cfg_dict, state_path)
+    write_json_atomic(out / "dataset.json", _dataset_index(plan.labels, int(cfg.replicas), card.time_unit))
+    step0, t0 = state.step, time.perf_counter()
+    state = engine.run(state, int(cfg.steps))
+    summary = summarise(state, plan.members, step0, time.perf_counter() - t0, card, model, bool(cfg.exclusion.enabled), device)
     write_json_atomic(out / "summary.json", summary)
-    per_day = f"{summary['ns_per_day']:.4g} ns/day" if time_unit == "ps" else f"{rate * 86400:.4g} tau/day"
-    stopped = summary["n_stopped"]
-    first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
-    redrawn = f", {summary['redraws']} step(s) redrawn" if summary["redraws"] else ""
-    if xc.enabled:
-        redrawn += f", {summary['exclusion_pairs']} pair(s) pushed apart"
-    print(f"rollout: {len(members)} member(s) x {done} step(s) = {sim:.4g} {time_unit} in {wall:.1f} s: "
-          f"{rate:.4g} {time_unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
-          f"{stopped} stopped{f' (first: {first})' if stopped else ''}{redrawn} -> {out}")
+    print(_summary_line(summary, out))
     if cfg.evaluate:
         summary["evaluate"] = _evaluate(cfg, out)
     return summary
-
-
-def apply_refine_overrides(model: torch.nn.Module, overrides: Any, checkpoint: str) -> None:
-    """Set the refiner's sampling schedule from ``refine.*`` (null entries keep the trained values).
-
-    Raises
-    ------
-    CgsimInputError
-        If a schedule is given for a model without a refiner, or a value is out of range.
-    """
-    given = {k: v for k, v in dict(overrides).items() if v is not None}
-    if not given:
-        return
-    refiner = getattr(model, "refiner", None)
-    if refiner is None:
-        raise CgsimInputError(f"refine.{next(iter(given))}", f"{checkpoint} was trained without refinement "
-                                                             "(model/refinement=score); nothing to schedule")
-    try:
-        refiner.set_schedule(**given)
-    except ValueError as exc:
-        name, _, message = str(exc).partition(": ")
-        raise CgsimInputError(f"refine.{name}", message) from None
-
-
-def apply_prior_overrides(model: torch.nn.Module, overrides: Any, checkpoint: str) -> None:
-    """Set the structural prior's schedule from ``prior.*`` (null entries keep the exported values).
-
-    Raises
-    ------
-    CgsimInputError
-        If a schedule is given for a model without a prior, or a value is out of range.
-    """
-    given = {k: v for k, v in dict(overrides).items() if v is not None}
-    if not given:
-        return
-    if getattr(model, "prior", None) is None:
-        raise CgsimInputError(f"prior.{next(iter(given))}", f"{checkpoint} carries no structural prior "
-                                                            "(export it with --prior); nothing to schedule")
-    try:
-        model.prior = model.prior.with_schedule(**given)
-    except ValueError as exc:
-        raise CgsimInputError(f"prior.{next(iter(given))}", str(exc)) from None
 
 
 def _compiled(model: torch.nn.Module, members: Sequence[Member], initial: Sequence[torch.Tensor]) -> torch.nn.Module:
