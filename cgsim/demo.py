@@ -9,6 +9,9 @@ the lines:
 2. ``cgsim evaluate reference=REFERENCE rollout=OUT/CASE output=OUT/CASE/evaluate`` (through the
    rollout's ``evaluate=true``): ``report.md``, ``metrics.json`` and ``figures/``.
 
+Before the rollout it prints one line of the model's card (:class:`cgsim.model.card.ModelCard`:
+learned step, sampler, training data); the settings the model file recommends for rollouts come
+first in the rollout's overrides, the case's own ``rollout_overrides`` after them (they win).
 Then it prints the headline errors next to the MD-vs-MD noise floor and where the report is.
 A case whose model file is missing is refused with one line (nothing is downloaded). Running
 the demo again continues (``resume=true``) what an earlier, possibly killed, run left in the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ from omegaconf import DictConfig
 
 from cgsim.cli import hydra_quoted
 from cgsim.errors import CgsimInputError
+from cgsim.model.card import ModelCard
+from cgsim.model.checkpoint import load_checkpoint
 from cgsim.report.markdown import median_over_keys
 
 
@@ -33,17 +39,20 @@ def register_configs() -> None:
     """The demo composes ``rollout`` and ``evaluate`` configs; it has no schema of its own."""
 
 
-def case_overrides(case: DictConfig, output: Path, progress: bool, num_threads: int | None = None) -> list[str]:
+def case_overrides(case: DictConfig, output: Path, progress: bool, num_threads: int | None = None,
+                   recommended: Sequence[str] = ()) -> list[str]:
     """The ``cgsim rollout`` overrides one demo case runs (evaluation included).
 
-    ``num_threads`` (torch threads of the rollout; ``None``: torch's default, one per core) is
-    passed on as ``num_threads=N``.
+    ``recommended`` (the model card's recommended rollout settings,
+    :meth:`cgsim.model.card.ModelCard.rollout_overrides`) come before the case's own
+    ``rollout_overrides``, which win where both set an option. ``num_threads`` (torch threads of
+    the rollout; ``None``: torch's default, one per core) is passed on as ``num_threads=N``.
     """
     threads = [] if num_threads is None else [f"num_threads={int(num_threads)}"]
     return [f"checkpoint={case.checkpoint}", f"initial={hydra_quoted(case.initial)}", f"steps={int(case.steps)}",
             f"output={output}", f"replicas={int(case.replicas)}", "evaluate=true",
             f"reference={hydra_quoted(case.reference)}",
-            f"progress={str(progress).lower()}", *[str(o) for o in case.rollout_overrides],
+            f"progress={str(progress).lower()}", *recommended, *[str(o) for o in case.rollout_overrides],
             *([f"evaluate_overrides=[{','.join(hydra_quoted(o) for o in case.evaluate_overrides)}]"]
               if case.get("evaluate_overrides") else []), *threads]
 
@@ -86,11 +95,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not Path(str(case.checkpoint)).is_file():
             raise CgsimInputError(f"cases.{name}.checkpoint", f"{case.checkpoint} not found (the shipped models live "
                                                               "in data/checkpoints/)")
-        overrides = case_overrides(case, out / name, bool(cfg.progress), threads)
+        card = ModelCard.from_checkpoint(load_checkpoint(str(case.checkpoint)), str(case.checkpoint))
+        overrides = case_overrides(case, out / name, bool(cfg.progress), threads, card.rollout_overrides())
         if (out / name / "rollout_state.pt").is_file():  # a finished or killed earlier demo: continue it
             overrides.append("resume=true")
-        print(f"\n== demo case '{name}': {case.description}\n$ cgsim rollout {' '.join(map(shell_word, overrides))}",
-              flush=True)
+        print(f"\n== demo case '{name}': {case.description}\nmodel: {case.checkpoint}: {card.summary()}\n"
+              f"$ cgsim rollout {' '.join(map(shell_word, overrides))}", flush=True)
         summary = rollout(compose_verb("rollout", overrides))
         metrics = summary.pop("evaluate")
         report = (out / name / "evaluate" / "report.md").resolve()

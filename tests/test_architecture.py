@@ -68,3 +68,35 @@ def _package_imports(package: str) -> dict[str, set[str]]:
 ])
 def test_mapping_modules_import_one_way(module, forbidden):
     assert forbidden not in _imports(ROOT / module)
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("train", ("cgsim.rollout",)),
+    ("rollout", ("cgsim.train",)),
+    ("model", ("cgsim.train", "cgsim.rollout", "cgsim.data")),
+    ("data", ("cgsim.train", "cgsim.rollout")),
+])
+def test_layers_import_one_way(package, forbidden):
+    """Training and rollouts share what sits below both (model, data); the model knows neither."""
+    for path, modules in _package_imports(package).items():
+        bad = sorted(m for m in modules if m.startswith(forbidden))
+        assert not bad, f"{path} imports {bad}"
+
+
+#: modules that may read a checkpoint dict by its keys: the format itself, the card, and the
+#: prior's fit (cgsim/train/prior_fit.py, owned by the structural-prior work; it reads the card's
+#: atom types and training systems by key)
+CHECKPOINT_READERS = {"cgsim/model/checkpoint.py", "cgsim/model/card.py", "cgsim/train/prior_fit.py"}
+
+
+def test_checkpoint_facts_are_read_through_the_model_card():
+    import re
+
+    pattern = re.compile(r"ckpt\[|ckpt\.get\(|\[\"data\"\]\[|\[\"config\"\]\[\"data\"\]")
+    hits = []
+    for path in [*sorted((ROOT / "cgsim").rglob("*.py")), *sorted((ROOT / "bench").glob("*.py"))]:
+        rel = str(path.relative_to(ROOT))
+        if rel in CHECKPOINT_READERS:
+            continue
+        hits += [f"{rel}:{k + 1}" for k, line in enumerate(path.read_text().splitlines()) if pattern.search(line)]
+    assert not hits, f"checkpoint fields read by key outside cgsim.model.card: {hits}"

@@ -23,31 +23,45 @@ apply it after every draw (no network call). Its keys: ``nb_cutoff`` (nm), ``ste
 ``strength``, ``anchor``, ``max_frames``, ``min_samples``, ``dr`` (:func:`cgsim.train.prior_fit.fit_prior`),
 and ``calibrate=N`` (iterations of :func:`cgsim.train.prior_fit.calibrate_prior` on the model's own
 draws, refiner off), ``windows``, ``damping``.
+
+``--recommend`` records the ``cgsim rollout`` settings the model is meant to run with
+(``--recommend guard.redraws=3 exclusion.enabled=true``; the options of
+:data:`cgsim.model.card.RECOMMENDABLE`) as ``recommended_rollout``; its model card
+(:class:`cgsim.model.card.ModelCard`) reports them and ``cgsim demo`` starts from them. A
+checkpoint written before the ranges of its training data were recorded gets them here,
+measured on its listed training systems when those are found (:mod:`cgsim.data.ranges`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cgsim.data.ranges import with_training_ranges
 from cgsim.errors import CgsimInputError
 from cgsim.metadata import now_iso
+from cgsim.model.card import RECOMMENDABLE, ModelCard
+from cgsim.model.checkpoint import (
+    KEEP,
+    kept_weights,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    slim_checkpoint,
+)
 from cgsim.model.prior import StructuralPrior
-from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
-from cgsim.train.loop import model_from_checkpoint
+from cgsim.model.sampling import apply_refine_overrides
 from cgsim.train.prior_fit import calibrate_prior, fit_prior, training_systems
 
-#: entries of a training checkpoint a rollout needs (weights are chosen separately)
-KEEP = ("config", "epoch", "step", "best", "data", "metrics", "n_parameters")
+__all__ = ["KEEP", "export_model", "main"]
 
 
 def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None = None,
-                 prior: dict[str, Any] | None = None) -> dict[str, Any]:
+                 prior: dict[str, Any] | None = None, recommend: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the slim model file ``dst`` from the training checkpoint ``src``.
 
     Parameters
@@ -61,6 +75,8 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
         :meth:`cgsim.model.refinement.ScoreRefiner.set_schedule`).
     prior : dict, optional
         Fit a structural prior with these options (:func:`fit_prior`) and store it.
+    recommend : dict, optional
+        Recommended ``cgsim rollout`` settings (:data:`cgsim.model.card.RECOMMENDABLE` keys).
 
     Returns
     -------
@@ -70,28 +86,25 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
     Raises
     ------
     CgsimInputError
-        If ``src`` is missing, truncated or not a cgsim checkpoint, or ``refine`` is given for a
-        model without refinement or is out of range.
+        If ``src`` is missing, truncated or not a cgsim checkpoint, ``refine`` is given for a
+        model without refinement or is out of range, or ``recommend`` names another option.
     """
     ckpt = load_checkpoint(src)
-    config = copy.deepcopy(ckpt["config"])
+    card = ModelCard.from_checkpoint(ckpt, src)
     if refine:
-        from cgsim.rollout.command import apply_refine_overrides
-
-        model = model_from_checkpoint(ckpt)
-        apply_refine_overrides(model, refine, str(src))  # checks names and ranges, one clear line
-        config["model"]["refinement"].update(refine)
-    use_ema = ckpt.get("ema") is not None
-    weights = ckpt["ema"] if use_ema else ckpt["model"]
-    record = {"source": str(src), "source_sha256": _sha256(Path(src)), "weights": "ema" if use_ema else "model",
+        apply_refine_overrides(model_from_checkpoint(ckpt), refine, str(src))  # checks names and ranges, one clear line
+    unknown = sorted(set(recommend or {}) - set(RECOMMENDABLE))
+    if unknown:
+        raise CgsimInputError(f"--recommend {unknown[0]}", f"not a rollout option a model may recommend; expected one of {RECOMMENDABLE}")
+    record = {"source": str(src), "source_sha256": _sha256(Path(src)), "weights": kept_weights(ckpt),
               "refine": dict(refine or {}), "date": now_iso()}
-    slim = {k: ckpt[k] for k in KEEP if k in ckpt}
-    slim.update({"config": config, "model": weights, "ema": None, "exported": record})
+    fitted = None
     if prior:
-        slim["prior"] = _fitted_prior(ckpt, prior).to_dict()
+        fitted = _fitted_prior(ckpt, card, prior).to_dict()
         record["prior"] = dict(prior)
-    elif ckpt.get("prior") is not None:
-        slim["prior"] = ckpt["prior"]
+    ranges = with_training_ranges(card).ranges if card.ranges is None else None
+    slim = slim_checkpoint(ckpt, record, refine=refine, prior=fitted, recommended=recommend,
+                           ranges=None if ranges is None else ranges.to_dict())
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(dst, slim)
     return record
@@ -105,7 +118,7 @@ def _sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _fitted_prior(ckpt: dict[str, Any], options: dict[str, Any]) -> StructuralPrior:
+def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]) -> StructuralPrior:
     """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``."""
     systems = training_systems(ckpt)
     prior = fit_prior(ckpt, options, systems)
@@ -114,7 +127,7 @@ def _fitted_prior(ckpt: dict[str, Any], options: dict[str, Any]) -> StructuralPr
         model = model_from_checkpoint(ckpt)
         if options.get("refine_off", True) and model.refiner is not None:
             model.refiner.set_schedule(levels=0, final_denoise=False)
-        prior, errors = calibrate_prior(model, prior, systems, int(ckpt["config"]["data"]["stride"]), n_iter,
+        prior, errors = calibrate_prior(model, prior, systems, card.stride, n_iter,
                                         int(options.get("windows", 64)), float(options.get("damping", 0.5)))
         print("prior calibration, mean |ln P_drawn/P_true| per iteration: " + " ".join(f"{e:.3f}" for e in errors))
     return prior
@@ -137,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="default refinement schedule of the exported model, e.g. sampler=ode levels=12")
     ap.add_argument("--prior", nargs="*", default=None, metavar="KEY=VALUE",
                     help="fit and store a structural prior, e.g. nb_cutoff=1.0 steps=10")
+    ap.add_argument("--recommend", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recommended cgsim rollout settings, e.g. guard.redraws=3 exclusion.enabled=true")
     args = ap.parse_args(argv)
     refine = _pairs(args.refine)
     prior = _pairs(args.prior) if args.prior is not None else None
     try:
-        rec = export_model(args.src, args.dst, refine, prior)
+        rec = export_model(args.src, args.dst, refine, prior, _pairs(args.recommend))
     except CgsimInputError as exc:
         raise SystemExit(f"export: {exc}") from None
     size = Path(args.dst).stat().st_size / 2**20

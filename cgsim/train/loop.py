@@ -10,6 +10,10 @@ from ``(seed, epoch)``, a resumed run ends with the same parameters as an uninte
 Launched by ``torchrun --nproc_per_node K -m cgsim train ...`` it trains with
 DistributedDataParallel (gloo on CPU, nccl on GPU): each rank takes every K-th window of the
 epoch's permutation; rank 0 validates, logs and writes checkpoints.
+
+:func:`train` only orchestrates named steps: :func:`setup_run` (output, data, model, optimiser;
+a resumed run reloads its state), then per epoch :func:`fit_epoch`, :func:`validate_epoch` and
+:func:`save_epoch` (rank 0), and a summary line.
 """
 
 from __future__ import annotations
@@ -18,29 +22,41 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
 from cgsim.checks import content_digest, same_systems
 from cgsim.config_compat import with_added_defaults
-from cgsim.data.load import load_systems
+from cgsim.data.load import SystemSet, load_systems
+from cgsim.data.ranges import training_ranges
 from cgsim.data.windows import WindowCollator, WindowDataset
 from cgsim.errors import CgsimInputError
-from cgsim.model.prior import StructuralPrior
+from cgsim.model.checkpoint import (
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_training,
+    save_checkpoint,
+    saved_config,
+    training_state,
+)
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.config import TrainConfig
 from cgsim.train.ema import EMA
 from cgsim.train.logger import MetricLogger
 from cgsim.train.validation import one_step_dsm, one_step_nll, rollout_validation
+
+# build_model and model_from_checkpoint live in cgsim.model.checkpoint; re-exported for older imports
+__all__ = ["RESUME_MUST_MATCH", "EpochFit", "TrainingRun", "build_model", "fit_epoch", "model_from_checkpoint", "save_epoch",
+           "setup_run", "train", "validate_epoch"]
 
 #: config sections that must match for ``resume=true`` (anything else may change, e.g. max_epochs)
 RESUME_MUST_MATCH = ("model", "data", "optim", "trainer.batch_size", "trainer.seed")
@@ -55,22 +71,6 @@ class _LossModule(nn.Module):
 
     def forward(self, inputs, target, generator=None):  # noqa: D102
         return self.model.loss(inputs, target, generator)
-
-
-def build_model(cfg: DictConfig, n_atom_types: int) -> MultiScaleDynamics:
-    """Instantiate ``cfg.model`` (its ``_target_``) for ``n_atom_types`` fine types."""
-    return instantiate(cfg.model, n_atom_types=n_atom_types)
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu", use_ema: bool = True) -> MultiScaleDynamics:
-    """Rebuild the model a checkpoint was trained with, weights loaded (EMA if present)."""
-    cfg = OmegaConf.create(ckpt["config"])
-    model = build_model(cfg, len(ckpt["data"]["atom_types"]))
-    state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    model.load_state_dict(state)
-    if ckpt.get("prior") is not None:
-        model.prior = StructuralPrior.from_dict(ckpt["prior"])
-    return model.to(device).eval()
 
 
 def _lr_lambda(warmup: int, total: int, min_factor: float):
@@ -141,6 +141,210 @@ def _distributed(backend: str) -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class TrainingRun:
+    """Everything one ``cgsim train`` call works with (built by :func:`setup_run`)."""
+
+    cfg: DictConfig
+    cfg_dict: dict[str, Any]
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
+    train_set: SystemSet
+    val_set: SystemSet
+    ds_train: WindowDataset
+    ds_val: WindowDataset
+    model: MultiScaleDynamics
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    ema: EMA | None
+    steps_per_epoch: int
+    n_per_rank: int
+    data_info: dict[str, Any]
+    n_params: int
+    start_epoch: int = 0
+    step: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"score": float("inf"), "epoch": -1})
+
+    @property
+    def last_path(self) -> Path:
+        """``OUTPUT/checkpoints/last.pt``."""
+        return self.out / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        """``OUTPUT/checkpoints/best.pt``."""
+        return self.out / "checkpoints" / "best.pt"
+
+
+@dataclass
+class EpochFit:
+    """What :func:`fit_epoch` reports: the loss of every optimiser step, windows seen, seconds."""
+
+    losses: list[float]
+    seen: int
+    seconds: float
+
+
+def _check_output(cfg: DictConfig) -> None:
+    """Refuse an output holding another run (without ``resume``) and a resume without a checkpoint."""
+    out = Path(cfg.output)
+    last_path = out / "checkpoints" / "last.pt"
+    if last_path.is_file() and not cfg.resume:
+        raise CgsimInputError(str(out), "output already holds a training run; pass resume=true to continue it or choose another output")
+    if cfg.resume and not last_path.is_file():
+        raise CgsimInputError(str(last_path), "resume=true but there is no checkpoint to resume from")
+
+
+def _load_data(cfg: DictConfig) -> tuple[SystemSet, SystemSet, WindowDataset, WindowDataset]:
+    """Training and validation systems (split checked) and their windows."""
+    data = cfg.data
+    _check_options(cfg)
+    train_set = load_systems(list(data.train), "data.train")
+    val_set = load_systems(list(data.val), "data.val", atom_types=train_set.atom_types)
+    _check_split(train_set, val_set)
+    ds_train = WindowDataset(train_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
+    ds_val = WindowDataset(val_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
+    return train_set, val_set, ds_train, ds_val
+
+
+def _data_record(cfg: DictConfig, train_set: SystemSet, val_set: SystemSet) -> dict[str, Any]:
+    """The checkpoint's ``data`` entry: what the model card of every checkpoint of this run reads."""
+    return {"atom_types": train_set.atom_types, "mapping_hashes": train_set.mapping_hashes,
+            "train_systems": [t.name for t in train_set.trajectories],
+            "val_systems": [t.name for t in val_set.trajectories],
+            "learned_dt": train_set.save_interval * int(cfg.data.stride), "time_unit": train_set.time_unit,
+            "periodic": any(t.graph.box is not None for t in train_set.trajectories),
+            "ranges": training_ranges(train_set.trajectories, train_set.atom_types).to_dict()}
+
+
+def setup_run(cfg: DictConfig) -> TrainingRun:
+    """Processes, output, data, model, optimiser, EMA; the saved state for ``resume=true``, else
+    the model's normalisation fitted to the training windows."""
+    tc, oc = cfg.trainer, cfg.optim
+    rank, world = _distributed(str(tc.dist_backend))
+    if tc.num_threads:
+        torch.set_num_threads(int(tc.num_threads))
+    device = torch.device(str(tc.device))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    _check_output(cfg)
+    train_set, val_set, ds_train, ds_val = _load_data(cfg)
+    torch.manual_seed(int(tc.seed))
+    model = build_model(cfg, len(train_set.atom_types)).to(device)
+    if model.history != int(cfg.data.history):
+        raise CgsimInputError("model.history", f"model reads {model.history} frames but data.history is {cfg.data.history}")
+    if int(tc.validate_every) < 1:
+        raise CgsimInputError("trainer.validate_every", f"must be >= 1 epoch, got {tc.validate_every}")
+    n_per_rank = len(ds_train) // world
+    steps_per_epoch = max(1, math.ceil(n_per_rank / int(tc.batch_size)))
+    if tc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, int(tc.max_steps_per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(oc.lr), weight_decay=float(oc.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(oc.warmup_steps), steps_per_epoch * int(tc.max_epochs),
+                                                              float(oc.min_lr_factor)))
+    ema = EMA(model, float(oc.ema_decay)) if oc.ema_decay else None
+    run = TrainingRun(cfg=cfg, cfg_dict=cfg_dict, rank=rank, world=world, device=device, out=Path(cfg.output),
+                      train_set=train_set, val_set=val_set, ds_train=ds_train, ds_val=ds_val, model=model, net=model,
+                      opt=opt, sched=sched, ema=ema, steps_per_epoch=steps_per_epoch, n_per_rank=n_per_rank,
+                      data_info=_data_record(cfg, train_set, val_set), n_params=sum(p.numel() for p in model.parameters()))
+    if cfg.resume:
+        ckpt = load_checkpoint(run.last_path, map_location=device)
+        _check_resume_compatible(saved_config(ckpt), cfg_dict, run.last_path)
+        run.start_epoch, run.step, run.best = restore_training(ckpt, model, opt, sched, ema)
+    else:
+        rng = np.random.default_rng(int(tc.seed))
+        model.fit_normalization(ds_train.sample_windows(int(cfg.data.normalization_windows), rng).to(device))
+        if ema is not None:
+            run.ema = EMA(model, float(oc.ema_decay))
+    run.net = _LossModule(model)
+    if world > 1:
+        run.net = nn.parallel.DistributedDataParallel(run.net, device_ids=[device.index] if device.type == "cuda" else None)
+    return run
+
+
+def fit_epoch(run: TrainingRun, epoch: int) -> EpochFit:
+    """One pass over this rank's share of the epoch's permutation (fixed by ``(seed, epoch)``)."""
+    cfg, tc = run.cfg, run.cfg.trainer
+    seed, batch_size = int(tc.seed), int(tc.batch_size)
+    run.model.train()
+    perm = torch.randperm(len(run.ds_train), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    shard = perm[: run.n_per_rank * run.world][run.rank::run.world][: run.steps_per_epoch * batch_size]
+    noise_gen = torch.Generator().manual_seed((seed * 100_003 + epoch) * 131 + run.rank)
+    collate = WindowCollator(run.train_set.trajectories, list(cfg.data.noise_std), generator=noise_gen,
+                              symmetries=bool(cfg.data.augment_symmetry))
+    # the refiner's denoising noise: its own stream, also fixed by (seed, epoch, rank)
+    loss_gen = torch.Generator(device=run.device).manual_seed((seed * 100_003 + epoch) * 137 + run.rank)
+    t0, seen, losses = time.perf_counter(), 0, []
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.max_epochs}",
+               disable=run.rank != 0 or not tc.progress, dynamic_ncols=True, mininterval=1.0)
+    for k in bar:
+        idx = shard[k * batch_size:(k + 1) * batch_size]
+        batch = collate([run.ds_train[int(i)] for i in idx]).to(run.device)
+        loss = run.net(batch.inputs, batch.target, loss_gen)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(run.model.parameters(), float(cfg.optim.grad_clip))
+        run.opt.step()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update(run.model, run.step)  # warm-up by the global step count, so resume stays exact
+        run.step += 1
+        seen += len(idx)
+        losses.append(float(loss.detach()))
+        bar.set_postfix_str(f"loss {losses[-1]:.3f}, {seen * run.world / (time.perf_counter() - t0):.1f} windows/s")
+    bar.close()
+    return EpochFit(losses=losses, seen=seen, seconds=time.perf_counter() - t0)
+
+
+def validate_epoch(run: TrainingRun, epoch: int, fit: EpochFit) -> tuple[dict[str, Any], bool]:
+    """The epoch's metrics row (validation every ``trainer.validate_every`` epochs and after the
+    last, with the EMA weights when there are any) and whether it is the best so far."""
+    tc, model = run.cfg.trainer, run.model
+    model.eval()
+    validate = (epoch + 1) % int(tc.validate_every) == 0 or epoch + 1 == int(tc.max_epochs)
+    val_nll = val_dsm = score = float("nan")
+    roll = None
+    if validate:
+        ctx = run.ema.applied(model) if run.ema is not None else contextlib.nullcontext(model)
+        with ctx:
+            val_nll = one_step_nll(model, run.ds_val, int(tc.batch_size), run.device, int(tc.val_windows))
+            val_dsm = (one_step_dsm(model, run.ds_val, int(tc.batch_size), run.device, int(tc.val_windows), int(tc.seed))
+                       if model.refiner is not None else float("nan"))
+            roll = (rollout_validation(model, run.val_set.trajectories, int(run.cfg.data.stride), int(tc.rollout_steps),
+                                       int(tc.seed), run.device) if int(tc.rollout_steps) > 0 else None)
+        score = roll.score if roll is not None else val_nll
+    row = {"epoch": epoch + 1, "train_loss": float(np.mean(fit.losses)), "val_nll": val_nll, "val_dsm": val_dsm,
+           "rollout_bond_w1": roll.bond_w1 if roll else float("nan"),
+           "rollout_stable_fraction": roll.stable_fraction if roll else float("nan"),
+           "score": score, "lr": run.sched.get_last_lr()[0], "epoch_seconds": fit.seconds,
+           "windows_per_second": fit.seen * run.world / max(fit.seconds, 1e-9)}
+    return row, bool(validate and score < run.best["score"])
+
+
+def save_epoch(run: TrainingRun, epoch: int, row: dict[str, Any], improved: bool) -> None:
+    """Write ``last.pt`` (and ``best.pt`` when ``improved``, which also updates ``run.best``)."""
+    if improved:
+        run.best = {"score": float(row["score"]), "epoch": epoch + 1}
+    state = training_state(run.cfg_dict, run.model, run.ema, run.opt, run.sched, epoch, run.step, run.best,
+                           run.data_info, row, run.n_params)
+    save_checkpoint(run.last_path, state)
+    if improved:
+        save_checkpoint(run.best_path, state)
+
+
+def _final_line(run: TrainingRun, summary: dict[str, Any], wall: float) -> str:
+    if not summary.get("epoch"):
+        return f"train: nothing to do, {run.out} already finished {run.cfg.trainer.max_epochs} epochs"
+    return (f"train: {summary['epochs_run']} epoch(s) in {wall:.1f} s, {run.n_params} parameters, "
+            f"val NLL {summary['val_nll']:.3f}, rollout bond W1 {summary['rollout_bond_w1']:.4f} nm, "
+            f"stable {summary['rollout_stable_fraction']:.2f}; best epoch {run.best['epoch']} -> {run.best_path}")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the run described by ``cfg``; return a summary of the last epoch.
 
@@ -151,154 +355,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trajectory, zero stride), an output holding another run without ``resume=true``, or
         a checkpoint from an incompatible config.
     """
-    tc = cfg.trainer
-    rank, world = _distributed(str(tc.dist_backend))
-    if tc.num_threads:
-        torch.set_num_threads(int(tc.num_threads))
-    device = torch.device(str(tc.device))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    out = Path(cfg.output)
-    ckpt_dir = out / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-
-    if last_path.is_file() and not cfg.resume:
-        raise CgsimInputError(str(out), "output already holds a training run; pass resume=true to continue it or choose another output")
-    if cfg.resume and not last_path.is_file():
-        raise CgsimInputError(str(last_path), "resume=true but there is no checkpoint to resume from")
-
-    data = cfg.data
-    _check_options(cfg)
-    train_set = load_systems(list(data.train), "data.train")
-    val_set = load_systems(list(data.val), "data.val", atom_types=train_set.atom_types)
-    _check_split(train_set, val_set)
-    ds_train = WindowDataset(train_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
-    ds_val = WindowDataset(val_set.trajectories, int(data.history), int(data.stride), int(data.window_step))
-
-    torch.manual_seed(int(tc.seed))
-    model = build_model(cfg, len(train_set.atom_types)).to(device)
-    if model.history != int(data.history):
-        raise CgsimInputError("model.history", f"model reads {model.history} frames but data.history is {data.history}")
-
-    validate_every = int(tc.validate_every)
-    if validate_every < 1:
-        raise CgsimInputError("trainer.validate_every", f"must be >= 1 epoch, got {validate_every}")
-    n_per_rank = len(ds_train) // world
-    steps_per_epoch = max(1, math.ceil(n_per_rank / int(tc.batch_size)))
-    if tc.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, int(tc.max_steps_per_epoch))
-    total_steps = steps_per_epoch * int(tc.max_epochs)
-    oc = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=float(oc.lr), weight_decay=float(oc.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(int(oc.warmup_steps), total_steps, float(oc.min_lr_factor)))
-    ema = EMA(model, float(oc.ema_decay)) if oc.ema_decay else None
-    start_epoch, step, best = 0, 0, {"score": float("inf"), "epoch": -1}
-
-    if cfg.resume:
-        ckpt = load_checkpoint(last_path, map_location=device)
-        _check_resume_compatible(ckpt["config"], cfg_dict, last_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        start_epoch, step, best = int(ckpt["epoch"]) + 1, int(ckpt["step"]), dict(ckpt["best"])
-    else:
-        rng = np.random.default_rng(int(tc.seed))
-        model.fit_normalization(ds_train.sample_windows(int(data.normalization_windows), rng).to(device))
-        if ema is not None:
-            ema = EMA(model, float(oc.ema_decay))
-
-    net: nn.Module = _LossModule(model)
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    logger = MetricLogger(out, tensorboard=bool(tc.tensorboard)) if rank == 0 else None
-    data_info = {"atom_types": train_set.atom_types, "mapping_hashes": train_set.mapping_hashes,
-                 "train_systems": [t.name for t in train_set.trajectories],
-                 "val_systems": [t.name for t in val_set.trajectories],
-                 "learned_dt": train_set.save_interval * int(data.stride), "time_unit": train_set.time_unit,
-                 "periodic": any(t.graph.box is not None for t in train_set.trajectories)}
-    n_params = sum(p.numel() for p in model.parameters())
+    run = setup_run(cfg)
+    logger = MetricLogger(run.out, tensorboard=bool(cfg.trainer.tensorboard)) if run.rank == 0 else None
     t_run = time.perf_counter()
     summary: dict[str, Any] = {"epochs_run": 0}
     epochs_this_call = 0
-    for epoch in range(start_epoch, int(tc.max_epochs)):
+    for epoch in range(run.start_epoch, int(cfg.trainer.max_epochs)):
         if cfg.stop_after_epochs is not None and epochs_this_call >= int(cfg.stop_after_epochs):
             break
-        model.train()
-        perm = torch.randperm(len(ds_train), generator=torch.Generator().manual_seed(int(tc.seed) * 100_003 + epoch))
-        shard = perm[: n_per_rank * world][rank::world][: steps_per_epoch * int(tc.batch_size)]
-        noise_gen = torch.Generator().manual_seed((int(tc.seed) * 100_003 + epoch) * 131 + rank)
-        collate = WindowCollator(train_set.trajectories, list(data.noise_std), generator=noise_gen,
-                                  symmetries=bool(data.augment_symmetry))
-        # the refiner's denoising noise: its own stream, also fixed by (seed, epoch, rank)
-        loss_gen = torch.Generator(device=device).manual_seed((int(tc.seed) * 100_003 + epoch) * 137 + rank)
-        t0, seen, losses = time.perf_counter(), 0, []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.max_epochs}", disable=rank != 0 or not tc.progress,
-                   dynamic_ncols=True, mininterval=1.0)
-        for k in bar:
-            idx = shard[k * int(tc.batch_size):(k + 1) * int(tc.batch_size)]
-            batch = collate([ds_train[int(i)] for i in idx]).to(device)
-            loss = net(batch.inputs, batch.target, loss_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if oc.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), float(oc.grad_clip))
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model, step)  # warm-up by the global step count, so resume stays exact
-            step += 1
-            seen += len(idx)
-            losses.append(float(loss.detach()))
-            bar.set_postfix_str(f"loss {losses[-1]:.3f}, {seen * world / (time.perf_counter() - t0):.1f} windows/s")
-        bar.close()
-        train_time = time.perf_counter() - t0
+        fit = fit_epoch(run, epoch)
         epochs_this_call += 1
-        if rank == 0:
-            model.eval()
-            validate = (epoch + 1) % validate_every == 0 or epoch + 1 == int(tc.max_epochs)
-            val_nll = val_dsm = score = float("nan")
-            roll = None
-            if validate:
-                ctx = ema.applied(model) if ema is not None else contextlib.nullcontext(model)
-                with ctx:
-                    val_nll = one_step_nll(model, ds_val, int(tc.batch_size), device, int(tc.val_windows))
-                    val_dsm = (one_step_dsm(model, ds_val, int(tc.batch_size), device, int(tc.val_windows), int(tc.seed))
-                               if model.refiner is not None else float("nan"))
-                    roll = (rollout_validation(model, val_set.trajectories, int(data.stride), int(tc.rollout_steps),
-                                               int(tc.seed), device) if int(tc.rollout_steps) > 0 else None)
-                score = roll.score if roll is not None else val_nll
-            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_nll": val_nll, "val_dsm": val_dsm,
-                   "rollout_bond_w1": roll.bond_w1 if roll else float("nan"),
-                   "rollout_stable_fraction": roll.stable_fraction if roll else float("nan"),
-                   "score": score, "lr": sched.get_last_lr()[0], "epoch_seconds": train_time,
-                   "windows_per_second": seen * world / max(train_time, 1e-9)}
-            improved = validate and score < best["score"]
-            if improved:
-                best = {"score": float(score), "epoch": epoch + 1}
-            state = {"config": cfg_dict, "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-                     "best": best, "data": data_info, "metrics": row, "n_parameters": n_params}
-            save_checkpoint(last_path, state)
-            if improved:
-                save_checkpoint(best_path, state)
-            logger.log(row, step)
-            summary = {**row, "epochs_run": epochs_this_call, "best": best, "n_parameters": n_params,
-                       "checkpoint": str(last_path)}
-        if world > 1:
+        if logger is not None:
+            row, improved = validate_epoch(run, epoch, fit)
+            save_epoch(run, epoch, row, improved)
+            logger.log(row, run.step)
+            summary = {**row, "epochs_run": epochs_this_call, "best": run.best, "n_parameters": run.n_params,
+                       "checkpoint": str(run.last_path)}
+        if run.world > 1:
             dist.barrier()
     if logger is not None:
         logger.close()
-        wall = time.perf_counter() - t_run
-        if summary.get("epoch"):
-            print(f"train: {summary['epochs_run']} epoch(s) in {wall:.1f} s, {n_params} parameters, "
-                  f"val NLL {summary['val_nll']:.3f}, rollout bond W1 {summary['rollout_bond_w1']:.4f} nm, "
-                  f"stable {summary['rollout_stable_fraction']:.2f}; best epoch {best['epoch']} -> {best_path}")
-        else:
-            print(f"train: nothing to do, {out} already finished {tc.max_epochs} epochs")
-    if world > 1 and dist.is_initialized():
+        print(_final_line(run, summary, time.perf_counter() - t_run))
+    if run.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
     return summary
-
