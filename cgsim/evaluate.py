@@ -197,70 +197,51 @@ def _remove_stale_report_files(out: Path, written: set[str]) -> None:
         fig_dir.rmdir()
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.reference`` (and ``cfg.rollout``); write the report into ``cfg.output``.
-
-    Parameters
-    ----------
-    cfg : DictConfig
-        Composed ``evaluate`` config (:class:`EvaluateConfig`).
-
-    Returns
-    -------
-    dict
-        The metrics written to ``metrics.json``.
-    """
-    from cgsim.report import figures as fig
+def _load_sets(cfg: DictConfig) -> tuple[list[Any], list[Any] | None]:
+    """The reference set and (``cfg.rollout``) the rollout set, topologies matched when asked."""
     from cgsim.report.loading import check_same_topology, load_set
-    from cgsim.report.markdown import render
-    from cgsim.report.suite import (
-        compare,
-        compute_suite,
-        halves,
-        make_settings,
-        noise_settings,
-        summarise,
-    )
 
-    t_start = time.perf_counter()
-    out = Path(str(cfg.output))
-    if out.exists() and not out.is_dir():
-        raise CgsimInputError("output", f"{out} exists and is not a directory")
-    positive_temperature(cfg.conductivity.temperature, "conductivity.temperature")
     reference = load_set(cfg.reference, int(cfg.file_index), int(cfg.stride), "reference")
     rollout = None
     if cfg.rollout is not None:
         rollout = load_set(cfg.rollout, int(cfg.file_index), int(cfg.stride), "rollout")
         if cfg.match_topology:
             check_same_topology(reference, rollout, "rollout")
-    load_seconds = time.perf_counter() - t_start
-    observables = _observables(cfg, reference[0].system)
-    if "conductivity" in observables and cfg.conductivity.temperature is None:
-        unknown = next((t for t in [*reference, *(rollout or [])] if t.temperature is None), None)
-        if unknown is not None:
-            raise CgsimInputError("conductivity.temperature", f"{unknown.path.with_suffix('.json')} states no temperature "
-                                                              "(system.temperature is null: mapped without a cgsim "
-                                                              "sidecar); the conductivity needs it: give "
-                                                              "conductivity.temperature=K (or temperature=K to `cgsim map`), "
-                                                              "or leave conductivity out of observables")
-    settings = make_settings(reference, cfg, observables, rollout)
+    return reference, rollout
 
-    bar = bool(cfg.progress)
-    ref_suite = compute_suite(reference, settings, "reference", bar)
-    roll_suite = compute_suite(rollout, settings, "rollout", bar) if rollout is not None else None
-    halves_suites = None
-    floor_note = None
-    if cfg.noise_floor:
-        split = halves(reference)
-        if split is None:
-            floor_note = "noise floor skipped: a reference trajectory has fewer than 8 frames"
-        else:
-            ns = noise_settings(settings)
-            try:
-                halves_suites = (compute_suite(split[0], ns, "reference[first half]", bar),
-                                 compute_suite(split[1], ns, "reference[second half]", bar))
-            except CgsimInputError as exc:  # e.g. a fit window longer than half the reference
-                floor_note = f"noise floor skipped: {exc}"
+
+def _check_conductivity_temperature(cfg: DictConfig, observables: tuple[str, ...], trajectories: list[Any]) -> None:
+    """The conductivity needs a temperature: from the config or every sidecar."""
+    if "conductivity" not in observables or cfg.conductivity.temperature is not None:
+        return
+    unknown = next((t for t in trajectories if t.temperature is None), None)
+    if unknown is not None:
+        raise CgsimInputError("conductivity.temperature", f"{unknown.path.with_suffix('.json')} states no temperature "
+                                                          "(system.temperature is null: mapped without a cgsim "
+                                                          "sidecar); the conductivity needs it: give "
+                                                          "conductivity.temperature=K (or temperature=K to `cgsim map`), "
+                                                          "or leave conductivity out of observables")
+
+
+def _noise_floor_suites(reference: list[Any], settings: Any, bar: bool) -> tuple[tuple[Any, Any] | None, str | None]:
+    """The suites of the reference's two halves (the MD-vs-MD noise floor), or why there are none."""
+    from cgsim.report.suite import compute_suite, halves, noise_settings
+
+    split = halves(reference)
+    if split is None:
+        return None, "noise floor skipped: a reference trajectory has fewer than 8 frames"
+    ns = noise_settings(settings)
+    try:
+        return (compute_suite(split[0], ns, "reference[first half]", bar),
+                compute_suite(split[1], ns, "reference[second half]", bar)), None
+    except CgsimInputError as exc:  # e.g. a fit window longer than half the reference
+        return None, f"noise floor skipped: {exc}"
+
+
+def _observable_table(observables: tuple[str, ...], ref_suite: Any, roll_suite: Any,
+                      halves_suites: tuple[Any, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per observable and key: reference, rollout, error and noise floor."""
+    from cgsim.report.suite import compare, summarise
 
     ref_sum = summarise(ref_suite)
     roll_sum = summarise(roll_suite) if roll_suite is not None else {}
@@ -274,7 +255,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         table[obs] = {k: {"reference": ref_sum.get(obs, {}).get(k), "rollout": roll_sum.get(obs, {}).get(k),
                           "error": errors.get(obs, {}).get(k), "noise_floor": floor.get(obs, {}).get(k)}
                       for k in keys}
+    return table
 
+
+def _timings(ref_suite: Any, roll_suite: Any, halves_suites: tuple[Any, Any] | None, load_seconds: float) -> dict[str, Any]:
     timings: dict[str, Any] = {"reference": ref_suite.timings}
     if roll_suite is not None:
         timings["rollout"] = roll_suite.timings
@@ -282,6 +266,58 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         timings["noise_floor"] = {k: halves_suites[0].timings[k] + halves_suites[1].timings[k]
                                   for k in halves_suites[0].timings}
     timings["loading"] = load_seconds
+    return timings
+
+
+def _figures(cfg: DictConfig, out: Path, ref_suite: Any, roll_suite: Any, halves_suites: tuple[Any, Any] | None,
+             settings: Any) -> dict[str, str]:
+    """The PNG overlays (``cfg.figures``): ``{name: relative path}``."""
+    from cgsim.report import figures as fig
+
+    suites = [ref_suite] + ([roll_suite] if roll_suite is not None else []) + list(halves_suites or ())
+    fig_dir = out / "figures"
+    dpi = int(cfg.dpi)
+    made = [fig.rdf_figure(suites, fig_dir, dpi), fig.bond_figure(suites, fig_dir, dpi),
+            fig.angle_figure(suites, fig_dir, dpi), fig.size_figure(suites, fig_dir, dpi),
+            fig.acf_figure(suites, fig_dir, dpi), fig.msd_figure(suites, fig_dir, dpi, settings.fit_window),
+            fig.contact_figure(ref_suite, roll_suite, fig_dir, dpi),
+            fig.conductivity_figure(suites, fig_dir, dpi, settings.fit_window)]
+    return {m: f"figures/{m}" for m in made if m is not None}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.reference`` (and ``cfg.rollout``); write the report into ``cfg.output``.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        Composed ``evaluate`` config (:class:`EvaluateConfig`).
+
+    Returns
+    -------
+    dict
+        The metrics written to ``metrics.json``.
+    """
+    from cgsim.report.markdown import render
+    from cgsim.report.suite import compute_suite, make_settings
+
+    t_start = time.perf_counter()
+    out = Path(str(cfg.output))
+    if out.exists() and not out.is_dir():
+        raise CgsimInputError("output", f"{out} exists and is not a directory")
+    positive_temperature(cfg.conductivity.temperature, "conductivity.temperature")
+    reference, rollout = _load_sets(cfg)
+    load_seconds = time.perf_counter() - t_start
+    observables = _observables(cfg, reference[0].system)
+    _check_conductivity_temperature(cfg, observables, [*reference, *(rollout or [])])
+    settings = make_settings(reference, cfg, observables, rollout)
+
+    bar = bool(cfg.progress)
+    ref_suite = compute_suite(reference, settings, "reference", bar)
+    roll_suite = compute_suite(rollout, settings, "rollout", bar) if rollout is not None else None
+    halves_suites, floor_note = _noise_floor_suites(reference, settings, bar) if cfg.noise_floor else (None, None)
+    table = _observable_table(observables, ref_suite, roll_suite, halves_suites)
+    timings = _timings(ref_suite, roll_suite, halves_suites, load_seconds)
     notes = list(dict.fromkeys(ref_suite.notes + (roll_suite.notes if roll_suite else [])))
     if floor_note is not None:
         notes.append(floor_note)
@@ -289,15 +325,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     figures: dict[str, str] = {}
     if cfg.figures:
         t0 = time.perf_counter()
-        suites = [ref_suite] + ([roll_suite] if roll_suite is not None else []) + list(halves_suites or ())
-        fig_dir = out / "figures"
-        dpi = int(cfg.dpi)
-        made = [fig.rdf_figure(suites, fig_dir, dpi), fig.bond_figure(suites, fig_dir, dpi),
-                fig.angle_figure(suites, fig_dir, dpi), fig.size_figure(suites, fig_dir, dpi),
-                fig.acf_figure(suites, fig_dir, dpi), fig.msd_figure(suites, fig_dir, dpi, settings.fit_window),
-                fig.contact_figure(ref_suite, roll_suite, fig_dir, dpi),
-                fig.conductivity_figure(suites, fig_dir, dpi, settings.fit_window)]
-        figures = {m: f"figures/{m}" for m in made if m is not None}
+        figures = _figures(cfg, out, ref_suite, roll_suite, halves_suites, settings)
         timings["figures"] = time.perf_counter() - t0
 
     units_note = ("lengths nm, times ps, D in cm^2/s (and nm^2/ps), conductivity S/cm, angles deg, temperature K")

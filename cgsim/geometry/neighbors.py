@@ -142,8 +142,19 @@ def radius_graph(
         batch = torch.zeros(n, dtype=torch.long, device=device)
     batch = batch.to(device=device, dtype=torch.long)
     n_sys = int(batch.max().item()) + 1 if n else 1
-    periodic = box is not None
+    lengths, x, origin, extent = _frame(pos, cutoff, box, batch, n_sys)
+    if method not in ("auto", "cells", "kdtree"):
+        raise CgsimInputError("method", f"expected 'auto', 'cells' or 'kdtree', got {method!r}")
+    if method == "kdtree" or (method == "auto" and device.type == "cpu"):
+        return _kdtree_graph(pos, x, cutoff, lengths, batch, n_sys)
+    return _cell_list_graph(pos, x, cutoff, lengths, batch, n_sys, origin, extent, max_candidates)
 
+
+def _frame(pos: torch.Tensor, cutoff: float, box: torch.Tensor | None, batch: torch.Tensor,
+           n_sys: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Box lengths per system (None: not periodic), positions (wrapped if periodic), and the
+    origin and extent (B, 3) of each system's cell grid."""
+    device, periodic = pos.device, box is not None
     if periodic:
         lengths = check_orthorhombic(box).to(device=device, dtype=pos.dtype)
         if lengths.shape[0] == 1 and n_sys > 1:
@@ -165,12 +176,28 @@ def radius_graph(
         top = torch.full((n_sys, 3), -big, dtype=pos.dtype, device=device).scatter_reduce(
             0, batch[:, None].expand(-1, 3), pos, reduce="amax", include_self=True)
         extent = (top - origin).clamp_min(0) + 1e-6 * cutoff
+    return lengths, x, origin, extent
 
-    if method not in ("auto", "cells", "kdtree"):
-        raise CgsimInputError("method", f"expected 'auto', 'cells' or 'kdtree', got {method!r}")
-    if method == "kdtree" or (method == "auto" and device.type == "cpu"):
-        return _kdtree_graph(pos, x, cutoff, lengths, batch, n_sys)
 
+def _distinct_offsets(offsets: torch.Tensor, ncell: torch.Tensor, periodic: bool) -> torch.Tensor:
+    """Which of the 27 neighbour-cell ``offsets`` are distinct cells of each system, (B, 27) bool
+    (a periodic wrap of a grid under 3 cells wide merges some of them)."""
+    if not periodic:
+        return torch.ones((ncell.shape[0], 27), dtype=torch.bool, device=ncell.device)
+    wrapped = torch.remainder(offsets[None, :, :], ncell[:, None, :])  # (B, 27, 3)
+    nc = ncell[:, None, :]
+    key = (wrapped[..., 0] * nc[..., 1] + wrapped[..., 1]) * nc[..., 2] + wrapped[..., 2]
+    keep = torch.ones_like(key, dtype=torch.bool)
+    for k in range(1, 27):
+        keep[:, k] = ~(key[:, :k] == key[:, k : k + 1]).any(dim=1)
+    return keep
+
+
+def _cell_list_graph(pos: torch.Tensor, x: torch.Tensor, cutoff: float, lengths: torch.Tensor | None,
+                     batch: torch.Tensor, n_sys: int, origin: torch.Tensor, extent: torch.Tensor,
+                     max_candidates: int) -> RadiusGraph:
+    """:func:`radius_graph` by a torch cell list (any device; ``x``: wrapped if periodic)."""
+    device, n, periodic = pos.device, pos.shape[0], lengths is not None
     ncell = torch.clamp(torch.floor(extent / cutoff), min=1).long()  # (B, 3)
     if not periodic:  # bound the grid of a sparse, spread-out system: at most ~N cells per system
         counts = torch.bincount(batch, minlength=n_sys).clamp_min(1)
@@ -195,16 +222,7 @@ def radius_graph(
     cell_end = torch.searchsorted(sorted_ids, torch.arange(n_total_cells, device=device), right=True)
 
     offsets = _OFFSETS.to(device)
-    # offsets that are distinct neighbour cells for each system (periodic wrap may merge them)
-    if periodic:
-        wrapped = torch.remainder(offsets[None, :, :], ncell[:, None, :])  # (B, 27, 3)
-        nc = ncell[:, None, :]
-        key = (wrapped[..., 0] * nc[..., 1] + wrapped[..., 1]) * nc[..., 2] + wrapped[..., 2]
-        keep = torch.ones_like(key, dtype=torch.bool)
-        for k in range(1, 27):
-            keep[:, k] = ~(key[:, :k] == key[:, k : k + 1]).any(dim=1)
-    else:
-        keep = torch.ones((n_sys, 27), dtype=torch.bool, device=device)
+    keep = _distinct_offsets(offsets, ncell, periodic)
 
     occupancy = max(1.0, n / max(1, n_total_cells))
     chunk = max(1, int(max_candidates / (27 * occupancy * 2)))

@@ -310,18 +310,7 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
         Missing files, unreadable topology, atom counts that differ, an empty selection,
         a bad charges file (missing, unreadable, wrong count, non-finite values).
     """
-    if fmt not in ("auto", "mdtraj", "lammps"):
-        raise CgsimInputError("input.format", f"unknown format {fmt!r}; expected auto, mdtraj or lammps")
-    if not Path(trajectory).is_file():
-        raise CgsimInputError(trajectory, "trajectory file not found")
-    if topology is not None and not Path(topology).is_file():
-        raise CgsimInputError(topology, "topology file not found")
-    if charges is not None and not Path(charges).is_file():
-        raise CgsimInputError(str(charges), "charges file not found")
-    if lammps_units not in LAMMPS_UNITS:
-        raise CgsimInputError("input.lammps_units", f"{lammps_units!r} is not supported; expected one of {sorted(LAMMPS_UNITS)}")
-    if lammps_timestep is not None and not lammps_timestep > 0:
-        raise CgsimInputError("input.lammps_timestep", f"expected a positive time step, got {lammps_timestep}")
+    _check_input_options(trajectory, topology, fmt, lammps_units, lammps_timestep, charges)
     if _suffix(trajectory) == ".dcd":
         _check_dcd(trajectory)
     dump = fmt != "mdtraj" and _is_dump(trajectory, fmt)
@@ -374,12 +363,34 @@ def open_input(trajectory: str, topology: str | None = None, fmt: str = "auto", 
                                               "expected the same atoms in the same order")
 
     if selection:
-        try:
-            atoms = inp.system.topology.select(selection)
-        except Exception as exc:  # noqa: BLE001 - mdtraj raises various errors for bad selections
-            raise CgsimInputError("input.selection", f"{selection!r} is not a valid mdtraj selection ({str(exc)[:120]})") from None
-        if len(atoms) == 0:
-            raise CgsimInputError("input.selection", f"{selection!r} selects no atoms of {inp.topology}")
-        inp.atoms = np.asarray(atoms, dtype=np.int64)
-        inp.system = inp.system.subset(inp.atoms)
+        _select(inp, selection)
     return inp
+
+
+def _check_input_options(trajectory: str, topology: str | None, fmt: str, lammps_units: str,
+                         lammps_timestep: float | None, charges: str | None) -> None:
+    """One-line errors for :func:`open_input`'s options: format, files that exist, LAMMPS units."""
+    if fmt not in ("auto", "mdtraj", "lammps"):
+        raise CgsimInputError("input.format", f"unknown format {fmt!r}; expected auto, mdtraj or lammps")
+    if not Path(trajectory).is_file():
+        raise CgsimInputError(trajectory, "trajectory file not found")
+    if topology is not None and not Path(topology).is_file():
+        raise CgsimInputError(topology, "topology file not found")
+    if charges is not None and not Path(charges).is_file():
+        raise CgsimInputError(str(charges), "charges file not found")
+    if lammps_units not in LAMMPS_UNITS:
+        raise CgsimInputError("input.lammps_units", f"{lammps_units!r} is not supported; expected one of {sorted(LAMMPS_UNITS)}")
+    if lammps_timestep is not None and not lammps_timestep > 0:
+        raise CgsimInputError("input.lammps_timestep", f"expected a positive time step, got {lammps_timestep}")
+
+
+def _select(inp: MapInput, selection: str) -> None:
+    """Keep only the atoms ``selection`` (mdtraj syntax) picks of ``inp`` (in place)."""
+    try:
+        atoms = inp.system.topology.select(selection)
+    except Exception as exc:  # noqa: BLE001 - mdtraj raises various errors for bad selections
+        raise CgsimInputError("input.selection", f"{selection!r} is not a valid mdtraj selection ({str(exc)[:120]})") from None
+    if len(atoms) == 0:
+        raise CgsimInputError("input.selection", f"{selection!r} selects no atoms of {inp.topology}")
+    inp.atoms = np.asarray(atoms, dtype=np.int64)
+    inp.system = inp.system.subset(inp.atoms)
