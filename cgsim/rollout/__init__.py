@@ -1,9 +1,10 @@
 """Rollouts of the learned simulator: the ``cgsim rollout`` verb and its engine.
 
-:func:`rollout_positions` is the plain inner loop (used by training validation);
-:mod:`cgsim.rollout.engine` the batched, guarded, resumable engine with hook points;
-:mod:`cgsim.rollout.hooks` its guard, writer and progress hooks; :mod:`cgsim.rollout.command`
-the verb.
+:mod:`cgsim.rollout.engine` is the batched, guarded, resumable engine with hook points;
+:mod:`cgsim.rollout.hooks` its guard, writer and progress hooks; :mod:`cgsim.rollout.limits` the
+guard and exclusion limits scanned from the initial frames; :mod:`cgsim.rollout.command` the
+verb. :func:`rollout_positions`, the plain inner loop training validation uses, lives in
+:mod:`cgsim.model.sampling` (below both training and rollouts) and is re-exported here.
 """
 
 from __future__ import annotations
