@@ -12,13 +12,20 @@ dataset's systems (all rollout replicas): statistics pool over them and diffusio
 from their spread. The observables
 follow from the config: ``observables`` lists them, or, when null, ``presets[<system>]`` is
 used, where ``<system>`` is ``observables_preset`` or else the ``system.name`` that the
-reference's sidecar declares. Bins are fixed from the reference and the default fit window from
-the shortest trajectory of both sets, so every set is measured identically. Rollout replicas that
+reference's sidecar declares; a trajectory mapped from outside data is named after its file,
+and then its content chooses (charged beads: ``electrolyte``; one bonded molecule per
+trajectory: ``chain``; else one line says what to pass, :func:`cgsim.report.settings.choose_preset`).
+Bins are fixed from the reference and the default fit window from the shortest trajectory of
+both sets (on a short run widened to two lags, with fewer blocks, as the notes say), so every
+set is measured identically. Rollout replicas that
 the stability guard stopped early (their ``rollout.json`` says so) are left out of the dynamical
 observables (MSD, D, Rg^2 ACF, conductivity) and of that window, but kept for the structural
 ones over the frames they have (:func:`cgsim.report.suite.dynamical_set` gives the reasons);
 the report says how many and why, and a set with no replica left for the dynamics is refused
-in one line. With ``noise_floor`` the first and second halves of every reference
+in one line. Replicas of a rollout that did not finish (killed: their ``rollout.json`` still
+says ``running``) are marked UNFINISHED in the report and the summary line and left out of the
+dynamics too, unless ``include_unfinished=true``. The conductivity states the charges it used
+(``conductivity.charges=formal``: integer ion charges). With ``noise_floor`` the first and second halves of every reference
 trajectory are compared with the same measures, so a reader can tell whether a rollout's error
 is beyond MD-vs-MD noise.
 
@@ -99,7 +106,9 @@ class DynamicsOptions:
 class ConductivityOptions:
     """Charges and temperature for the conductivity."""
 
-    #: charge per bead type, e, as a mapping (types not listed are neutral); null = none given.
+    #: charge per bead type, e, as a mapping (types not listed are neutral); null = the
+    #: trajectories' bead charges (the force field's, ion charges scaled as it scales them);
+    #: ``formal`` = those rounded to integer ion charges (each molecule's net charge).
     #: Typed Any so that ``conductivity.charges={Li: 1.0, TFSI: -1.0}`` replaces the whole
     #: mapping from the command line (a typed dict would only accept existing keys).
     charges: Any = None
@@ -114,9 +123,12 @@ class EvaluateConfig:
     reference: str = MISSING
     rollout: str | None = None
     output: str = "outputs/evaluate"
-    #: observables to compute; null = presets[observables_preset or the reference's system name]
+    #: observables to compute; null = presets[observables_preset or the reference's system name,
+    #: or, for a system named after its file, the preset its content implies]
     observables: list[str] | None = None
     observables_preset: str | None = None
+    #: replicas of a rollout that did not finish (killed) count for the dynamical observables too
+    include_unfinished: bool = False
     presets: dict[str, list[str]] = field(default_factory=lambda: {
         "chain": ["rdf", "bond_lengths", "bond_angles", "rg", "end_to_end", "contact_map", "msd", "diffusion",
                   "rg_acf"],
@@ -146,17 +158,16 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
-def _observables(cfg: DictConfig, system: str) -> tuple[str, ...]:
-    from cgsim.report.suite import OBSERVABLES
+def _observables(cfg: DictConfig, reference: list[Any]) -> tuple[tuple[str, ...], str | None]:
+    """The observables to compute, and a note when the reference's content chose their preset."""
+    from cgsim.report.suite import OBSERVABLES, choose_preset
 
+    note = None
     if cfg.observables is not None:
         chosen = [str(x) for x in cfg.observables]
         where = "observables"
     else:
-        preset = cfg.observables_preset or system
-        if preset not in cfg.presets:
-            raise CgsimInputError("observables_preset", f"no preset for system {preset!r}; expected one of "
-                                                        f"{sorted(cfg.presets)} or an explicit observables list")
+        preset, note = choose_preset(reference, cfg.presets, cfg.observables_preset)
         chosen = [str(x) for x in cfg.presets[preset]]
         where = f"presets.{preset}"
     unknown = [o for o in chosen if o not in OBSERVABLES]
@@ -164,11 +175,12 @@ def _observables(cfg: DictConfig, system: str) -> tuple[str, ...]:
         raise CgsimInputError(where, f"unknown observables {unknown}; expected some of {list(OBSERVABLES)}")
     if not chosen:
         raise CgsimInputError(where, "empty selection: no observables to compute")
-    return tuple(o for o in OBSERVABLES if o in chosen)
+    return tuple(o for o in OBSERVABLES if o in chosen), note
 
 
-def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...]) -> dict[str, Any]:
-    from cgsim.report.suite import DYNAMIC, stopped_early
+def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...], include_unfinished: bool = False
+              ) -> dict[str, Any]:
+    from cgsim.report.suite import DYNAMIC, stopped_early, unfinished_info
 
     dynamic = [o for o in observables if o in DYNAMIC]
     stopped = stopped_early(trajs) if dynamic else []
@@ -177,7 +189,19 @@ def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...]) -> dict
             "n_particles": int(sum(t.n_particles for t in trajs)),
             "excluded_from_dynamics": {"n": len(stopped), "of": len(trajs), "observables": dynamic,
                                        "reason": "stopped early by the rollout's stability guard",
-                                       "trajectories": stopped}}
+                                       "trajectories": stopped},
+            "unfinished": unfinished_info(trajs, include_unfinished)}
+
+
+def _unfinished_clause(metrics: dict[str, Any]) -> str:
+    """For the summary line: a rollout (or reference) that did not finish, and what was done with it."""
+    parts = []
+    for label in ("reference", "rollout"):
+        un = (metrics.get(label) or {}).get("unfinished") or {}
+        if un.get("n"):
+            used = "used for the dynamics too" if un["in_dynamics"] else "left out of the dynamics"
+            parts.append(f" (UNFINISHED {label} ({un['n']} of {un['of']} trajectories): {used})")
+    return "".join(parts)
 
 
 #: every figure a report may write (cgsim.report.figures), relative to the output folder
@@ -308,7 +332,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     positive_temperature(cfg.conductivity.temperature, "conductivity.temperature")
     reference, rollout = _load_sets(cfg)
     load_seconds = time.perf_counter() - t_start
-    observables = _observables(cfg, reference[0].system)
+    observables, preset_note = _observables(cfg, reference)
     _check_conductivity_temperature(cfg, observables, [*reference, *(rollout or [])])
     settings = make_settings(reference, cfg, observables, rollout)
 
@@ -318,7 +342,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     halves_suites, floor_note = _noise_floor_suites(reference, settings, bar) if cfg.noise_floor else (None, None)
     table = _observable_table(observables, ref_suite, roll_suite, halves_suites)
     timings = _timings(ref_suite, roll_suite, halves_suites, load_seconds)
-    notes = list(dict.fromkeys(ref_suite.notes + (roll_suite.notes if roll_suite else [])))
+    notes = list(dict.fromkeys([preset_note] * bool(preset_note) + ref_suite.notes + (roll_suite.notes if roll_suite else [])))
     if floor_note is not None:
         notes.append(floor_note)
 
@@ -333,8 +357,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         units_note += "; chain systems are in reduced LJ units with sigma = 1 nm, tau = 1 ps by default"
     metrics = {
         "format": "cgsim-evaluation", "version": 1, "created": now_iso(),
-        "reference": _set_info(cfg.reference, reference, observables),
-        "rollout": _set_info(cfg.rollout, rollout, observables) if rollout is not None else None,
+        "reference": _set_info(cfg.reference, reference, observables, bool(cfg.include_unfinished)),
+        "rollout": _set_info(cfg.rollout, rollout, observables, bool(cfg.include_unfinished)) if rollout is not None else None,
         "match_topology": bool(cfg.match_topology), "observables_computed": list(observables),
         "settings": {"rdf_r_max_nm": float(settings.rdf_edges[-1]), "rdf_n_bins": int(settings.rdf_edges.size - 1),
                      "rdf_periodic": settings.rdf_periodic, "rdf_method": settings.rdf_method,
@@ -356,6 +380,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _remove_stale_report_files(out, set(figures.values()))
     n_obs = sum(len(v) for v in table.values())
     print(f"evaluate: {len(observables)} observables ({n_obs} entries) on {len(reference)} reference"
-          + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories -> {out} "
+          + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories{_unfinished_clause(metrics)} -> {out} "
           f"in {metrics['wall_seconds']:.1f} s")
     return metrics

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,15 @@ CASES: list[tuple[str, Callable[[Ctx], Any], str]] = [
     ("o-lammps-dump-without-time-says-what", lambda c: lammps_map(c, timestep=False, out="cg"),
      "is a LAMMPS dump without ITEM: TIME, so its frames' times are unknown; set input.lammps_timestep=DT, the run's "
      "timestep in fs (units real: time = step x DT), or input.dt=PS"),
+    ("o-preset-from-content-undecidable", lambda c: c.evaluate(reference=unsidecared_map(c)),
+     "observables_preset: the reference's system 'plain' (a name taken from its file) has no preset and its content "
+     "implies none (no charged beads, 5 molecules): pass observables_preset= one of ['chain', 'electrolyte'], or "
+     "observables=[rdf,msd,...]"),
+    ("o-preset-unknown", lambda c: c.evaluate("observables_preset=polymer"),
+     "observables_preset: no preset for system 'polymer'; expected one of ['chain', 'electrolyte']"),
+    ("o-conductivity-charges-misspelt", lambda c: c.evaluate("observables=[conductivity]", "conductivity.charges=formall",
+                                                             "conductivity.temperature=300"),
+     "conductivity.charges: expected a mapping of bead type to charge in e, e.g. {Li: 1.0, TFSI: -1.0}, or formal"),
     ("o-explicit-window-too-long-for-blocks",
      lambda c: c.evaluate("observables=[diffusion]", "dynamics.fit_window=[2,20]", reference=unsidecared_map(c, 12)),
      "use fewer blocks or a shorter window"),
@@ -648,3 +657,120 @@ def test_n_npt_images_at_constant_volume_are_exactly_w_plus_n_l():
     mapper = _point_mapper(10, "images")
     out = mapper.unwrap(walk["w"], box, walk["images"])
     assert np.array_equal(out, walk["w"] + np.einsum("fni,fij->fnj", walk["images"].astype(float), box))
+
+
+
+# -- o. real LAMMPS data: preset, short runs, charges ---------------------------------------------------
+def test_o_lammps_dump_maps_and_evaluates_without_options(tmp_path, compose_cfg, ckpt):
+    """o: the README's first journey on LAMMPS data: a short dump named after its file evaluates with the
+    preset its content implies, the fit window and blocks adapted (and said), the charges stated."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    mapped = lammps_map(ctx, n_frames=12)
+    metrics = ctx.evaluate("conductivity.temperature=353", reference=mapped)
+    assert metrics["observables_computed"] == ["rdf", "msd", "diffusion", "conductivity"]
+    notes = metrics["notes"]
+    assert any(n.startswith("observables: preset 'electrolyte' chosen from the content (charged beads") for n in notes)
+    assert metrics["settings"]["n_blocks"] < 4
+    assert any("blocks of the shortest trajectory (lmp, 12 frames) cannot hold the fit window" in n for n in notes)
+    assert any(n.startswith("conductivity: charges used per ion (") and "conductivity.charges=formal" in n for n in notes)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "chosen from the content" in report and "charges used per ion" in report
+
+
+def test_o_formal_charges_are_one_override_away(tmp_path, compose_cfg, ckpt):
+    """o: scaled ion charges (0.8 e) are used and stated by default; conductivity.charges=formal uses 1 e."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    mapped = lammps_map(ctx, n_frames=20, ion_scale=0.8)
+    base = ["observables=[conductivity]", "conductivity.temperature=353", "noise_floor=false"]
+    scaled = ctx.evaluate(*base, reference=mapped)["observables"]["conductivity"]["system"]["reference"]
+    formal = ctx.evaluate(*base, "conductivity.charges=formal", reference=mapped)
+    f = formal["observables"]["conductivity"]["system"]["reference"]
+    # Li+ (LI), TFSI- (M2) and the PEO chain (M1, net -0.02 e from rounded partial charges)
+    assert [scaled[f"charge_e[{k}]"] for k in ("LI", "M2", "M1")] == pytest.approx([0.8, -0.8, -0.02])
+    assert [f[f"charge_e[{k}]"] for k in ("LI", "M2")] == pytest.approx([1.0, -1.0])
+    assert not f.get("charge_e[M1]")  # neutral: no longer an ion
+    assert f["sigma_ne_S_cm"] == pytest.approx(scaled["sigma_ne_S_cm"] / 0.8**2, rel=1e-2)
+    assert any("formal (integer) ion charges" in n for n in formal["notes"])
+
+
+def test_o_formal_charges_round_each_molecule():
+    from cgsim.report.suite import formal_charges
+
+    q = np.array([0.8, -0.4, -0.4, 0.3, -0.32, 1.6, 0.01])
+    mol = np.array([0, 1, 1, 2, 2, 3, 4])
+    np.testing.assert_allclose(formal_charges(q, mol), [1.0, -0.5, -0.5, 0.0, 0.0, 2.0, 0.0])
+
+
+def test_o_short_run_default_window_widened_to_two_lags(tmp_path, compose_cfg, ckpt):
+    """o: 6 frames: the default window (0.02-0.2 of 10 ps) holds one lag; it is widened, and the blocks cut."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    metrics = ctx.evaluate("observables=[msd,diffusion]", reference=unsidecared_map(ctx, 6))
+    assert metrics["settings"]["fit_window_ps"] == pytest.approx([2.0, 4.0])  # frames 2 ps apart
+    assert metrics["settings"]["n_blocks"] == 2  # 3 frames each: lags up to 4 ps
+    assert any("holds fewer than two lags; widened to [2, 4] ps" in n for n in metrics["notes"])
+    assert any("block errors use 2 block(s)" in n for n in metrics["notes"])
+
+
+def test_o_chain_preset_from_a_single_bonded_molecule(tmp_path, compose_cfg, ckpt):
+    """o: a chain mapped from outside data (one bonded molecule) gets the chain preset."""
+    from cgsim.report.loading import load_set
+    from cgsim.report.settings import choose_preset
+
+    ref = load_set(SEQ)
+    renamed = [replace(t, system="my_polymer", charges=None) for t in ref]
+    preset, note = choose_preset(renamed, {"chain": [], "electrolyte": []}, None)
+    assert preset == "chain" and "one bonded molecule per trajectory" in note
+    assert choose_preset(ref, {"chain": [], "electrolyte": []}, None) == (ref[0].system, None)
+
+
+# -- p. unfinished (killed) rollouts -------------------------------------------------------------------
+def _killed_rollout(tmp_path: Path, statuses: list[str]) -> Path:
+    from tests.test_evaluate import _fake_rollout
+
+    roll = _fake_rollout(tmp_path / "ro", frames=[201] * len(statuses), stopped={})
+    (roll / "summary.json").unlink()  # a first call killed before its end writes none
+    for r, status in enumerate(statuses):
+        side = roll / "seq_000" / f"replica_{r:03d}" / "rollout.json"
+        meta = json.loads(side.read_text())
+        meta["extra"]["status"] = status
+        if status == "running":
+            meta["extra"]["steps_done"] = 120
+        side.write_text(json.dumps(meta))
+    return roll
+
+
+def test_p_unfinished_rollout_is_stated_and_left_out_of_dynamics(tmp_path, compose_cfg, ckpt, capsys):
+    """p: every replica of a killed rollout: structure compared, dynamics not, and the report and the
+    summary line say UNFINISHED; include_unfinished=true uses the frames."""
+    from tests.test_evaluate import MAPPED_SEQ
+
+    roll = _killed_rollout(tmp_path, ["running", "running"])
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    base = [f"rollout={roll}", "file_index=-1", "noise_floor=false", "observables=[rg,msd,diffusion]"]
+    metrics = ctx.evaluate(*base, reference=MAPPED_SEQ)
+    obs = metrics["observables"]
+    assert obs["rg"]["all"]["rollout"]["n_samples"] == 402 and obs["rg"]["all"]["error"] is not None
+    assert all(e["rollout"] is None for e in obs["msd"].values())
+    info = metrics["rollout"]["unfinished"]
+    assert info["n"] == 2 and info["of"] == 2 and not info["in_dynamics"]
+    assert info["trajectories"][0]["steps_done"] == 120
+    note = next(n for n in metrics["notes"] if "UNFINISHED" in n)
+    assert note.startswith("rollout: UNFINISHED: 2 of 2 trajectories come from a rollout that did not finish")
+    assert "the dynamical observables (msd, diffusion) are not computed for rollout" in note
+    assert "**UNFINISHED**: 2 of 2 trajectories" in (tmp_path / "out" / "report.md").read_text()
+    assert "UNFINISHED rollout (2 of 2 trajectories)" in capsys.readouterr().out
+    used = ctx.evaluate(*base, "include_unfinished=true", reference=MAPPED_SEQ)
+    assert used["observables"]["msd"]["com:M1"]["rollout"] is not None
+    assert used["rollout"]["unfinished"]["in_dynamics"]
+
+
+def test_p_one_unfinished_replica_among_finished(tmp_path, compose_cfg, ckpt):
+    from tests.test_evaluate import MAPPED_SEQ
+
+    roll = _killed_rollout(tmp_path, ["finished", "running", "finished"])
+    metrics = Ctx(tmp_path, compose_cfg, ckpt).evaluate(f"rollout={roll}", "file_index=-1", "noise_floor=false",
+                                                        "observables=[rg,msd]", reference=MAPPED_SEQ)
+    assert metrics["observables"]["msd"]["com:M1"]["rollout"]["n_particles"] == 2
+    assert metrics["rollout"]["unfinished"]["n"] == 1
+    assert any("1 of 3 trajectories come from a rollout that did not finish" in n and "excluded from the dynamical"
+               in n for n in metrics["notes"])

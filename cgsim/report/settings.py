@@ -180,8 +180,8 @@ def choose_preset(reference: list[BeadTrajectory], presets: Any, requested: str 
     names = sorted(presets)
     if requested is not None:
         if requested not in presets:
-            raise CgsimInputError("observables_preset", f"no preset {requested!r}; expected one of {names} or an explicit "
-                                                        "observables list")
+            raise CgsimInputError("observables_preset", f"no preset for system {requested!r}; expected one of {names} "
+                                                        "or an explicit observables list")
         return requested, None
     system = reference[0].system
     if system in presets:
