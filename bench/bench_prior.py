@@ -72,13 +72,13 @@ def structure(frames: list[np.ndarray], refs: list[np.ndarray], bonds: list[Any]
     return out
 
 
-def run_one(ckpt: str, initial: str, steps: int, schedule: tuple[int, float, float] | None, redraws: int,
+def run_one(ckpt: str, initial: str, steps: int, schedule: tuple[int, float, float, str] | None, redraws: int,
             extra: list[str], out: Path) -> dict[str, Any]:
     overrides = [f"checkpoint={ckpt}", f"initial='{initial}'", f"steps={steps}", f"output={out}", "progress=false",
                  "num_threads=1", "checkpoint_every=0", f"guard.redraws={redraws}", "write_dcd=false", *extra]
     if schedule is not None:  # None: the checkpoint as it is (no prior overrides)
-        steps_p, tau, strength = schedule
-        overrides += [f"prior.steps={steps_p}", f"prior.tau={tau}", f"prior.strength={strength}"]
+        steps_p, tau, strength, anchor = schedule
+        overrides += [f"prior.steps={steps_p}", f"prior.tau={tau}", f"prior.strength={strength}", f"prior.anchor={anchor}"]
     load_verb("rollout")  # registers the schemas
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="rollout", overrides=overrides)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--reference", required=True)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--redraws", type=int, default=3)
-    ap.add_argument("--schedule", nargs="+", default=["10,0.3,1.0"], help="steps,tau,strength, or as-is (the checkpoint's own schedule)")
+    ap.add_argument("--schedule", nargs="+", default=["10,0.3,1.0"], help="steps,tau,strength[,anchor], or as-is (the checkpoint's own schedule)")
     ap.add_argument("--override", nargs="*", default=[], help="extra rollout overrides")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for sched in args.schedule:
         parsed = None
         if sched != "as-is":
-            s, t, k = sched.split(",")
-            parsed = (int(s), float(t), float(k))
+            s, t, k, *a = sched.split(",")
+            parsed = (int(s), float(t), float(k), a[0] if a else "mean")
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_one(args.checkpoint, args.initial, args.steps, parsed, args.redraws,
                               args.override, Path(tmp) / "r")

@@ -214,3 +214,39 @@ def test_prior_override_needs_a_prior_and_valid_values(chain_with_prior, tmp_pat
         _roll(CHAIN_CKPT, tmp_path / "x", "prior.steps=5")
     with pytest.raises(CgsimInputError, match="tau"):
         _roll(chain_with_prior, tmp_path / "y", "prior.tau=2.0")
+
+
+def test_settling_removes_the_last_updates_noise():
+    """Ending with noise-free updates lifts the low tail of a bond drawn collapsed."""
+    prior = _two_bead_prior(steps=30, tau=0.3)
+    lows = {}
+    for settle in (0, 5):
+        p = prior.with_schedule(settle=settle)
+        r = []
+        for seed in range(60):
+            x0 = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0]], dtype=torch.float64)
+            x = _sample(p, x0, x0.clone(), torch.full((2, 3), 0.45, dtype=torch.float64), seed)
+            r.append(float((x[0] - x[1]).norm()))
+        lows[settle] = np.quantile(r, 0.1)
+    assert lows[5] > lows[0]
+    assert lows[5] > 0.7  # the fitted bond is 1.0 +- 0.1 nm
+
+
+def test_calibration_on_short_rollouts_changes_the_tables():
+    from cgsim.data.load import load_systems
+    from cgsim.train.checkpoint import load_checkpoint
+    from cgsim.train.loop import model_from_checkpoint
+    from cgsim.train.prior_fit import calibrate_prior, fit_prior
+
+    ckpt = load_checkpoint(CHAIN_CKPT)
+    systems = load_systems([CHAIN_INIT], "initial", list(ckpt["data"]["atom_types"])).trajectories
+    prior = fit_prior(ckpt, {"nb_cutoff": 2.0, "min_samples": 500, "steps": 10}, systems)
+    model = model_from_checkpoint(ckpt)
+    model.refiner.set_schedule(levels=0, final_denoise=False)
+    new, errors = calibrate_prior(model, prior, systems, stride=1, iterations=3, windows=24, progress=False,
+                                  rollout_steps=4)
+    assert len(errors) == 3 and all(np.isfinite(errors))
+    changed = [not np.array_equal(new.tables[kind][k].u, prior.tables[kind][k].u)
+               for kind in prior.tables for k in prior.tables[kind]]
+    assert any(changed)
+    assert model.prior is new

@@ -281,6 +281,11 @@ class StructuralPrior:
         Centre of the Gaussian factor: the network's mean (``q * exp(-U)``, the product of
         the two) or the draw itself (a proximal step: the draw moved to where the prior allows,
         staying within ``sigma`` of where it landed).
+    settle : int
+        The last ``settle`` of the ``steps`` updates move by the drift alone (no noise): the
+        unadjusted Langevin step leaves one update's noise in the sample, which puts a few
+        bonded pairs deep in the tail; settling removes it (the narrowing it causes is what the
+        calibration then corrects).
     """
 
     tables: dict[str, dict[str, PairTable]]
@@ -291,13 +296,14 @@ class StructuralPrior:
     fitted_on: list[str] = field(default_factory=list)
     atom_types: list[str] = field(default_factory=list)
     anchor: str = "mean"
+    settle: int = 0
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, stored in checkpoints under ``"prior"``."""
         return {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, "nb_cutoff": self.nb_cutoff, "steps": self.steps,
                 "tau": self.tau, "strength": self.strength, "fitted_on": list(self.fitted_on),
-                "atom_types": list(self.atom_types), "anchor": self.anchor, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
+                "atom_types": list(self.atom_types), "anchor": self.anchor, "settle": self.settle, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StructuralPrior:
@@ -307,10 +313,12 @@ class StructuralPrior:
         tables = {k: {key: PairTable.from_dict(t) for key, t in v.items()} for k, v in d["tables"].items()}
         return cls(tables=tables, nb_cutoff=float(d["nb_cutoff"]), steps=int(d["steps"]), tau=float(d["tau"]),
                    strength=float(d["strength"]), fitted_on=list(d.get("fitted_on", [])),
-                   atom_types=list(d.get("atom_types", [])), anchor=str(d.get("anchor", "mean")))
+                   atom_types=list(d.get("atom_types", [])), anchor=str(d.get("anchor", "mean")),
+                   settle=int(d.get("settle", 0)))
 
     def with_schedule(self, steps: int | None = None, tau: float | None = None,
-                      strength: float | None = None, anchor: str | None = None) -> StructuralPrior:
+                      strength: float | None = None, anchor: str | None = None,
+                      settle: int | None = None) -> StructuralPrior:
         """A copy with other sampling settings (``None`` keeps the value)."""
         if steps is not None and int(steps) < 0:
             raise ValueError(f"prior steps must be >= 0, got {steps}")
@@ -318,6 +326,8 @@ class StructuralPrior:
             raise ValueError(f"prior tau must be in (0, 1), got {tau}")
         if strength is not None and float(strength) < 0.0:
             raise ValueError(f"prior strength must be >= 0, got {strength}")
+        if settle is not None and int(settle) < 0:
+            raise ValueError(f"prior settle must be >= 0, got {settle}")
         if anchor is not None and anchor not in ANCHORS:
             raise ValueError(f"prior anchor must be one of {ANCHORS}, got {anchor!r}")
         return StructuralPrior(tables=self.tables, nb_cutoff=self.nb_cutoff,
@@ -325,7 +335,8 @@ class StructuralPrior:
                                tau=self.tau if tau is None else float(tau),
                                strength=self.strength if strength is None else float(strength),
                                fitted_on=self.fitted_on, atom_types=self.atom_types,
-                               anchor=self.anchor if anchor is None else str(anchor))
+                               anchor=self.anchor if anchor is None else str(anchor),
+                               settle=self.settle if settle is None else int(settle))
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -486,12 +497,13 @@ class StructuralPrior:
         limit = 0.5 * std.norm(dim=-1, keepdim=True)
         width = 0.5 / topo.curvature.clamp_min(1e-12).sqrt()[:, None]
         limit = torch.where(topo.curvature[:, None] > 0, torch.minimum(limit, width), limit)
-        for _ in range(self.steps):
+        for k in range(self.steps):
             g = -(x - centre) / var - self.strength * self.grad(x, topo, pairs, batch, box)
             # a bead whose drift would leave the trust region takes a shorter step (drift and
             # noise alike): the step size adapts to the local stiffness
             h_eff = h * torch.clamp(limit / (h * g).norm(dim=-1, keepdim=True).clamp_min(1e-30), max=1.0)
-            move = h_eff * g + torch.sqrt(2 * h_eff) * noise()
+            z = noise()  # drawn in every update, so the member's noise stream does not depend on `settle`
+            move = h_eff * g + (torch.sqrt(2 * h_eff) * z if k < self.steps - self.settle else 0.0)
             if molecule is not None:
                 move = _keep_centres(move, molecule, n_molecules)
             x = x + move
@@ -655,7 +667,8 @@ def ibi_update(table: PairTable, sampled: np.ndarray, target: np.ndarray, n_samp
     ``n_target``), so a sampler that makes too many close pairs is pushed back, not only one
     whose shape is off. Each bin changes by at most ``max_change`` kT; with ``upto`` (nm) only
     bins below it change (the non-bonded core stays zero beyond its peak). Both histograms are
-    smoothed with a Gaussian of ``smooth_nm`` (at least 2 bins) before they are compared.
+    taken on bins of ``smooth_nm`` (at least the table's spacing) and the correction is
+    interpolated onto the table's grid.
 
     Returns
     -------
@@ -664,20 +677,30 @@ def ibi_update(table: PairTable, sampled: np.ndarray, target: np.ndarray, n_samp
     error : float
         The mean |ln(P_sampled / P_target)| over the compared bins (0 = converged).
     """
-    width = max(2.0, smooth_nm / table.dr)
-    cs = histogram_on_table(table, sampled, width)
-    ct = histogram_on_table(table, target, width)
+    grid = table.r0 + table.dr * np.arange(table.u.size)
+    width = max(smooth_nm, table.dr)
+    edges = np.arange(grid[0] - 0.5 * table.dr, grid[-1] + 0.5 * table.dr + width, width)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    cs = np.histogram(np.asarray(sampled, dtype=np.float64), bins=edges)[0].astype(np.float64)
+    ct = np.histogram(np.asarray(target, dtype=np.float64), bins=edges)[0].astype(np.float64)
     hs, ht = cs / max(n_sampled, 1), ct / max(n_target, 1)
     both = (cs >= min_count) & (ct >= min_count)
-    delta = np.zeros_like(table.u)
-    delta[both] = np.log(hs[both] / ht[both])
-    only_sampled = (cs >= min_count) & (ct < 0.5)
-    delta[only_sampled] = max_change
-    delta = np.clip(delta, -max_change, max_change)
+    only_sampled = (cs >= min_count) & (ct == 0)
     if upto is not None:
-        centres = table.r0 + table.dr * np.arange(table.u.size)
-        delta[centres > upto] = 0.0
         both &= centres <= upto
+        only_sampled &= centres <= upto
+    delta_c = np.zeros_like(centres)
+    delta_c[both] = np.log(hs[both] / ht[both])
+    delta_c[only_sampled] = max_change
+    delta_c = np.clip(delta_c, -max_change, max_change)
+    # spread the coarse correction onto the table's grid (zero outside the compared bins)
+    touched = both | only_sampled
+    delta = np.zeros_like(table.u)
+    if touched.any():
+        delta = np.interp(grid, centres, delta_c, left=0.0, right=0.0)
+        delta[(grid < centres[touched][0] - width) | (grid > centres[touched][-1] + width)] = 0.0
+        if upto is not None:
+            delta[grid > upto] = 0.0
     u = table.u + damping * delta
     err = float(np.abs(np.log(hs[both] / ht[both])).mean()) if both.any() else 0.0
     return PairTable(r0=table.r0, dr=table.dr, u=u, lo=table.lo, hi=table.hi, k=table.k,

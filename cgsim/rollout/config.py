@@ -63,6 +63,8 @@ class PriorConfig:
     strength: float | None = None
     #: mean (sample q x prior) | draw (move the draw to where the prior allows)
     anchor: str | None = None
+    #: the last N updates without noise (removes the last update's jitter)
+    settle: int | None = None
 
 
 @dataclass

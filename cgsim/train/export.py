@@ -22,7 +22,8 @@ systems (``data.train_systems`` of the checkpoint) and stores it under ``prior``
 apply it after every draw (no network call). Its keys: ``nb_cutoff`` (nm), ``steps``, ``tau``,
 ``strength``, ``anchor``, ``max_frames``, ``min_samples``, ``dr`` (:func:`cgsim.train.prior_fit.fit_prior`),
 and ``calibrate=N`` (iterations of :func:`cgsim.train.prior_fit.calibrate_prior` on the model's own
-draws, refiner off), ``windows``, ``damping``.
+draws, refiner off), ``windows``, ``damping``, ``rollout_steps`` (1 = one step from true
+histories; N = short N-step rollouts, their second half compared).
 
 ``--recommend`` records the ``cgsim rollout`` settings the model is meant to run with
 (``--recommend guard.redraws=3 exclusion.enabled=true``; the options of
@@ -128,7 +129,8 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
         if options.get("refine_off", True) and model.refiner is not None:
             model.refiner.set_schedule(levels=0, final_denoise=False)
         prior, errors = calibrate_prior(model, prior, systems, card.stride, n_iter,
-                                        int(options.get("windows", 64)), float(options.get("damping", 0.5)))
+                                        int(options.get("windows", 64)), float(options.get("damping", 0.5)),
+                                        rollout_steps=int(options.get("rollout_steps", 1)))
         print("prior calibration, mean |ln P_drawn/P_true| per iteration: " + " ".join(f"{e:.3f}" for e in errors))
     return prior
 

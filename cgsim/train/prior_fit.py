@@ -31,7 +31,8 @@ from cgsim.model.batch import collate
 from cgsim.model.prior import KINDS, StructuralPrior, bead_classes, ibi_update
 from cgsim.model.simulator import MultiScaleDynamics
 
-FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range")
+FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
+            "settle")
 
 
 def training_systems(ckpt: dict[str, Any]) -> list[BeadTrajectory]:
@@ -58,6 +59,7 @@ def fit_prior(ckpt: dict[str, Any], options: dict[str, Any],
     if "nb_cutoff" not in opts:
         raise CgsimInputError("--prior", "expected nb_cutoff=<nm> (the radius of the non-bonded core pairs)")
     anchor = opts.pop("anchor", "mean")
+    settle = int(opts.pop("settle", 0))
     vocab = list(ckpt["data"]["atom_types"])
     rows = []
     for t in systems if systems is not None else training_systems(ckpt):
@@ -66,14 +68,14 @@ def fit_prior(ckpt: dict[str, Any], options: dict[str, Any],
         box = None if g.box is None else g.box.numpy()
         rows.append((t.name, classes, g.bead_bonds, t.positions, box))
     prior = StructuralPrior.fit(rows, atom_types=vocab, **opts)
-    return prior.with_schedule(anchor=anchor)
+    return prior.with_schedule(anchor=anchor, settle=settle)
 
 
 @torch.no_grad()
 def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: Sequence[BeadTrajectory], stride: int,
                     iterations: int = 5, windows: int = 64, damping: float = 0.5, seed: int = 0,
-                    progress: bool = True) -> tuple[StructuralPrior, list[float]]:
-    """Iterative Boltzmann inversion of the prior's tables on the model's one-step draws.
+                    progress: bool = True, rollout_steps: int = 1) -> tuple[StructuralPrior, list[float]]:
+    """Iterative Boltzmann inversion of the prior's tables on the model's own draws.
 
     Parameters
     ----------
@@ -93,6 +95,11 @@ def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: 
         Fraction of the log-ratio applied per update.
     seed : int
         Seed of the window choice and of the draws.
+    rollout_steps : int
+        1: compare one step from true histories with the true next frame. N > 1: run N steps
+        from each true history (the model's own output fed back, as in a rollout) and compare
+        the second half of them with the true frames at the same times, so the tables correct
+        the drift a rollout accumulates, not only the one-step error.
 
     Returns
     -------
@@ -117,36 +124,51 @@ def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: 
         model.prior = prior
         drawn: dict[tuple[str, int], list[np.ndarray]] = {}
         true: dict[tuple[str, int], list[np.ndarray]] = {}
+        n_samples = 0
         for _w in range(windows):
             k = int(rng.choice(usable))
             t = systems[k]
-            start = int(rng.integers(0, t.n_frames - span))
-            x = torch.from_numpy(np.ascontiguousarray(t.positions[start:start + span + 1]))
+            start = int(rng.integers(0, t.n_frames - span - stride * max(rollout_steps - 1, 0)))
+            x = torch.from_numpy(np.ascontiguousarray(t.positions[start:start + span + stride * max(rollout_steps - 1, 0) + 1]))
             hist = x[:span:stride].permute(1, 0, 2)[:, -h:]
-            nxt = x[span]
             b = collate([t.graph], [hist])
             topo = prior.topology(classes[k], b.bead_bonds, b.n_beads, torch.device("cpu"), hist.dtype)
-            pred = model(b)
-            new = model.positions_from_target(b.pos, pred.sample(gen))
-            noise = functools.partial(torch.randn, new.shape, generator=gen, dtype=new.dtype)
-            new = model.refine(b, pred, new, noise)
-            new = model.apply_prior(b, pred, new, noise, topo)
-            for frame, store in ((new, drawn), (nxt, true)):
-                for kind, (pairs, idx) in _pairs_by_kind(prior, topo, frame, b).items():
-                    if pairs.shape[1] == 0:
-                        continue
-                    vec = frame[pairs[0]] - frame[pairs[1]]
-                    if kind == "nb" and b.box is not None:
-                        vec = minimum_image(vec, b.box[b.batch[pairs[1]]])
-                    r = vec.norm(dim=-1).numpy()
-                    ids = idx.numpy()
-                    for j in np.unique(ids):
-                        store.setdefault((kind, int(j)), []).append(r[ids == j])
-        prior, err = _update(prior, drawn, true, windows, damping)
+            for step in range(max(rollout_steps, 1)):
+                new = _one_step(model, b, topo, gen)
+                nxt = x[span + stride * step]
+                if step >= rollout_steps // 2:  # rollout mode: the second half of each short rollout
+                    n_samples += 1
+                    for frame, store in ((new, drawn), (nxt, true)):
+                        _collect(prior, topo, frame, b, store)
+                b = b.with_pos(torch.cat([b.pos[:, 1:], new[:, None]], dim=1))
+        prior, err = _update(prior, drawn, true, n_samples, damping)
         errors.append(err)
         bar.set_postfix(error=f"{err:.3f}")
     model.prior = prior
     return prior, errors
+
+
+def _one_step(model: MultiScaleDynamics, b: Any, topo: Any, gen: torch.Generator) -> torch.Tensor:
+    """One learned step as a rollout samples it: draw, refine (as scheduled), prior."""
+    pred = model(b)
+    new = model.positions_from_target(b.pos[:, -model.history:], pred.sample(gen))
+    noise = functools.partial(torch.randn, new.shape, generator=gen, dtype=new.dtype)
+    new = model.refine(b, pred, new, noise)
+    return model.apply_prior(b, pred, new, noise, topo)
+
+
+def _collect(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any, store: dict) -> None:
+    """Append the distances of every table's pairs in ``frame`` to ``store[(kind, table)]``."""
+    for kind, (pairs, idx) in _pairs_by_kind(prior, topo, frame, b).items():
+        if pairs.shape[1] == 0:
+            continue
+        vec = frame[pairs[0]] - frame[pairs[1]]
+        if kind == "nb" and b.box is not None:
+            vec = minimum_image(vec, b.box[b.batch[pairs[1]]])
+        r = vec.norm(dim=-1).numpy()
+        ids = idx.numpy()
+        for j in np.unique(ids):
+            store.setdefault((kind, int(j)), []).append(r[ids == j])
 
 
 def _pairs_by_kind(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
