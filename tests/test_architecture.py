@@ -83,10 +83,8 @@ def test_layers_import_one_way(package, forbidden):
         assert not bad, f"{path} imports {bad}"
 
 
-#: modules that may read a checkpoint dict by its keys: the format itself, the card, and the
-#: prior's fit (cgsim/train/prior_fit.py, owned by the structural-prior work; it reads the card's
-#: atom types and training systems by key)
-CHECKPOINT_READERS = {"cgsim/model/checkpoint.py", "cgsim/model/card.py", "cgsim/train/prior_fit.py"}
+#: modules that may read a checkpoint dict by its keys: the format itself and the card
+CHECKPOINT_READERS = {"cgsim/model/checkpoint.py", "cgsim/model/card.py"}
 
 
 def test_checkpoint_facts_are_read_through_the_model_card():

@@ -234,13 +234,15 @@ def test_settling_removes_the_last_updates_noise():
 
 def test_calibration_on_short_rollouts_changes_the_tables():
     from cgsim.data.load import load_systems
+    from cgsim.model.card import ModelCard
     from cgsim.train.checkpoint import load_checkpoint
     from cgsim.train.loop import model_from_checkpoint
     from cgsim.train.prior_fit import calibrate_prior, fit_prior
 
     ckpt = load_checkpoint(CHAIN_CKPT)
-    systems = load_systems([CHAIN_INIT], "initial", list(ckpt["data"]["atom_types"])).trajectories
-    prior = fit_prior(ckpt, {"nb_cutoff": 2.0, "min_samples": 500, "steps": 10}, systems)
+    card = ModelCard.from_checkpoint(ckpt, CHAIN_CKPT)
+    systems = load_systems([CHAIN_INIT], "initial", list(card.atom_types)).trajectories
+    prior = fit_prior(card, {"nb_cutoff": 2.0, "min_samples": 500, "steps": 10}, systems)
     model = model_from_checkpoint(ckpt)
     model.refiner.set_schedule(levels=0, final_denoise=False)
     new, errors = calibrate_prior(model, prior, systems, stride=1, iterations=3, windows=24, progress=False,

@@ -121,8 +121,8 @@ def _sha256(path: Path) -> str:
 
 def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]) -> StructuralPrior:
     """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``."""
-    systems = training_systems(ckpt)
-    prior = fit_prior(ckpt, options, systems)
+    systems = training_systems(card)
+    prior = fit_prior(card, options, systems)
     n_iter = int(options.get("calibrate", 0))
     if n_iter > 0:
         model = model_from_checkpoint(ckpt)

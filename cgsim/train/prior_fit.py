@@ -24,31 +24,34 @@ import torch
 from tqdm.auto import tqdm
 
 from cgsim.data.load import load_systems
-from cgsim.data.windows import BeadTrajectory
+from cgsim.data.windows import BeadTrajectory, history_positions
 from cgsim.errors import CgsimInputError
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import collate
+from cgsim.model.card import ModelCard
 from cgsim.model.prior import KINDS, StructuralPrior, bead_classes, ibi_update
+from cgsim.model.sampling import learned_step
 from cgsim.model.simulator import MultiScaleDynamics
 
 FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
             "settle")
 
 
-def training_systems(ckpt: dict[str, Any]) -> list[BeadTrajectory]:
-    """The training systems a checkpoint records (``data.train_systems``), in its vocabulary."""
-    vocab = list(ckpt["data"]["atom_types"])
-    return load_systems(list(ckpt["data"]["train_systems"]), "data.train_systems", vocab).trajectories
+def training_systems(card: ModelCard) -> list[BeadTrajectory]:
+    """The training systems a model card records, in the model's fine-type vocabulary."""
+    if not card.train_systems:
+        raise CgsimInputError(card.path, "the checkpoint lists no training systems; the prior is fitted to them")
+    return load_systems(list(card.train_systems), "data.train_systems", list(card.atom_types)).trajectories
 
 
-def fit_prior(ckpt: dict[str, Any], options: dict[str, Any],
+def fit_prior(card: ModelCard, options: dict[str, Any],
               systems: Sequence[BeadTrajectory] | None = None) -> StructuralPrior:
-    """Fit the structural prior of a checkpoint to its own training systems.
+    """Fit the structural prior of a model to its own training systems.
 
     Parameters
     ----------
-    ckpt : dict
-        A loaded checkpoint (its ``data.train_systems`` and ``data.atom_types`` are used).
+    card : ModelCard
+        The model's card (its training systems and fine-type vocabulary are used).
     options : dict
         ``nb_cutoff`` (nm, required) and optionally ``steps``, ``tau``, ``strength``, ``anchor``,
         ``dr``, ``min_samples``, ``max_frames`` (:meth:`StructuralPrior.fit`).
@@ -60,9 +63,9 @@ def fit_prior(ckpt: dict[str, Any], options: dict[str, Any],
         raise CgsimInputError("--prior", "expected nb_cutoff=<nm> (the radius of the non-bonded core pairs)")
     anchor = opts.pop("anchor", "mean")
     settle = int(opts.pop("settle", 0))
-    vocab = list(ckpt["data"]["atom_types"])
+    vocab = list(card.atom_types)
     rows = []
-    for t in systems if systems is not None else training_systems(ckpt):
+    for t in systems if systems is not None else training_systems(card):
         g = t.graph
         classes = bead_classes(g.atom_type, g.atom_to_bead, g.n_beads, vocab)
         box = None if g.box is None else g.box.numpy()
@@ -129,15 +132,14 @@ def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: 
             k = int(rng.choice(usable))
             t = systems[k]
             start = int(rng.integers(0, t.n_frames - span - stride * max(rollout_steps - 1, 0)))
-            x = torch.from_numpy(np.ascontiguousarray(t.positions[start:start + span + stride * max(rollout_steps - 1, 0) + 1]))
-            hist = x[:span:stride].permute(1, 0, 2)[:, -h:]
-            b = collate([t.graph], [hist])
-            topo = prior.topology(classes[k], b.bead_bonds, b.n_beads, torch.device("cpu"), hist.dtype)
+            b = collate([t.graph], [history_positions(t, h, stride, start)])
+            topo = prior.topology(classes[k], b.bead_bonds, b.n_beads, torch.device("cpu"), b.pos.dtype)
+            noise = functools.partial(torch.randn, (b.n_beads, 3), generator=gen, dtype=b.pos.dtype)
             for step in range(max(rollout_steps, 1)):
-                new = _one_step(model, b, topo, gen)
-                nxt = x[span + stride * step]
+                new = learned_step(model, b, noise, prior_topology=topo)
                 if step >= rollout_steps // 2:  # rollout mode: the second half of each short rollout
                     n_samples += 1
+                    nxt = torch.from_numpy(np.ascontiguousarray(t.positions[start + span + stride * step]))
                     for frame, store in ((new, drawn), (nxt, true)):
                         _collect(prior, topo, frame, b, store)
                 b = b.with_pos(torch.cat([b.pos[:, 1:], new[:, None]], dim=1))
@@ -146,15 +148,6 @@ def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: 
         bar.set_postfix(error=f"{err:.3f}")
     model.prior = prior
     return prior, errors
-
-
-def _one_step(model: MultiScaleDynamics, b: Any, topo: Any, gen: torch.Generator) -> torch.Tensor:
-    """One learned step as a rollout samples it: draw, refine (as scheduled), prior."""
-    pred = model(b)
-    new = model.positions_from_target(b.pos[:, -model.history:], pred.sample(gen))
-    noise = functools.partial(torch.randn, new.shape, generator=gen, dtype=new.dtype)
-    new = model.refine(b, pred, new, noise)
-    return model.apply_prior(b, pred, new, noise, topo)
 
 
 def _collect(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any, store: dict) -> None:
