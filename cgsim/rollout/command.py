@@ -124,6 +124,32 @@ def _check_options(cfg: DictConfig) -> None:
     check_limit_options(cfg.guard, cfg.exclusion)
 
 
+def with_recommended(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the model card's recommended settings in every option left at its default.
+
+    A model is exported with the settings it is meant to run with (``--recommend``: guard,
+    redraws, exclusion, temperature; :data:`cgsim.model.card.RECOMMENDABLE`), so that
+    ``cgsim rollout checkpoint=... initial=... steps=...`` runs it as its model card says. An
+    option the user set to anything but the schema's default wins; ``use_recommended=false``
+    ignores the card's settings altogether. The settings used are printed once.
+    """
+    if not cfg.get("use_recommended", True) or cfg.get("checkpoint") in (None, "???"):
+        return cfg
+    card = ModelCard.from_checkpoint(model_checkpoint.load_checkpoint(cfg.checkpoint), cfg.checkpoint)
+    if not card.recommended_rollout:
+        return cfg
+    defaults = OmegaConf.structured(RolloutConfig)
+    out = cfg.copy()
+    applied = []
+    for key, value in card.recommended_rollout.items():
+        if OmegaConf.select(out, key) == OmegaConf.select(defaults, key) and value != OmegaConf.select(out, key):
+            OmegaConf.update(out, key, value, merge=False)
+            applied.append(f"{key}={value}")
+    if applied:
+        print(f"rollout: the model's recommended settings: {' '.join(applied)} (use_recommended=false to ignore)")
+    return out
+
+
 def load_model(cfg: DictConfig, device: torch.device) -> tuple[ModelCard, torch.nn.Module]:
     """The checkpoint's card and its model, with the ``refine.*`` / ``prior.*`` schedule overrides applied."""
     ckpt = model_checkpoint.load_checkpoint(cfg.checkpoint)
@@ -294,6 +320,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         time step, or with fine types the model does not know; an output holding a rollout
         without ``resume=true`` (or a resume with other settings).
     """
+    cfg = with_recommended(cfg)
     _check_options(cfg)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))

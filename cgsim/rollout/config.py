@@ -98,6 +98,9 @@ class RolloutConfig:
     #: replicas of each initial system (independent noise streams)
     replicas: int = 1
     seed: int = 0
+    #: apply the model card's recommended rollout settings (``recommended_rollout``, set at export
+    #: with ``--recommend``) to every option still at its default here; false: ignore them
+    use_recommended: bool = True
     #: write every k-th learned step (frame 0 = the last initial frame)
     save_every: int = 1
     #: learned steps between rollout checkpoints (= commits of frames to disk); 0 = only at the end
