@@ -157,12 +157,24 @@ def test_truncated_checkpoint_is_refused(mapped_chains, tmp_path, compose_cfg):
         load_checkpoint(path)
 
 
+def _free_port() -> int:
+    """A TCP port no one listens on now (the OS picks it for a socket bound to port 0)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_ddp_two_cpu_processes_with_gloo(mapped_chains, tmp_path):
+    """Two gloo ranks train, rank 0 validates and writes; a free port, and a collective timeout of 60 s
+    so that a hung rank fails the run in about a minute rather than at the test's timeout."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "cgsim", "train", *_train_overrides(mapped_chains, out), f"hydra.run.dir={tmp_path / 'h'}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "cgsim", "train", *_train_overrides(mapped_chains, out),
+           "trainer.dist_timeout_s=60", f"hydra.run.dir={tmp_path / 'h'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1

@@ -67,6 +67,10 @@ class TrainerConfig:
     tensorboard: bool = True
     #: torch.distributed backend when launched by torchrun (gloo on CPU, nccl on GPU)
     dist_backend: str = "gloo"
+    #: seconds a rank waits in a collective (the gradient all-reduce) for its peers before it fails
+    #: with an error, so a hung or dead peer ends the run instead of hanging it. Waiting for rank 0's
+    #: validation and checkpoints between epochs is not a collective and has no such limit
+    dist_timeout_s: float = 60.0
     num_threads: int | None = None
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,56 @@ def _check_split(train_set: Any, val_set: Any) -> None:
                                           "measures nothing: splits must be by system")
 
 
-def _distributed(backend: str) -> tuple[int, int]:
+def _distributed(backend: str, timeout_s: float = 60.0) -> tuple[int, int]:
+    """``(rank, world size)``; under torchrun (``WORLD_SIZE`` > 1) the process group is started
+    with a collective timeout of ``timeout_s`` seconds (a hung peer fails, not hangs, the run)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        if not timeout_s > 0:
+            raise CgsimInputError("trainer.dist_timeout_s", f"expected a positive number of seconds, got {timeout_s}")
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=float(timeout_s)))
     if world > 1:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+#: how long ranks > 0 wait between epochs for rank 0's validation and checkpoints (not a collective)
+EPOCH_WAIT = timedelta(days=7)
+
+
+def _epoch_done(rank: int, epoch: int) -> None:
+    """Ranks > 0 wait for rank 0 to finish ``epoch`` (validated and saved) through the process
+    group's key-value store: a long validation is no collective, so the short collective
+    timeout (``trainer.dist_timeout_s``) does not apply to it."""
+    store = dist.distributed_c10d._get_default_store()
+    key = f"cgsim/epoch_done/{epoch}"
+    if rank == 0:
+        store.set(key, "1")
+    else:
+        store.wait([key], EPOCH_WAIT)
+
+
+def _shutdown(world: int, failed: bool) -> None:
+    """Leave the process group so that no rank is left waiting.
+
+    After a normal end every rank checks in at the store; rank 0 (which holds the group's
+    first connections) waits until all have, i.e. until every rank has finished all its
+    collectives, and only then destroys its group. After an error the group is destroyed at
+    once, so the peers' next collective fails within the timeout instead of hanging.
+    """
+    if world <= 1 or not dist.is_initialized():
+        return
+    try:
+        if not failed:
+            store = dist.distributed_c10d._get_default_store()
+            arrived = store.add("cgsim/finished", 1)
+            if dist.get_rank() == 0:
+                deadline = time.monotonic() + 120.0
+                while arrived < world and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    arrived = store.add("cgsim/finished", 0)
+    finally:
+        dist.destroy_process_group()
 
 
 @dataclass
@@ -224,7 +268,7 @@ def setup_run(cfg: DictConfig) -> TrainingRun:
     """Processes, output, data, model, optimiser, EMA; the saved state for ``resume=true``, else
     the model's normalisation fitted to the training windows."""
     tc, oc = cfg.trainer, cfg.optim
-    rank, world = _distributed(str(tc.dist_backend))
+    rank, world = _distributed(str(tc.dist_backend), float(tc.get("dist_timeout_s", 60.0)))
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
     device = torch.device(str(tc.device))
@@ -355,27 +399,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trajectory, zero stride), an output holding another run without ``resume=true``, or
         a checkpoint from an incompatible config.
     """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    failed = True
+    try:
+        summary = _train_epochs(cfg)
+        failed = False
+    finally:
+        _shutdown(world, failed)
+    return summary
+
+
+def _train_epochs(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`train` without the process group's shutdown: set up, then the epochs."""
     run = setup_run(cfg)
     logger = MetricLogger(run.out, tensorboard=bool(cfg.trainer.tensorboard)) if run.rank == 0 else None
     t_run = time.perf_counter()
     summary: dict[str, Any] = {"epochs_run": 0}
     epochs_this_call = 0
-    for epoch in range(run.start_epoch, int(cfg.trainer.max_epochs)):
-        if cfg.stop_after_epochs is not None and epochs_this_call >= int(cfg.stop_after_epochs):
-            break
-        fit = fit_epoch(run, epoch)
-        epochs_this_call += 1
+    try:
+        for epoch in range(run.start_epoch, int(cfg.trainer.max_epochs)):
+            if cfg.stop_after_epochs is not None and epochs_this_call >= int(cfg.stop_after_epochs):
+                break
+            fit = fit_epoch(run, epoch)
+            epochs_this_call += 1
+            if logger is not None:
+                row, improved = validate_epoch(run, epoch, fit)
+                save_epoch(run, epoch, row, improved)
+                logger.log(row, run.step)
+                summary = {**row, "epochs_run": epochs_this_call, "best": run.best, "n_parameters": run.n_params,
+                           "checkpoint": str(run.last_path)}
+            if run.world > 1:
+                _epoch_done(run.rank, epoch)
+    finally:
         if logger is not None:
-            row, improved = validate_epoch(run, epoch, fit)
-            save_epoch(run, epoch, row, improved)
-            logger.log(row, run.step)
-            summary = {**row, "epochs_run": epochs_this_call, "best": run.best, "n_parameters": run.n_params,
-                       "checkpoint": str(run.last_path)}
-        if run.world > 1:
-            dist.barrier()
+            logger.close()
     if logger is not None:
-        logger.close()
         print(_final_line(run, summary, time.perf_counter() - t_run))
-    if run.world > 1 and dist.is_initialized():
-        dist.destroy_process_group()
     return summary
