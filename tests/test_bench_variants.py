@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.test_train import mapped_chains  # noqa: F401 - session fixture
+from tests.conftest import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))  # bench scripts import their siblings by name
-spec = importlib.util.spec_from_file_location("bench_variants", ROOT / "bench" / "bench_variants.py")
-bench_variants = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_variants)
+bench_variants = load_bench("bench_variants")
 
 
 def test_arms_named_and_custom():
@@ -36,7 +28,7 @@ def test_fractions_are_nested_prefixes():
         bench_variants.subset(systems, 0.0)
 
 
-def test_tiny_train_only_run_and_read_back(mapped_chains, tmp_path, capsys):  # noqa: F811
+def test_tiny_train_only_run_and_read_back(mapped_chains, tmp_path, capsys):
     common = ["--train-overrides", "debug=tiny", f"data.train=['{mapped_chains}/seq_00[0-2]']",
               f"data.val=['{mapped_chains}/seq_003']", "model.cutoff=2.0",
               "--arms", "plain", "coarse", "--fractions", "0.5", "1.0", "--epochs", "1", "--steps-per-epoch", "2",
@@ -51,7 +43,7 @@ def test_tiny_train_only_run_and_read_back(mapped_chains, tmp_path, capsys):  # 
     assert capsys.readouterr().out.count("finished (1 epochs), read back") == 4
 
 
-def test_tiny_run_with_rollout_reports_errors_and_speed(mapped_chains, tmp_path):  # noqa: F811
+def test_tiny_run_with_rollout_reports_errors_and_speed(mapped_chains, tmp_path):
     rows = bench_variants.main([
         "--train-overrides", "debug=tiny", f"data.train=['{mapped_chains}/seq_00[0-2]']",
         f"data.val=['{mapped_chains}/seq_003']", "model.cutoff=2.0",

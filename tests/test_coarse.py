@@ -6,16 +6,11 @@ import torch
 
 from cgsim.model import MultiScaleDynamics, SystemGraph, collate
 from cgsim.model.coarse import CoarseLevel, segment_assignment
-from tests.test_model import BOX, H, _chain_system, assert_batched_equals_single
-
-
-def _both(bonds):
-    b = np.asarray(bonds).T
-    return np.concatenate([b, b[::-1]], axis=1)
+from tests.conftest import H, ModelSymmetryTests, both_directions, tiny_model
 
 
 def test_linear_chain_cut_into_consecutive_runs():
-    bonds = _both([(i, i + 1) for i in range(9)])
+    bonds = both_directions([(i, i + 1) for i in range(9)])
     np.testing.assert_array_equal(segment_assignment(10, bonds, 4), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
     # numbering starts from the end of lower degree, whatever the bond order
     np.testing.assert_array_equal(segment_assignment(10, bonds[:, ::-1], 4), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
@@ -23,7 +18,7 @@ def test_linear_chain_cut_into_consecutive_runs():
 
 def test_segments_never_span_molecules_and_ions_stand_alone():
     # molecule A: beads 0-5 (chain), ion 6, molecule B: beads 7-9 (chain), ion 10
-    bonds = _both([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (7, 8), (8, 9)])
+    bonds = both_directions([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (7, 8), (8, 9)])
     sup = segment_assignment(11, bonds, 4)
     mol = np.array([0] * 6 + [1] + [2] * 3 + [3])
     for s in np.unique(sup):
@@ -37,7 +32,7 @@ def test_segments_never_span_molecules_and_ions_stand_alone():
 
 def test_branched_segments_are_compact():
     # graft: backbone 0-1-2-3-4-5, side bead on each backbone bead (6..11)
-    bonds = _both([(i, i + 1) for i in range(5)] + [(i, 6 + i) for i in range(6)])
+    bonds = both_directions([(i, i + 1) for i in range(5)] + [(i, 6 + i) for i in range(6)])
     sup = segment_assignment(12, bonds, 3)
     assert np.bincount(sup).max() <= 3 and len(np.unique(sup)) == 4
     hops = np.full((12, 12), 99)
@@ -52,29 +47,19 @@ def test_branched_segments_are_compact():
 
 
 def _model(coarse: bool, seed=0, bead_layers=2, cutoff=1.0) -> MultiScaleDynamics:
-    torch.manual_seed(seed)
     c = CoarseLevel(dim=16, beads_per_super=3, cutoff=3.0, layers=2, n_rbf=8) if coarse else None
-    return MultiScaleDynamics(n_atom_types=3, history=H, cutoff=cutoff, hidden_dim=16, fine_layers=1,
-                              bead_layers=bead_layers, n_rbf=8, coarse=c).double().eval()
+    return tiny_model(seed=seed, cutoff=cutoff, fine_layers=1, bead_layers=bead_layers, coarse=c)
 
 
-@pytest.mark.parametrize("box", [None, BOX])
-def test_translation_invariance_and_batched_equals_single(box):
-    systems = [_chain_system(n, box, s) for s, n in enumerate([12, 20])]
-    m = _model(True)
-    batched = m(collate([s for s, _ in systems], [p for _, p in systems]))
-    shifted = m(collate([s for s, _ in systems], [p + torch.tensor([3.1, -2.0, 0.7], dtype=torch.float64)
-                                                  for _, p in systems]))
-    torch.testing.assert_close(batched.mean, shifted.mean)
-    assert_batched_equals_single(m, systems)
+class TestCoarseSymmetries(ModelSymmetryTests):
+    """Translation, batching, relabelling that keeps each chain's first end (segments are numbered
+    from it) and whole-molecule images (super-bead centres pool unwrapped positions)."""
 
+    per_bead_images = False
+    any_relabelling = False
 
-def test_wrapped_and_unwrapped_images_give_same_prediction():
-    sys, pos = _chain_system(40, BOX, 3)
-    m = _model(True)
-    # whole-molecule images: the coarse level pools unwrapped positions, so shift the molecule as a whole
-    shift = torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64) * BOX
-    torch.testing.assert_close(m(collate([sys], [pos])).mean, m(collate([sys], [pos + shift])).mean)
+    def make_model(self) -> MultiScaleDynamics:
+        return _model(True)
 
 
 def test_coarse_level_reaches_beyond_the_bead_cutoff():

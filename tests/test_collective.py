@@ -10,17 +10,12 @@ from cgsim.model import MultiScaleDynamics, collate
 from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.equivariant import EquivariantDynamics
 from cgsim.model.graph import molecule_index
-from tests.test_model import BOX, H, _chain_system, assert_batched_equals_single
-
-
-def _both(pairs):
-    b = np.asarray(pairs).T
-    return np.concatenate([b, b[::-1]], axis=1)
+from tests.conftest import H, ModelSymmetryTests, both_directions, chain_system, tiny_model
 
 
 def test_molecules_are_bond_components_numbered_by_first_bead():
     # ion 0, chain 1-2-3, ion 4, chain 5-6 given with its bond listed first
-    bonds = _both([(5, 6), (1, 2), (2, 3)])
+    bonds = both_directions([(5, 6), (1, 2), (2, 3)])
     np.testing.assert_array_equal(molecule_index(7, bonds), [0, 1, 1, 1, 2, 3, 3])
     np.testing.assert_array_equal(molecule_index(3, np.zeros((2, 0), int)), [0, 1, 2])
 
@@ -67,28 +62,28 @@ def test_centre_variance_is_the_predicted_one_and_beads_keep_theirs():
 
 
 def _model(cls=MultiScaleDynamics, seed=0) -> MultiScaleDynamics:
-    torch.manual_seed(seed)
     kw = {"vector_dim": 4} if cls is EquivariantDynamics else {}
-    return cls(n_atom_types=3, history=H, cutoff=1.0, hidden_dim=16, fine_layers=1, bead_layers=2, n_rbf=8,
-               collective=CentreNoise(16), **kw).double().eval()
+    return tiny_model(cls, seed, fine_layers=1, collective=CentreNoise(16), **kw)
 
 
-@pytest.mark.parametrize("box", [None, BOX])
-@pytest.mark.parametrize("cls", [MultiScaleDynamics, EquivariantDynamics])
-def test_translation_invariance_and_batched_equals_single(box, cls):
-    systems = [_chain_system(n, box, s) for s, n in enumerate([12, 20])]
-    m = _model(cls)
-    a = m(collate([s for s, _ in systems], [p for _, p in systems]))
-    b = m(collate([s for s, _ in systems], [p + torch.tensor([3.1, -2.0, 0.7], dtype=torch.float64) for _, p in systems]))
-    assert a.n_molecules == 2 and a.centre_std.shape == (2,)
-    torch.testing.assert_close(a.centre_std, b.centre_std)
-    assert_batched_equals_single(m, systems)
-    for k, (s, p) in enumerate(systems):  # each system's centre std as if it were alone
-        torch.testing.assert_close(m(collate([s], [p])).centre_std, a.centre_std[k:k + 1])
+class TestCollectiveSymmetries(ModelSymmetryTests):
+    """The molecule-centre std is invariant like the bead std, and a system's is as if it were alone."""
+
+    def make_model(self) -> MultiScaleDynamics:
+        return _model()
+
+
+class TestEquivariantCollectiveSymmetries(ModelSymmetryTests):
+    """Collective noise on the equivariant model: the centre std is invariant under rotations too."""
+
+    equivariant = True
+
+    def make_model(self) -> EquivariantDynamics:
+        return _model(EquivariantDynamics)
 
 
 def test_sampled_step_moves_the_centre_by_the_centre_noise():
-    sys, pos = _chain_system(15, None, 2)
+    sys, pos = chain_system(15, None, 2)
     m = _model()
     pred = m(collate([sys], [pos]))
     eps = torch.randn(15, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -99,7 +94,7 @@ def test_sampled_step_moves_the_centre_by_the_centre_noise():
 
 def test_centre_loss_fits_the_centre_std_only_and_learns_it():
     """The centre NLL reaches the head, not the bead means; minimising it finds the centre spread."""
-    sys, pos = _chain_system(10, None, 4)
+    sys, pos = chain_system(10, None, 4)
     m = _model().train()
     batch = collate([sys], [pos])
     next_pos = pos[:, -1] + 0.1
@@ -136,7 +131,7 @@ def test_refinement_keeping_centres_changes_only_internal_coordinates():
     from cgsim.model.collective import remove_centre_shift
     from cgsim.model.refinement import ScoreRefiner
 
-    sys, pos = _chain_system(12, None, 5)
+    sys, pos = chain_system(12, None, 5)
     ion_bonds = sys.bead_bonds[:, (sys.bead_bonds < 8).all(0)]  # beads 8-11 become four single beads
     sys = type(sys)(**{**sys.__dict__, "bead_bonds": ion_bonds})
     torch.manual_seed(0)

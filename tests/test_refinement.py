@@ -1,7 +1,5 @@
 """Score-based refinement: schedule, invariances, identity at zero steps, and that it learns to denoise."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -9,17 +7,22 @@ import torch
 from cgsim.data.load import load_systems
 from cgsim.model import MultiScaleDynamics, collate
 from cgsim.model.refinement import ScoreRefiner
-from tests.test_model import BOX, H, _chain_system
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import BOX, ROOT, ModelSymmetryTests, chain_system, tiny_model
 
 
 def _model(seed=0, **refine_kw) -> MultiScaleDynamics:
     torch.manual_seed(seed)
     kw = dict(cond_dim=16, cutoff=1.0, hidden_dim=16, layers=2, n_rbf=8)
     kw.update(refine_kw)
-    return MultiScaleDynamics(n_atom_types=3, history=H, cutoff=1.0, hidden_dim=16, fine_layers=1, bead_layers=2,
-                              n_rbf=8, refinement=ScoreRefiner(**kw)).double().eval()
+    return tiny_model(seed=seed, fine_layers=1, refinement=ScoreRefiner(**kw))
+
+
+class TestRefinerSymmetries(ModelSymmetryTests):
+    """The denoiser's predicted noise, for next positions moved with the input, is invariant under
+    translation, follows relabelling, batching and periodic images like the dynamics outputs."""
+
+    def make_model(self) -> MultiScaleDynamics:
+        return _model()
 
 
 def test_schedule_and_calls_per_step():
@@ -56,7 +59,7 @@ def test_karras_ladder():
 
 @pytest.mark.parametrize("sampler, predictor", [("diffusion", 1), ("ode", 2)])
 def test_diffusion_sampler_counts_calls_and_is_reproducible(sampler, predictor):
-    sys, pos = _chain_system(15, BOX, 2)
+    sys, pos = chain_system(15, BOX, 2)
     batch = collate([sys], [pos])
     m = _model(levels=3, steps_per_level=1, sampler=sampler)
     calls = {"n": 0}
@@ -82,7 +85,7 @@ def test_bad_refiner_arguments(kw):
 
 
 def test_zero_steps_is_no_refinement():
-    sys, pos = _chain_system(15, BOX, 0)
+    sys, pos = chain_system(15, BOX, 0)
     batch = collate([sys], [pos])
     m = _model(levels=0, final_denoise=False)
     refined = m.step(batch, generator=torch.Generator().manual_seed(3))
@@ -96,7 +99,7 @@ def test_zero_steps_is_no_refinement():
 
 
 def test_refinement_moves_positions_and_is_reproducible():
-    sys, pos = _chain_system(15, BOX, 1)
+    sys, pos = chain_system(15, BOX, 1)
     batch = collate([sys], [pos])
     m = _model(levels=2, steps_per_level=2)
     a = m.step(batch, generator=torch.Generator().manual_seed(1))
@@ -106,39 +109,6 @@ def test_refinement_moves_positions_and_is_reproducible():
     m.refiner.final_denoise = False
     c = m.step(batch, generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(a, c)
-
-
-@pytest.mark.parametrize("box", [None, BOX])
-def test_denoiser_translation_invariant_and_batched_equals_single(box):
-    systems = [_chain_system(n, box, s) for s, n in enumerate([12, 20])]
-    m = _model()
-    r = m.refiner
-    batch = collate([s for s, _ in systems], [p for _, p in systems])
-    g = torch.Generator().manual_seed(0)
-    y = batch.pos[:, -1] + 0.1 * torch.randn((batch.n_beads, 3), generator=g, dtype=torch.float64)
-    sigma = torch.full((batch.n_beads,), 0.1, dtype=torch.float64)
-    latent = m(batch).latent
-    out = r(batch, latent, y, sigma, m.target_scale)
-    shift = torch.tensor([2.3, -1.1, 7.9], dtype=torch.float64)
-    moved = r(batch.with_pos(batch.pos + shift), latent, y + shift, sigma, m.target_scale)
-    torch.testing.assert_close(out, moved)
-    n0 = systems[0][0].n_beads
-    single = collate([systems[1][0]], [systems[1][1]])
-    out1 = r(single, m(single).latent, y[n0:], sigma[n0:], m.target_scale)
-    torch.testing.assert_close(out[n0:], out1)
-
-
-def test_wrapped_positions_give_same_denoiser_output():
-    sys, pos = _chain_system(30, BOX, 4)
-    m = _model()
-    batch = collate([sys], [pos])
-    images = torch.randint(-2, 3, (30, 1, 3), generator=torch.Generator().manual_seed(1)).double() * BOX
-    y = pos[:, -1] + 0.05
-    s = torch.full((30,), 0.2, dtype=torch.float64)
-    a = m.refiner(batch, m(batch).latent, y, s, m.target_scale)
-    b_batch = collate([sys], [pos + images])
-    b = m.refiner(b_batch, m(b_batch).latent, y + images[:, 0], s, m.target_scale)
-    torch.testing.assert_close(a, b)
 
 
 def test_trained_denoiser_reduces_error_on_held_out_frames():

@@ -3,52 +3,19 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from cgsim.errors import CgsimInputError
-from cgsim.mapping.command import run as map_run
-from cgsim.reference.generate import run as generate_run
 from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
 from cgsim.train.loop import model_from_checkpoint, train
-from tests.conftest import tiny_chain_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def mapped_chains(tmp_path_factory):
-    """Four short chains, generated and mapped (METIS) like the shipped data, in seconds."""
-    from hydra import compose, initialize_config_dir
-
-    from cgsim.cli import conf_dir, load_verb
-
-    base = tmp_path_factory.mktemp("chains")
-    load_verb("generate")
-    load_verb("map")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        gen = compose("generate", tiny_chain_overrides(base / "ref", **{
-            "system.n_chains": 4, "system.n_monomers": "[6,9]", "system.production_time": 60.0,
-            "system.save_interval": 1.0, "frames_per_chunk": 100}))
-        generate_run(gen)
-        for i in range(4):
-            cfg = compose("map", [f"input.trajectory={base}/ref/seq_{i:03d}.xtc", f"input.topology={base}/ref/seq_{i:03d}.pdb",
-                                  "mapping=metis", "mapping.atoms_per_bead=3", "mapping.keep_whole_max_atoms=2", "trajectory_format=xtc",
-                                  f"output={base}/mapped/seq_{i:03d}", "progress=false"])
-            map_run(cfg)
-    return base / "mapped"
-
-
-def _train_overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["debug=tiny", f"data.train=['{data}/seq_00[0-2]']", f"data.val=['{data}/seq_003']", f"output={out}",
-            "model.cutoff=2.0", "trainer.tensorboard=false", "trainer.num_threads=1", *extra]
+from tests.conftest import ROOT, train_overrides
 
 
 def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
-    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out)))
+    summary = train(compose_cfg("train", train_overrides(mapped_chains, out)))
     assert summary["epochs_run"] == 2 and summary["n_parameters"] > 0
     assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "best.pt").is_file()
     lines = (out / "metrics.csv").read_text().splitlines()
@@ -61,15 +28,15 @@ def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, comp
 
 
 def test_symmetry_augmentation_changes_training_but_not_validation(mapped_chains, tmp_path, compose_cfg):
-    base = train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "a", "trainer.max_epochs=1")))
-    aug = train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "b", "trainer.max_epochs=1",
+    base = train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "a", "trainer.max_epochs=1")))
+    aug = train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "b", "trainer.max_epochs=1",
                                                       "data.augment_symmetry=true")))
     assert aug["train_loss"] == aug["train_loss"] and aug["train_loss"] != base["train_loss"]
 
 
 def test_validate_every_skips_validation_between_and_picks_best_among_validated(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
-    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=3",
+    summary = train(compose_cfg("train", train_overrides(mapped_chains, out, "trainer.max_epochs=3",
                                                           "trainer.validate_every=2")))
     rows = [line.split(",") for line in (out / "metrics.csv").read_text().splitlines()]
     col = rows[0].index("val_nll")
@@ -82,10 +49,10 @@ def test_validate_every_skips_validation_between_and_picks_best_among_validated(
 def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compose_cfg, refinement):
     full, split = tmp_path / "full", tmp_path / "split"
     common = ["optim.ema_decay=0.9", "data.noise_std=[0.0,0.01]", *refinement]
-    train(compose_cfg("train", _train_overrides(mapped_chains, full, *common)))
-    train(compose_cfg("train", _train_overrides(mapped_chains, split, *common, "stop_after_epochs=1")))
+    train(compose_cfg("train", train_overrides(mapped_chains, full, *common)))
+    train(compose_cfg("train", train_overrides(mapped_chains, split, *common, "stop_after_epochs=1")))
     assert load_checkpoint(split / "checkpoints" / "last.pt")["epoch"] == 0
-    train(compose_cfg("train", _train_overrides(mapped_chains, split, *common, "resume=true")))
+    train(compose_cfg("train", train_overrides(mapped_chains, split, *common, "resume=true")))
     a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(split / "checkpoints" / "last.pt")
     assert a["step"] == b["step"]
     for key in ("model", "ema"):
@@ -95,26 +62,26 @@ def test_resume_after_kill_matches_uninterrupted(mapped_chains, tmp_path, compos
 
 def test_output_with_run_needs_resume_and_compatible_config(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
-    train(compose_cfg("train", _train_overrides(mapped_chains, out, "stop_after_epochs=1")))
+    train(compose_cfg("train", train_overrides(mapped_chains, out, "stop_after_epochs=1")))
     with pytest.raises(CgsimInputError, match="already holds a training run; pass resume=true"):
-        train(compose_cfg("train", _train_overrides(mapped_chains, out)))
+        train(compose_cfg("train", train_overrides(mapped_chains, out)))
     with pytest.raises(CgsimInputError, match="last.pt: checkpoint was trained with a different 'model' config"):
-        train(compose_cfg("train", _train_overrides(mapped_chains, out, "resume=true", "model.hidden_dim=8")))
+        train(compose_cfg("train", train_overrides(mapped_chains, out, "resume=true", "model.hidden_dim=8")))
     with pytest.raises(CgsimInputError, match="no checkpoint to resume from"):
-        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "new", "resume=true")))
+        train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "new", "resume=true")))
 
 
 def test_checkpoint_from_before_an_option_existed_resumes_while_it_is_off(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
-    train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "stop_after_epochs=1")))
+    train(compose_cfg("train", train_overrides(mapped_chains, out, "trainer.max_epochs=2", "stop_after_epochs=1")))
     last = out / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)
     del ckpt["config"]["data"]["augment_symmetry"]  # as written before the option was added
     save_checkpoint(last, ckpt)
     with pytest.raises(CgsimInputError, match="different 'data' config"):
-        train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true",
+        train(compose_cfg("train", train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true",
                                                     "data.augment_symmetry=true")))
-    summary = train(compose_cfg("train", _train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true")))
+    summary = train(compose_cfg("train", train_overrides(mapped_chains, out, "trainer.max_epochs=2", "resume=true")))
     assert load_checkpoint(last)["epoch"] == 1 and summary["train_loss"] == summary["train_loss"]
 
 
@@ -127,7 +94,7 @@ def test_checkpoint_from_before_an_option_existed_resumes_while_it_is_off(mapped
 )
 def test_bad_training_input(mapped_chains, tmp_path, compose_cfg, extra, match):
     with pytest.raises(CgsimInputError, match=match):
-        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "o", *extra)))
+        train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "o", *extra)))
 
 
 def test_mismatched_mapping_and_trajectory(mapped_chains, tmp_path, compose_cfg):
@@ -138,12 +105,12 @@ def test_mismatched_mapping_and_trajectory(mapped_chains, tmp_path, compose_cfg)
     shutil.copy(mapped_chains / "seq_001" / "mapping.yaml", bad / "mapping.yaml")
     shutil.copy(mapped_chains / "seq_001" / "beads.pdb", bad / "beads.pdb")
     with pytest.raises(CgsimInputError, match=r"beads\.xtc: trajectory has \d+ beads, mapping\.yaml has \d+"):
-        train(compose_cfg("train", _train_overrides(mapped_chains, tmp_path / "o", f"data.val=['{bad}']")))
+        train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "o", f"data.val=['{bad}']")))
 
 
 def test_truncated_checkpoint_is_refused(mapped_chains, tmp_path, compose_cfg):
     out = tmp_path / "run"
-    train(compose_cfg("train", _train_overrides(mapped_chains, out, "stop_after_epochs=1")))
+    train(compose_cfg("train", train_overrides(mapped_chains, out, "stop_after_epochs=1")))
     path = out / "checkpoints" / "last.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -171,7 +138,7 @@ def test_ddp_two_cpu_processes_with_gloo(mapped_chains, tmp_path):
     so that a hung rank fails the run in about a minute rather than at the test's timeout."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "cgsim", "train", *_train_overrides(mapped_chains, out),
+           f"--master_port={_free_port()}", "-m", "cgsim", "train", *train_overrides(mapped_chains, out),
            "trainer.dist_timeout_s=60", f"hydra.run.dir={tmp_path / 'h'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
