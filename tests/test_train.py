@@ -1,5 +1,6 @@
 """`cgsim train`: tiny runs, exact resume, config checks, bad input, DDP with gloo."""
 
+import math
 import os
 import subprocess
 import sys
@@ -27,11 +28,34 @@ def test_tiny_training_writes_checkpoints_and_logs(mapped_chains, tmp_path, comp
     assert model.history == 3 and model.velocity_scale.item() > 0
 
 
+#: what validation writes in an epoch's metrics row (and the summary)
+VALIDATION = ("val_nll", "val_dsm", "rollout_bond_w1", "rollout_stable_fraction", "score")
+
+
 def test_symmetry_augmentation_changes_training_but_not_validation(mapped_chains, tmp_path, compose_cfg):
-    base = train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "a", "trainer.max_epochs=1")))
-    aug = train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / "b", "trainer.max_epochs=1",
-                                                      "data.augment_symmetry=true")))
+    def run(name: str, *extra: str) -> dict:
+        return train(compose_cfg("train", train_overrides(mapped_chains, tmp_path / name, "trainer.max_epochs=1", *extra)))
+
+    def weights(name: str) -> dict:
+        return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["model"]
+
+    base, aug = run("a"), run("b", "data.augment_symmetry=true")
+    # training sees rotated / reflected windows: another loss, other weights
     assert aug["train_loss"] == aug["train_loss"] and aug["train_loss"] != base["train_loss"]
+    assert any(not torch.equal(v, weights("b")[k]) for k, v in weights("a").items())
+    # with the weights held still (lr = 0) the augmented training windows still give another loss, while
+    # validation (one-step NLL on the held-out windows, short rollouts from them) gives the same numbers
+    # to the last bit: it never sees the augmentation
+    frozen, frozen_aug = run("c", "optim.lr=0.0"), run("d", "optim.lr=0.0", "data.augment_symmetry=true")
+    assert frozen_aug["train_loss"] != frozen["train_loss"]
+    assert all(torch.equal(v, weights("d")[k]) for k, v in weights("c").items())
+    assert math.isfinite(frozen["val_nll"]) and math.isfinite(frozen["rollout_bond_w1"])
+    assert [frozen_aug[k] for k in VALIDATION] == pytest.approx([frozen[k] for k in VALIDATION], rel=0, abs=0,
+                                                                 nan_ok=True)
+    rows = [(tmp_path / name / "metrics.csv").read_text().splitlines() for name in ("c", "d")]
+    header = rows[0][0].split(",")
+    cols = [header.index(k) for k in VALIDATION]
+    assert [rows[1][1].split(",")[c] for c in cols] == [rows[0][1].split(",")[c] for c in cols]
 
 
 def test_validate_every_skips_validation_between_and_picks_best_among_validated(mapped_chains, tmp_path, compose_cfg):
