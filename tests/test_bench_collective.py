@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cgsim.data.load import load_systems
-from tests.test_rollout import SEQ, _make_checkpoint
+from tests.conftest import SEQ, load_bench, make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("bench_collective", ROOT / "bench" / "bench_collective.py")
-bench_collective = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_collective)
+bench_collective = load_bench("bench_collective")
 
 
 @pytest.mark.parametrize("collective", [False, True])
 def test_md_centre_steps_and_ratios(tmp_path, collective):
-    ckpt = _make_checkpoint(tmp_path / "tiny.pt", collective=collective)
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", collective=collective)
     rows = bench_collective.main(["--checkpoint", str(ckpt), "--systems", str(SEQ), "--windows", "5", "--draws", "3",
                                   "--json", str(tmp_path / "c.json")])
     assert json.loads((tmp_path / "c.json").read_text())["rows"] == rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mdtraj as md
 import numpy as np
@@ -13,9 +12,8 @@ import torch
 from cgsim.errors import CgsimInputError
 from cgsim.rollout.command import rollout
 from cgsim.rollout.exclusion import exclusion_table, merge_pair_tables, remove_overlaps
+from tests.conftest import SEQ, rollout_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
-SEQ = ROOT / "data" / "chain" / "mapped" / "test" / "seq_000"
 ONE = torch.tensor([[0.5]], dtype=torch.float64)  # one bead type, exclusion distance 0.5 nm
 
 
@@ -123,23 +121,11 @@ def test_exclusion_table_and_merged_tables():
 
 # -- the rollout command ----------------------------------------------------------------------
 
-def _cfg(compose_cfg, ckpt: Path, out: Path, *extra: str):
-    return compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={SEQ}", f"output={out}", "progress=false",
-                                   "steps=6", *extra])
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    from tests.test_rollout import _make_checkpoint
-
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
 def test_rollout_with_exclusion_keeps_pairs_apart_and_counts_them(compose_cfg, ckpt, tmp_path):
     from cgsim.data.load import load_systems
     from cgsim.rollout.command import closest_by_type_pair
 
-    summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "exclusion.enabled=true", "exclusion.factor=1.0",
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "exclusion.enabled=true", "exclusion.factor=1.0",
                            "exclusion.iterations=100", "temperature=3.0", "guard.enabled=false"))
     traj = load_systems([str(SEQ)], "t").trajectories[0]
     _, _, closest = closest_by_type_pair(traj, ["all"] * traj.graph.n_beads, 2.0, 50)
@@ -152,13 +138,13 @@ def test_rollout_with_exclusion_keeps_pairs_apart_and_counts_them(compose_cfg, c
     saved = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert saved["exclusion_pairs"] == summary["exclusion_pairs"]
     # the same rollout without it brings pairs closer than that
-    rollout(_cfg(compose_cfg, ckpt, tmp_path / "p", "temperature=3.0", "guard.enabled=false"))
+    rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "p", "temperature=3.0", "guard.enabled=false"))
     raw = md.load(str(tmp_path / "p" / "seq_000" / "replica_000" / "rollout.h5")).xyz[1:].astype(np.float64)
     d = np.linalg.norm(raw[:, :, None] - raw[:, None], axis=-1) + np.eye(raw.shape[1]) * 10
     assert d.min() < limit - 1e-3
     # resuming needs the same exclusion settings
     with pytest.raises(CgsimInputError, match="exclusion"):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "resume=true", "steps=8", "temperature=3.0",
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "resume=true", "steps=8", "temperature=3.0",
                      "guard.enabled=false"))
 
 
@@ -167,5 +153,5 @@ def test_rollout_with_exclusion_keeps_pairs_apart_and_counts_them(compose_cfg, c
                                         ("exclusion.iterations=0", "exclusion.iterations")])
 def test_bad_exclusion_settings_are_named(compose_cfg, ckpt, tmp_path, bad, field):
     with pytest.raises(CgsimInputError, match=field.replace(".", r"\.")):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "exclusion.enabled=true", bad))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "exclusion.enabled=true", bad))
     assert not (tmp_path / "o").exists()

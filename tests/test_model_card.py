@@ -14,29 +14,23 @@ from cgsim.data.load import load_systems
 from cgsim.data.ranges import training_ranges, with_training_ranges
 from cgsim.errors import CgsimInputError
 from cgsim.model.card import RECOMMENDABLE, ModelCard
-from cgsim.model.checkpoint import (
-    build_model,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
 from cgsim.model.prior import bead_classes
+from tests.conftest import CKPT_MODEL, FIXTURES, ROOT, SEQ, make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "checkpoints"
-SEQ = ROOT / "data" / "chain" / "mapped" / "test" / "seq_000"
+CHECKPOINTS = FIXTURES / "checkpoints"
 ELY = ROOT / "data" / "electrolyte" / "mapped" / "test" / "peo6x25_eoli20"
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    return {name: load_checkpoint(FIXTURES / f"{name}.pt") for name in ("chain", "electrolyte")}
+    return {name: load_checkpoint(CHECKPOINTS / f"{name}.pt") for name in ("chain", "electrolyte")}
 
 
 @pytest.mark.parametrize("name, stride, dt, unit, history, periodic", [
     ("chain", 1, 5.0, "tau", 8, False), ("electrolyte", 10, 20.0, "ps", 4, True)])
 def test_card_of_the_shipped_models(shipped, name, stride, dt, unit, history, periodic):
-    card = ModelCard.from_checkpoint(shipped[name], FIXTURES / f"{name}.pt")
+    card = ModelCard.from_checkpoint(shipped[name], CHECKPOINTS / f"{name}.pt")
     assert (card.stride, card.history_spacing, card.learned_dt, card.time_unit, card.history) == (stride, stride, dt, unit, history)
     assert card.save_interval == pytest.approx(dt / stride) and card.matches_save_interval(dt / stride)
     assert card.periodic is periodic and card.n_parameters > 0 and card.epoch is not None
@@ -95,17 +89,9 @@ def test_old_checkpoint_gets_its_ranges_from_the_listed_training_systems(shipped
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    systems = load_systems([str(SEQ)], "t")
-    config = {"_target_": "cgsim.model.simulator.MultiScaleDynamics", "history": 3, "cutoff": 2.0, "hidden_dim": 16,
-              "fine_layers": 1, "bead_layers": 2, "mlp_layers": 2, "n_rbf": 8, "target": "displacement"}
-    torch.manual_seed(0)
-    model = build_model(OmegaConf.create({"model": config}), len(systems.atom_types))
-    model.fit_normalization(torch.from_numpy(systems.trajectories[0].positions[:4]).permute(1, 0, 2))
-    state = {"config": {"model": config, "data": {"history": 3, "stride": 1}}, "model": model.state_dict(),
-             "ema": None, "epoch": 0, "step": 0,
-             "data": {"atom_types": systems.atom_types, "learned_dt": systems.save_interval,
-                      "time_unit": systems.time_unit, "train_systems": [str(SEQ)]}}
-    return save_checkpoint(path, state)
+    """The tiny checkpoint (its model at the default min_std) with its training system listed."""
+    model = {k: v for k, v in CKPT_MODEL.items() if k != "min_std"}
+    return make_checkpoint(path, model=model, data={"train_systems": [str(SEQ)]})
 
 
 def test_export_records_recommended_rollout_settings_and_ranges(tmp_path):

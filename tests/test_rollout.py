@@ -10,7 +10,6 @@ import mdtraj as md
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import cgsim.model.checkpoint as model_checkpoint
 import cgsim.train.loop as train_loop
@@ -23,52 +22,15 @@ from cgsim.rollout.command import initial_history, rollout
 from cgsim.rollout.core import rollout_positions
 from cgsim.rollout.engine import Member, RolloutEngine, RolloutHook, load_state, member_seed
 from cgsim.train.checkpoint import save_checkpoint
+from tests.conftest import ROOT, SEQ, make_checkpoint, rollout_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
-SEQ = ROOT / "data" / "chain" / "mapped" / "test" / "seq_000"
-MODEL = {"_target_": "cgsim.model.simulator.MultiScaleDynamics", "history": 3, "cutoff": 2.0, "hidden_dim": 16,
-         "fine_layers": 1, "bead_layers": 2, "mlp_layers": 2, "n_rbf": 8, "target": "displacement", "min_std": 0.001}
-
-
-REFINER = {"_target_": "cgsim.model.refinement.ScoreRefiner", "cond_dim": 16, "cutoff": 2.0, "hidden_dim": 16,
-           "layers": 1, "n_rbf": 8, "levels": 2, "steps_per_level": 2, "step_size": 0.05}
-
-
-COLLECTIVE = {"_target_": "cgsim.model.collective.CentreNoise", "dim": 16, "mlp_layers": 2}
-
-
-def _make_checkpoint(path: Path, atom_types: list[str] | None = None, refinement: bool = False,
-                     collective: bool = False) -> Path:
-    """An untrained tiny model with normalisation fitted to seq_000, saved like `cgsim train` does."""
-    systems = load_systems([str(SEQ)], "test")
-    vocab = atom_types if atom_types is not None else systems.atom_types
-    torch.manual_seed(0)
-    config = {**MODEL, "refinement": dict(REFINER) if refinement else None}
-    if collective:
-        config["collective"] = dict(COLLECTIVE)
-    model = train_loop.build_model(OmegaConf.create({"model": config}), len(vocab))
-    pos = torch.from_numpy(systems.trajectories[0].positions)  # (T, N, 3)
-    windows = pos[:4].permute(1, 0, 2)  # (N, H + 1, 3)
-    model.fit_normalization(windows)
-    state = {"config": {"model": config, "data": {"history": 3, "stride": 1}}, "model": model.state_dict(),
-             "ema": None, "epoch": 0, "step": 0,
-             "data": {"atom_types": vocab, "learned_dt": systems.save_interval, "time_unit": systems.time_unit}}
-    return save_checkpoint(path, state)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+#: tests/test_bad_inputs.py imports SEQ and _make_checkpoint from here
+_make_checkpoint = make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt_refined(tmp_path_factory) -> Path:
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_refined.pt", refinement=True)
-
-
-def _cfg(compose_cfg, ckpt: Path, out: Path, *extra: str):
-    return compose_cfg("rollout", [f"checkpoint={ckpt}", f"initial={SEQ}", f"output={out}", "progress=false",
-                                   "steps=6", *extra])
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_refined.pt", refinement=True)
 
 
 def _frames(out: Path, member: str = "seq_000/replica_000") -> np.ndarray:
@@ -82,7 +44,7 @@ def test_verb_registered_after_train():
 
 def test_writes_frames_sidecar_and_summary(compose_cfg, ckpt, tmp_path):
     out = tmp_path / "ro"
-    summary = rollout(_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "checkpoint_every=3",
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "checkpoint_every=3",
                            "guard.enabled=false"))
     assert summary["steps"] == 6 and summary["n_stopped"] == 0 and summary["bead_steps_per_second"] > 0
     first = torch.from_numpy(load_systems([str(SEQ)], "t").trajectories[0].positions[-1])
@@ -103,7 +65,7 @@ def test_writes_frames_sidecar_and_summary(compose_cfg, ckpt, tmp_path):
     assert not np.allclose(a[1:], b[1:])  # replicas draw different noise
     assert json.loads((out / "summary.json").read_text())["members"][1]["frames"] == 4
     with pytest.raises(CgsimInputError, match="already holds a rollout"):
-        rollout(_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "guard.enabled=false"))
+        rollout(rollout_cfg(compose_cfg, ckpt, out, "replicas=2", "save_every=2", "guard.enabled=false"))
 
 
 class _Kill(RolloutHook):
@@ -126,14 +88,14 @@ def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, ckpt_refine
     opts = ("steps=12", "checkpoint_every=4", "replicas=2", "seed=3", "guard.enabled=false")
     ckpt = ckpt_refined if refined else ckpt
     full, split = tmp_path / "full", tmp_path / "split"
-    rollout(_cfg(compose_cfg, ckpt, full, *opts))
+    rollout(rollout_cfg(compose_cfg, ckpt, full, *opts))
     with pytest.raises(KeyboardInterrupt):
-        rollout(_cfg(compose_cfg, ckpt, split, *opts), extra_hooks=[_Kill(10 if where == "step" else 8, where)])
+        rollout(rollout_cfg(compose_cfg, ckpt, split, *opts), extra_hooks=[_Kill(10 if where == "step" else 8, where)])
     # what a kill leaves is readable: every frame up to the last commit (steps 0..8)
     assert _frames(split).shape[0] == committed
     assert load_state(split / "rollout_state.pt").step == (8 if where == "step" else 4)
     assert json.loads((split / "seq_000/replica_000/rollout.json").read_text())["extra"]["status"] == "running"
-    rollout(_cfg(compose_cfg, ckpt, split, *opts, "resume=true"))
+    rollout(rollout_cfg(compose_cfg, ckpt, split, *opts, "resume=true"))
     for member in ("seq_000/replica_000", "seq_000/replica_001"):
         a, b = _frames(full, member), _frames(split, member)
         assert a.shape == (13, 30, 3)
@@ -145,24 +107,24 @@ def test_resume_after_kill_gives_identical_frames(compose_cfg, ckpt, ckpt_refine
 
 def test_resume_needs_same_settings(compose_cfg, ckpt, tmp_path):
     out = tmp_path / "ro"
-    rollout(_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "steps=2"))
+    rollout(rollout_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "steps=2"))
     with pytest.raises(CgsimInputError, match="different 'seed'"):
-        rollout(_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "seed=9", "resume=true"))
+        rollout(rollout_cfg(compose_cfg, ckpt, out, "guard.enabled=false", "seed=9", "resume=true"))
     with pytest.raises(CgsimInputError, match="no rollout state"):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "none", "resume=true"))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "none", "resume=true"))
 
 
 def test_rollout_from_before_an_option_existed_resumes_while_it_is_off(compose_cfg, ckpt, tmp_path):
     from cgsim.rollout.engine import save_state
 
     out = tmp_path / "ro"
-    rollout(_cfg(compose_cfg, ckpt, out, "steps=2", "temperature=0.0"))
+    rollout(rollout_cfg(compose_cfg, ckpt, out, "steps=2", "temperature=0.0"))
     state = load_state(out / "rollout_state.pt")
     del state.extra["config"]["guard"]["by_type_pair"]  # as written before the option was added
     save_state(out / "rollout_state.pt", state)
     with pytest.raises(CgsimInputError, match="different 'guard'"):
-        rollout(_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true", "guard.by_type_pair=true"))
-    summary = rollout(_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true"))
+        rollout(rollout_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true", "guard.by_type_pair=true"))
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, out, "steps=4", "temperature=0.0", "resume=true"))
     assert summary["steps"] == 4 and summary["n_stopped"] == 0
 
 
@@ -200,11 +162,11 @@ def _sabotage(kind: str, victim: int = 1, at_call: int = 3):
 @pytest.mark.parametrize("kind, reason", [("nan", "non-finite"), ("stretch", "stretched"), ("collapse", "overlap")])
 def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path, monkeypatch, kind, reason):
     opts = ("steps=6", "replicas=3", "temperature=0.0", "guard.max_bond_factor=50")
-    clean = rollout(_cfg(compose_cfg, ckpt, tmp_path / "clean", *opts))
+    clean = rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "clean", *opts))
     assert clean["n_stopped"] == 0
     monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage(kind))
     out = tmp_path / "bad"
-    summary = rollout(_cfg(compose_cfg, ckpt, out, *opts))
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, out, *opts))
     victim, others = summary["members"][1], [summary["members"][0], summary["members"][2]]
     assert victim["status"] == "stopped" and victim["stop_step"] == 3 and reason in victim["stop_reason"]
     assert "at step 3" in victim["stop_reason"]
@@ -224,7 +186,7 @@ def test_guard_stops_one_replica_and_others_continue(compose_cfg, ckpt, tmp_path
 
 def test_non_finite_replica_stopped_even_without_guard(compose_cfg, ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage("nan"))
-    summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "replicas=3", "guard.enabled=false"))
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "replicas=3", "guard.enabled=false"))
     assert [m["status"] for m in summary["members"]] == ["finished", "stopped", "finished"]
     assert summary["members"][1]["stop_reason"] == "non-finite coordinates at step 3"
     assert np.all(np.isfinite(load_state(tmp_path / "o" / "rollout_state.pt").pos.numpy()))
@@ -238,7 +200,7 @@ def _engine_setup(ckpt: Path):
 
 @pytest.fixture(scope="module")
 def ckpt_collective(tmp_path_factory) -> Path:
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_collective.pt", collective=True)
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_collective.pt", collective=True)
 
 
 @pytest.mark.parametrize("which", ["plain", "refined", "collective"])
@@ -279,24 +241,24 @@ def test_truncated_and_non_checkpoints(compose_cfg, ckpt, tmp_path):
     data = ckpt.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(CgsimInputError, match="truncated") as e:
-        rollout(_cfg(compose_cfg, cut, tmp_path / "a"))
+        rollout(rollout_cfg(compose_cfg, cut, tmp_path / "a"))
     assert str(cut) in _one_line(e)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CgsimInputError, match="not a cgsim checkpoint") as e:
-        rollout(_cfg(compose_cfg, other, tmp_path / "b"))
+        rollout(rollout_cfg(compose_cfg, other, tmp_path / "b"))
     _one_line(e)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
     with pytest.raises(CgsimInputError) as e:
-        rollout(_cfg(compose_cfg, text, tmp_path / "c"))
+        rollout(rollout_cfg(compose_cfg, text, tmp_path / "c"))
     _one_line(e)
 
 
 @pytest.mark.parametrize("steps", [0, -3])
 def test_steps_must_be_positive(compose_cfg, ckpt, tmp_path, steps):
     with pytest.raises(CgsimInputError, match="steps") as e:
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", f"steps={steps}"))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", f"steps={steps}"))
     _one_line(e)
     assert not (tmp_path / "o").exists()
 
@@ -334,9 +296,9 @@ def test_initial_shorter_than_history(compose_cfg, ckpt, tmp_path):
 
 
 def test_unknown_fine_types(compose_cfg, tmp_path):
-    ck = _make_checkpoint(tmp_path / "narrow.pt", atom_types=["B1", "B2", "S1"])
+    ck = make_checkpoint(tmp_path / "narrow.pt", atom_types=["B1", "B2", "S1"])
     with pytest.raises(CgsimInputError, match="unknown to the model") as e:
-        rollout(_cfg(compose_cfg, ck, tmp_path / "o"))
+        rollout(rollout_cfg(compose_cfg, ck, tmp_path / "o"))
     assert "S2" in _one_line(e)
 
 
@@ -371,10 +333,10 @@ def test_initial_accepts_lists_and_globs(compose_cfg, ckpt, tmp_path):
 def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
     out = tmp_path / "o"
     with pytest.raises(CgsimInputError, match="needs reference") as e:
-        rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true"))
+        rollout(rollout_cfg(compose_cfg, ckpt, out, "evaluate=true"))
     _one_line(e)
     # a glob reference ('[...]' must survive being handed on as a hydra override)
-    summary = rollout(_cfg(compose_cfg, ckpt, out, "evaluate=true", f"reference='{SEQ.parent / 'seq_00[0]'}'", "steps=8",
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, out, "evaluate=true", f"reference='{SEQ.parent / 'seq_00[0]'}'", "steps=8",
                            "guard.enabled=false", "evaluate_overrides=['figures=false','noise_floor=false','observables=[rdf,bond_lengths]']"))
     index = json.loads((out / "dataset.json").read_text())
     assert index["molecules"][0]["files"][0]["trajectory"] == "seq_000/replica_000/rollout.h5"
@@ -384,22 +346,22 @@ def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
 
 def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):
     out = tmp_path / "r"
-    rollout(_cfg(compose_cfg, ckpt_refined, out, "refine.sampler=diffusion", "refine.levels=3", "refine.steps_per_level=0",
+    rollout(rollout_cfg(compose_cfg, ckpt_refined, out, "refine.sampler=diffusion", "refine.levels=3", "refine.steps_per_level=0",
                  "guard.enabled=false"))
     assert _frames(out).shape[0] == 7
-    ode = rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "o", "refine.sampler=ode", "refine.levels=3",
+    ode = rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "o", "refine.sampler=ode", "refine.levels=3",
                        "refine.spacing=karras", "guard.enabled=false"))
     assert ode["steps"] == 6 and np.isfinite(_frames(tmp_path / "o")).all()
-    kept = rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "c", "refine.keep_centres=true", "guard.enabled=false"))
+    kept = rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "c", "refine.keep_centres=true", "guard.enabled=false"))
     assert kept["steps"] == 6 and np.isfinite(_frames(tmp_path / "c")).all()
     with pytest.raises(CgsimInputError, match="refine.spacing"):
-        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "k", "refine.spacing=linear"))
+        rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "k", "refine.spacing=linear"))
     with pytest.raises(CgsimInputError, match="trained without refinement"):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "p", "refine.levels=3"))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "p", "refine.levels=3"))
     with pytest.raises(CgsimInputError, match="refine.sampler"):
-        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "q", "refine.sampler=euler"))
+        rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "q", "refine.sampler=euler"))
     with pytest.raises(CgsimInputError, match="refine.sigma_start"):
-        rollout(_cfg(compose_cfg, ckpt_refined, tmp_path / "s", "refine.sigma_start=5.0"))
+        rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "s", "refine.sigma_start=5.0"))
     assert not any((tmp_path / d).exists() for d in ("p", "q", "s", "k"))  # refused before anything is written
 
 
@@ -454,7 +416,7 @@ def test_redraws_exhausted_stop_the_member(ckpt):
 def test_redraws_reported_and_checked_by_the_command(compose_cfg, ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(model_checkpoint, "model_from_checkpoint", _sabotage("nan"))
     out = tmp_path / "o"
-    summary = rollout(_cfg(compose_cfg, ckpt, out, "replicas=3", "temperature=0.0", "guard.max_bond_factor=50",
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, out, "replicas=3", "temperature=0.0", "guard.max_bond_factor=50",
                            "guard.redraws=2"))
     # the sabotage breaks the victim only in the full 3-member batch (steps 3-6); each redraw runs it
     # alone, which succeeds: one redraw per step rescues it and nobody is stopped
@@ -463,7 +425,7 @@ def test_redraws_reported_and_checked_by_the_command(compose_cfg, ckpt, tmp_path
     meta = json.loads((out / "seq_000/replica_001/rollout.json").read_text())
     assert meta["extra"]["redraws"] == 4
     with pytest.raises(CgsimInputError, match=r"guard\.redraws"):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "neg", "guard.redraws=-1"))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "neg", "guard.redraws=-1"))
 
 
 def test_exported_model_rolls_out_like_its_checkpoint(ckpt, tmp_path):
@@ -573,10 +535,10 @@ def test_guard_by_type_pair_stops_a_pair_closer_than_its_own_limit():
 
 def test_guard_by_type_pair_with_an_absolute_limit_is_an_error(compose_cfg, ckpt, tmp_path):
     with pytest.raises(CgsimInputError, match="guard.by_type_pair"):
-        rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "guard.min_distance=0.1"))
+        rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "guard.min_distance=0.1"))
     assert not (tmp_path / "o").exists()
 
 
 def test_guard_by_type_pair_runs_from_the_command(compose_cfg, ckpt, tmp_path):
-    summary = rollout(_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "temperature=0.0"))
+    summary = rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "guard.by_type_pair=true", "temperature=0.0"))
     assert summary["steps"] == 6 and summary["n_stopped"] == 0

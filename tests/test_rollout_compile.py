@@ -16,12 +16,7 @@ import torch
 
 from cgsim.rollout.command import rollout
 from cgsim.rollout.compile import compile_model
-from tests.test_rollout import SEQ, _make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+from tests.conftest import SEQ
 
 
 class _Wrapper(torch.nn.Module):
