@@ -172,6 +172,19 @@ def mapped_chains(tmp_path_factory) -> Path:
     return base / "mapped"
 
 
+def write_mapping_dump(path: Path, xyz_nm: np.ndarray, data) -> None:
+    """A LAMMPS dump (``id mol type q x y z``, Angstrom, the 2.5 nm box) of frames ``xyz_nm`` of the
+    mapping fixture's LAMMPS ``data`` (:func:`cgsim.io.lammps.read_data`), 500 timesteps apart."""
+    edge = 10 * MAPPING_BOX
+    lines = []
+    for f, xyz in enumerate(xyz_nm):
+        lines.append(f"ITEM: TIMESTEP\n{500 * f}\nITEM: NUMBER OF ATOMS\n{len(xyz)}\nITEM: BOX BOUNDS pp pp pp\n"
+                     f"0 {edge:g}\n0 {edge:g}\n0 {edge:g}\nITEM: ATOMS id mol type q x y z\n")
+        lines += [f"{i + 1} {data.molecule_ids[i]} {data.types[i]} {data.charges[i]} {x * 10:.6f} {y * 10:.6f} {z * 10:.6f}\n"
+                  for i, (x, y, z) in enumerate(xyz)]
+    path.write_text("".join(lines))
+
+
 def wrapped_md(n_frames: int = 8, seed: int = 0):
     """The mapping fixture with molecules drifting across the (2.5 nm) box, wrapped atom by atom."""
     import mdtraj as md

@@ -15,33 +15,10 @@ from cgsim.reference import electrolyte_generate as eg
 from cgsim.reference import runner as runner_mod
 from cgsim.reference.electrolyte_generate import settings_from_config
 from cgsim.reference.generate import run
+from tests.conftest import tiny_electrolyte_overrides
 
-
-def tiny_overrides(out, **kw) -> list[str]:
-    """A 106-atom box (2 x PEO4 + 2 LiTFSI, cutoff 0.5 nm) through every stage in a few seconds."""
-    base = {
-        "system": "electrolyte",
-        "output": str(out),
-        "system.n_chains": 2,
-        "system.chain_length": 4,
-        "system.n_salt": 2,
-        "system.cutoff": 0.5,
-        "system.pack_density": 0.3,
-        "system.compress_time": 1.0,
-        "system.npt_block": 0.5,
-        "system.npt_sample": 0.25,
-        "system.npt_window": 0.5,
-        "system.npt_min_time": 1.0,
-        "system.npt_max_time": 2.0,
-        "system.nvt_equilibration_time": 0.2,
-        "system.production_time": 4.0,
-        "system.save_interval": 1.0,
-        "frames_per_chunk": 2,
-        "progress": False,
-        "platform": "CPU",
-    }
-    base.update(kw)
-    return [f"{k}={v}" for k, v in base.items()]
+#: tests/test_bad_inputs.py imports it by this name
+tiny_overrides = tiny_electrolyte_overrides
 
 
 class _Kill(RuntimeError):
@@ -50,7 +27,7 @@ class _Kill(RuntimeError):
 
 def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeypatch):
     out = tmp_path / "o"
-    cfg = compose_cfg("generate", tiny_overrides(out))
+    cfg = compose_cfg("generate", tiny_electrolyte_overrides(out))
 
     # 1) killed during NPT equilibration, right after its 4th commit (minimise, 2 x compress, 1 x npt)
     original_commit = eg.Equilibration._commit
@@ -85,7 +62,7 @@ def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeyp
     assert not (out / "dataset.json").exists()
 
     # 2b) a partial export: readable files from the committed frames only; the run stays resumable
-    part = run(compose_cfg("generate", tiny_overrides(out, export_partial=True)))
+    part = run(compose_cfg("generate", tiny_electrolyte_overrides(out, export_partial=True)))
     assert part["complete"] is False and part["frames"] == 2
     assert md.load(out / "peo2x4_litfsi2.xtc", top=out / "peo2x4_litfsi2.pdb").n_frames == 2
     partial_meta = read_sidecar(out / "peo2x4_litfsi2.xtc")
@@ -147,7 +124,7 @@ def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeyp
     # finished: a rerun recomputes nothing; a different run in the same directory is refused
     assert run(cfg)["wall_seconds"] == 0.0
     with pytest.raises(CgsimInputError, match="different run"):
-        run(compose_cfg("generate", tiny_overrides(out, **{"system.temperature": 350.0})))
+        run(compose_cfg("generate", tiny_electrolyte_overrides(out, **{"system.temperature": 350.0})))
 
 
 @pytest.mark.parametrize("override, where", [
@@ -167,7 +144,7 @@ def test_build_run_resume_after_kills_and_outputs(tmp_path, compose_cfg, monkeyp
     ("system.compress_time=0.75", "system.compress_time"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, compose_cfg, override, where):
-    cfg = compose_cfg("generate", [*tiny_overrides(tmp_path / "o"), override])
+    cfg = compose_cfg("generate", [*tiny_electrolyte_overrides(tmp_path / "o"), override])
     with pytest.raises(CgsimInputError) as err:
         run(cfg)
     assert err.value.where == where and "\n" not in str(err.value)
@@ -175,9 +152,9 @@ def test_bad_input_is_one_line_error(tmp_path, compose_cfg, override, where):
 
 
 def test_salt_from_ratio_or_explicit(compose_cfg, tmp_path):
-    cfg = compose_cfg("generate", [*tiny_overrides(tmp_path / "o"), "system.n_salt=null", "system.eo_li_ratio=4"])
+    cfg = compose_cfg("generate", [*tiny_electrolyte_overrides(tmp_path / "o"), "system.n_salt=null", "system.eo_li_ratio=4"])
     assert settings_from_config(cfg.system).composition.n_salt == 2
-    cfg = compose_cfg("generate", [*tiny_overrides(tmp_path / "o"), "system.n_salt=null", "system.eo_li_ratio=null"])
+    cfg = compose_cfg("generate", [*tiny_electrolyte_overrides(tmp_path / "o"), "system.n_salt=null", "system.eo_li_ratio=null"])
     with pytest.raises(CgsimInputError, match="n_salt"):
         settings_from_config(cfg.system)
     default = compose_cfg("generate", ["system=electrolyte"]).system
@@ -212,8 +189,8 @@ def test_hydrogen_mass_repartitioning_4fs(compose_cfg, tmp_path):
 
     # a whole tiny run at 4 fs: the identity and the sidecar record both options
     out = tmp_path / "o"
-    tiny_hmr = {**hmr, "system.npt_sample": 0.5}  # tiny_overrides' 0.25 ps is not a whole number of 4 fs steps
-    summary = run(compose_cfg("generate", tiny_overrides(out, **tiny_hmr)))
+    tiny_hmr = {**hmr, "system.npt_sample": 0.5}  # tiny_electrolyte_overrides' 0.25 ps is not a whole number of 4 fs steps
+    summary = run(compose_cfg("generate", tiny_electrolyte_overrides(out, **tiny_hmr)))
     assert summary["frames"] == 5
     identity = json.loads((out / ".run" / "identity.json").read_text())
     assert identity["system"]["hydrogen_mass"] == 3.0 and identity["system"]["timestep"] == 0.004
@@ -227,18 +204,18 @@ def test_hydrogen_mass_repartitioning_4fs(compose_cfg, tmp_path):
     assert np.array(meta.system.particle_masses)[h] == pytest.approx(1.008, abs=1e-3)
     # changing the time step of an existing run directory is refused, not silently mixed
     with pytest.raises(CgsimInputError, match="different run"):
-        run(compose_cfg("generate", tiny_overrides(out, **{**tiny_hmr, "system.timestep": 0.002})))
+        run(compose_cfg("generate", tiny_electrolyte_overrides(out, **{**tiny_hmr, "system.timestep": 0.002})))
 
 
 def test_unknown_option_is_rejected_by_hydra(compose_cfg, tmp_path):
     with pytest.raises(ConfigCompositionException) as err:
-        compose_cfg("generate", [*tiny_overrides(tmp_path / "o"), "system.no_such_option=1"])
+        compose_cfg("generate", [*tiny_electrolyte_overrides(tmp_path / "o"), "system.no_such_option=1"])
     assert "no_such_option" in str(err.value.__cause__ or err.value)
 
 
 def test_missing_packmol_is_one_line_error(tmp_path, compose_cfg):
     out = tmp_path / "o"
-    cfg = compose_cfg("generate", [*tiny_overrides(out), f"system.packmol={tmp_path / 'no_packmol'}"])
+    cfg = compose_cfg("generate", [*tiny_electrolyte_overrides(out), f"system.packmol={tmp_path / 'no_packmol'}"])
     with pytest.raises(CgsimInputError) as err:
         run(cfg)
     assert err.value.where == "system.packmol" and "\n" not in str(err.value)
@@ -254,7 +231,7 @@ def test_unpackable_box_is_one_line_error():
 
 def test_blow_up_during_equilibration_is_one_line_error(tmp_path, compose_cfg):
     out = tmp_path / "o"
-    cfg = compose_cfg("generate", tiny_overrides(out, **{"system.timestep": 0.01, "system.constraints": "null",
+    cfg = compose_cfg("generate", tiny_electrolyte_overrides(out, **{"system.timestep": 0.01, "system.constraints": "null",
                                                           "system.compress_time": 5.0, "system.npt_block": 2.5,
                                                           "system.npt_sample": 0.5, "system.npt_window": 2.5,
                                                           "system.npt_min_time": 0.0, "system.npt_max_time": 5.0,
@@ -267,4 +244,4 @@ def test_blow_up_during_equilibration_is_one_line_error(tmp_path, compose_cfg):
 
 def test_export_partial_needs_production_frames(tmp_path, compose_cfg):
     with pytest.raises(CgsimInputError, match="equilibration is not finished"):
-        run(compose_cfg("generate", tiny_overrides(tmp_path / "o", export_partial=True)))
+        run(compose_cfg("generate", tiny_electrolyte_overrides(tmp_path / "o", export_partial=True)))

@@ -13,28 +13,22 @@ from cgsim.metadata import read_sidecar
 from cgsim.reference.generate import run as generate_run
 from cgsim.rollout.command import rollout
 from cgsim.train.loop import train
-from tests.test_electrolyte_generate import tiny_overrides
+from tests.conftest import compose_root, tiny_electrolyte_overrides
 
 
 @pytest.fixture(scope="module")
 def mapped_electrolytes(tmp_path_factory) -> Path:
     """Two tiny boxes (2 x PEO4 + 2 LiTFSI), 21 frames each, mapped like data/electrolyte/map_electrolyte.sh."""
-    from hydra import compose, initialize_config_dir
-
-    from cgsim.cli import conf_dir, load_verb
-
     base = tmp_path_factory.mktemp("electrolyte")
-    load_verb("generate")
-    load_verb("map")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for seed in (1, 2):
-            ref = base / "ref" / f"box{seed}"
-            generate_run(compose("generate", tiny_overrides(ref, **{"system.seed": seed, "system.production_time": 10.0,
-                                                                     "system.save_interval": 0.5, "frames_per_chunk": 7})))
-            stem = ref / "peo2x4_litfsi2"
-            map_run(compose("map", [f"input.trajectory={stem}.xtc", f"input.topology={stem}.pdb", "mapping=metis",
-                                    "mapping.atoms_per_bead=7", "trajectory_format=xtc", f"output={base}/mapped/box{seed}",
-                                    "progress=false"]))
+    for seed in (1, 2):
+        ref = base / "ref" / f"box{seed}"
+        generate_run(compose_root("generate", tiny_electrolyte_overrides(
+            ref, **{"system.seed": seed, "system.production_time": 10.0, "system.save_interval": 0.5,
+                    "frames_per_chunk": 7})))
+        stem = ref / "peo2x4_litfsi2"
+        map_run(compose_root("map", [f"input.trajectory={stem}.xtc", f"input.topology={stem}.pdb", "mapping=metis",
+                                     "mapping.atoms_per_bead=7", "trajectory_format=xtc",
+                                     f"output={base}/mapped/box{seed}", "progress=false"]))
     return base / "mapped"
 
 

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cgsim.cli import conf_dir, load_verb
 from cgsim.errors import CgsimInputError
 from cgsim.reference import electrolyte as el
 from cgsim.reference import electrolyte_generate as eg
 from cgsim.reference import electrolyte_validate as ev
 from cgsim.reference import runner as runner_mod
 from cgsim.reference.generate import run as generate
-from tests.test_electrolyte_generate import tiny_overrides
+from tests.conftest import compose_root, tiny_electrolyte_overrides
 
 
 class _Kill(RuntimeError):
@@ -35,10 +33,8 @@ def tiny_runs(tmp_path_factory):
     """One tiny run (106 atoms) captured in NPT, part-way through production, and finished."""
     base = tmp_path_factory.mktemp("el_validate")
     out = base / "run"
-    load_verb("generate")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="generate", overrides=tiny_overrides(
-            out, **{"system.production_time": 10.0, "system.save_interval": 0.5, "frames_per_chunk": 5}))
+    cfg = compose_root("generate", tiny_electrolyte_overrides(
+        out, **{"system.production_time": 10.0, "system.save_interval": 0.5, "frames_per_chunk": 5}))
     calls = {"eq": 0, "chunk": 0}
     with pytest.MonkeyPatch.context() as mp:
         original_commit = eg.Equilibration._commit

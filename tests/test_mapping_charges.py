@@ -8,8 +8,6 @@ molecules (mdtraj ``find_molecules``) or over the mapping's beads.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import mdtraj as md
@@ -28,7 +26,9 @@ from cgsim.mapping import (
     system_from_topology,
 )
 from cgsim.metadata import read_sidecar
-from tests.test_mapping_cli import DATA, PDB, run_map, wrapped_md, write_dump
+from tests.conftest import MAPPING_DATA as DATA
+from tests.conftest import MAPPING_PDB as PDB
+from tests.conftest import run_cgsim, run_map, wrapped_md, write_mapping_dump
 
 N_ATOMS = 83
 
@@ -257,7 +257,7 @@ def test_map_charges_with_selection_and_saved_mapping(tmp_path, charges):
 
 def test_map_lammps_input_charges_override_the_data_file(tmp_path, caplog):
     data = read_data(DATA)
-    write_dump(tmp_path / "run.lammpstrj", wrapped_md(3, seed=1).xyz.astype(np.float64), data)
+    write_mapping_dump(tmp_path / "run.lammpstrj", wrapped_md(3, seed=1).xyz.astype(np.float64), data)
     scaled = data.charges * np.where(np.abs(data.charges) > 0.9, 0.8, 1.0)  # another charge set
     (tmp_path / "q.txt").write_text("\n".join(repr(float(x)) for x in scaled))
     with caplog.at_level(logging.INFO, logger="cgsim.mapping.system"):
@@ -289,9 +289,8 @@ def test_map_reads_charges_from_a_cgsim_sidecar(tmp_path, charges):
     assert meta.extra["particle_charges"][1:] == pytest.approx([1.0, 1.0, -1.0, -1.0])
 
 
-def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cgsim", "map", *overrides, "progress=false"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=180)
+def run_cli(tmp_path: Path, *overrides: str):
+    return run_cgsim("map", *overrides, "progress=false", cwd=tmp_path, timeout=180)
 
 
 def test_command_line_charges_errors_are_one_line(tmp_path, charges):

@@ -3,57 +3,30 @@ reuse of a saved mapping, and bad inputs that must leave nothing half-written.""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import mdtraj as md
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cgsim.cli import conf_dir, load_verb, usage
+from cgsim.cli import usage
 from cgsim.errors import CgsimInputError
 from cgsim.io.lammps import read_data
 from cgsim.mapping import apply_mapping, load_mapping
 from cgsim.metadata import read_sidecar
+from tests.conftest import (
+    MAPPING_BOX,
+    MAPPING_DATA,
+    MAPPING_PDB,
+    run_cgsim,
+    run_map,
+    wrapped_md,
+    write_mapping_dump,
+)
 
-FIX = Path(__file__).parent / "fixtures" / "mapping"
-PDB = FIX / "electrolyte.pdb"
-DATA = FIX / "electrolyte.data"
-BOX = np.diag([2.5, 2.5, 2.5])
-
-
-def run_map(*overrides: str) -> dict:
-    run = load_verb("map")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("map", overrides=["progress=false", *overrides])
-    return run(cfg)
-
-
-def wrapped_md(n_frames: int = 8, seed: int = 0) -> md.Trajectory:
-    """The fixture system with molecules drifting across the (2.5 nm) box, wrapped atom by atom."""
-    ref = md.load(str(PDB))
-    rng = np.random.default_rng(seed)
-    mols = ref.topology.find_molecules()
-    u = np.repeat(ref.xyz.astype(np.float64), n_frames, axis=0)
-    for atoms in mols:
-        idx = [a.index for a in atoms]
-        u[:, idx] += (rng.uniform(0, 2.5, 3) + np.cumsum(rng.uniform(-0.2, 0.2, (n_frames, 3)), axis=0))[:, None]
-    w = np.mod(u, 2.5)
-    t = md.Trajectory(w.astype(np.float32), ref.topology, time=np.arange(n_frames) * 2.0)
-    t.unitcell_vectors = np.broadcast_to(BOX, (n_frames, 3, 3)).astype(np.float32)
-    return t
-
-
-def write_dump(path: Path, xyz_nm: np.ndarray, data) -> None:
-    lines = []
-    for f, xyz in enumerate(xyz_nm):
-        lines.append(f"ITEM: TIMESTEP\n{500 * f}\nITEM: NUMBER OF ATOMS\n{len(xyz)}\nITEM: BOX BOUNDS pp pp pp\n"
-                     "0 25\n0 25\n0 25\nITEM: ATOMS id mol type q x y z\n")
-        lines += [f"{i + 1} {data.molecule_ids[i]} {data.types[i]} {data.charges[i]} {x * 10:.6f} {y * 10:.6f} {z * 10:.6f}\n"
-                  for i, (x, y, z) in enumerate(xyz)]
-    path.write_text("".join(lines))
+BOX = np.eye(3) * MAPPING_BOX
+#: names tests/test_bad_inputs.py imports from here
+PDB, DATA, write_dump = MAPPING_PDB, MAPPING_DATA, write_mapping_dump
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -163,9 +136,8 @@ def test_bad_inputs_get_one_line_errors(tmp_path):
 
 
 def test_command_line_exit_status_and_message(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cgsim", "map", f"input.trajectory={tmp_path / 'missing.xtc'}",
-                           f"input.topology={PDB}", f"output={tmp_path / 'out'}", "progress=false"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = run_cgsim("map", f"input.trajectory={tmp_path / 'missing.xtc'}", f"input.topology={PDB}",
+                     f"output={tmp_path / 'out'}", "progress=false", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"cgsim map: error: {tmp_path / 'missing.xtc'}: trajectory file not found"
 
