@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 CONF = ROOT / "conf"
 
 #: keys a root config may set itself: values built from other keys (hydra interpolations)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,12 +10,10 @@ import numpy as np
 import pytest
 
 from cgsim.data.load import load_systems
+from tests.conftest import ROOT, load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "data" / "electrolyte" / "mapped" / "train" / "peo7x20_eoli8"
-spec = importlib.util.spec_from_file_location("bench_closest_approach", ROOT / "bench" / "bench_closest_approach.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_bench("bench_closest_approach")
 
 
 def _fake_rollout(out: Path, xyz: np.ndarray) -> Path:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_fidelity", ROOT / "bench" / "bench_fidelity.py")
-bench_fidelity = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_fidelity)
+from tests.conftest import load_bench
+
+bench_fidelity = load_bench("bench_fidelity")
 
 
 def _write(tmp_path: Path) -> Path:

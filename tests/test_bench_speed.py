@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))  # bench scripts import their siblings by name
 
 bench_speed = pytest.importorskip("bench_speed")
 bench_common = pytest.importorskip("bench_common")

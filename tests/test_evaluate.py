@@ -18,18 +18,11 @@ from typing import Any
 import mdtraj as md
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cgsim import evaluate
-from cgsim.cli import conf_dir
 from cgsim.errors import CgsimInputError
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, write_sidecar
 from cgsim.units import units_block
-
-
-def _compose(name: str, overrides: list[str]) -> Any:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+from tests.conftest import SEQ, compose_root, run_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +30,8 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cgsim.reference import generate
 
     out = tmp_path_factory.mktemp("chains")
-    generate.register_configs()
-    cfg = _compose("generate", ["system.n_chains=2", "system.n_monomers=[6,8]", "system.equilibration_time=5",
-                                "system.production_time=100", f"output={out}", "progress=false"])
+    cfg = compose_root("generate", ["system.n_chains=2", "system.n_monomers=[6,8]", "system.equilibration_time=5",
+                                    "system.production_time=100", f"output={out}", "progress=false"])
     generate.run(cfg)
     return out
 
@@ -84,11 +76,6 @@ def electrolyte(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_electrolyte(tmp_path_factory.mktemp("el") / "el.h5")
 
 
-def _run(overrides: list[str]) -> dict[str, Any]:
-    evaluate.register_configs()
-    return evaluate.run(_compose("evaluate", overrides))
-
-
 def _numbers(d: Any) -> list[float]:
     if isinstance(d, dict):
         return [x for v in d.values() for x in _numbers(v)]
@@ -99,7 +86,7 @@ def _numbers(d: Any) -> list[float]:
 
 def test_reference_against_itself_has_zero_error(chains, tmp_path):
     out = tmp_path / "eval"
-    metrics = _run([f"reference={chains}", f"rollout={chains}", f"output={out}"])
+    metrics = run_evaluate([f"reference={chains}", f"rollout={chains}", f"output={out}"])
     assert (out / "metrics.json").is_file() and (out / "report.md").is_file()
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["observables"].keys() == metrics["observables"].keys()
@@ -129,7 +116,7 @@ def test_reference_against_itself_has_zero_error(chains, tmp_path):
 
 def test_electrolyte_reference_alone(electrolyte, tmp_path):
     out = tmp_path / "el"
-    metrics = _run([f"reference={electrolyte}", f"output={out}", "figures=false", "conductivity.charges={Li: 1.0, T: -0.5}",
+    metrics = run_evaluate([f"reference={electrolyte}", f"output={out}", "figures=false", "conductivity.charges={Li: 1.0, T: -0.5}",
                     "dynamics.fit_window=[4,40]", "dynamics.n_blocks=2"])
     assert metrics["rollout"] is None
     assert set(metrics["observables"]) == {"rdf", "msd", "diffusion", "conductivity"}
@@ -147,8 +134,8 @@ def test_charges_from_the_sidecar(electrolyte, tmp_path):
     with_charges = _write_electrolyte(tmp_path / "q" / "q.h5", charges_in_sidecar=True)
     common = ["figures=false", "observables=[conductivity]", "dynamics.fit_window=[4,40]", "dynamics.n_blocks=2",
               "noise_floor=false"]
-    a = _run([f"reference={with_charges}", f"output={tmp_path / 'a'}", *common])
-    b = _run([f"reference={electrolyte}", f"output={tmp_path / 'b'}", "conductivity.charges={Li: 1.0, T: -0.5}", *common])
+    a = run_evaluate([f"reference={with_charges}", f"output={tmp_path / 'a'}", *common])
+    b = run_evaluate([f"reference={electrolyte}", f"output={tmp_path / 'b'}", "conductivity.charges={Li: 1.0, T: -0.5}", *common])
     sa = a["observables"]["conductivity"]["system"]["reference"]
     sb = b["observables"]["conductivity"]["system"]["reference"]
     assert sa["sigma_eh_S_cm"] == pytest.approx(sb["sigma_eh_S_cm"]) and sa["sigma_ne_S_cm"] == pytest.approx(sb["sigma_ne_S_cm"])
@@ -157,8 +144,8 @@ def test_charges_from_the_sidecar(electrolyte, tmp_path):
 def test_pooled_comparison_of_different_molecules(chains, tmp_path):
     ref, roll = chains / "seq_000.xtc", chains / "seq_001.xtc"
     with pytest.raises(CgsimInputError, match="bead types differ"):
-        _run([f"reference={ref}", f"rollout={roll}", f"output={tmp_path / 'a'}", "figures=false"])
-    metrics = _run([f"reference={ref}", f"rollout={roll}", f"output={tmp_path / 'b'}", "figures=false",
+        run_evaluate([f"reference={ref}", f"rollout={roll}", f"output={tmp_path / 'a'}", "figures=false"])
+    metrics = run_evaluate([f"reference={ref}", f"rollout={roll}", f"output={tmp_path / 'b'}", "figures=false",
                     "match_topology=false", "noise_floor=false"])
     assert metrics["observables"]["rg"]["all"]["error"]["relative_error_mean"] > 0
     assert "contact_map" not in metrics["observables"]
@@ -185,52 +172,52 @@ def test_cli_subprocess(chains, tmp_path):
 def test_bad_inputs(chains, electrolyte, tmp_path):
     base = [f"output={tmp_path / 'o'}", "figures=false"]
     with pytest.raises(CgsimInputError, match="molecules differ"):
-        _run([f"reference={chains}", f"rollout={chains / 'seq_000.xtc'}", *base])
+        run_evaluate([f"reference={chains}", f"rollout={chains / 'seq_000.xtc'}", *base])
     with pytest.raises(CgsimInputError, match="beyond the longest lag"):
-        _run([f"reference={chains}", "dynamics.fit_window=[1,1000000]", *base])
+        run_evaluate([f"reference={chains}", "dynamics.fit_window=[1,1000000]", *base])
     with pytest.raises(CgsimInputError, match="conductivity.charges"):
-        _run([f"reference={electrolyte}", *base])
+        run_evaluate([f"reference={electrolyte}", *base])
     with pytest.raises(CgsimInputError, match="mapping of bead type to charge"):
-        _run([f"reference={electrolyte}", "conductivity.charges={Li: 1, T: bad}", *base])
+        run_evaluate([f"reference={electrolyte}", "conductivity.charges={Li: 1, T: bad}", *base])
     with pytest.raises(CgsimInputError, match="rdf.method"):
-        _run([f"reference={electrolyte}", "rdf.method=fast", *base])
+        run_evaluate([f"reference={electrolyte}", "rdf.method=fast", *base])
     with pytest.raises(CgsimInputError, match="no preset for system"):
-        _run([f"reference={electrolyte}", "observables_preset=melt", *base])
+        run_evaluate([f"reference={electrolyte}", "observables_preset=melt", *base])
     with pytest.raises(CgsimInputError, match="empty selection"):
-        _run([f"reference={chains}", "observables=[]", *base])
+        run_evaluate([f"reference={chains}", "observables=[]", *base])
     with pytest.raises(CgsimInputError, match="no dataset.json"):
-        _run([f"reference={tmp_path}", *base])
+        run_evaluate([f"reference={tmp_path}", *base])
     with pytest.raises(CgsimInputError, match="does not exist"):
-        _run([f"reference={tmp_path / 'nothing'}", *base])
+        run_evaluate([f"reference={tmp_path / 'nothing'}", *base])
 
 
 def test_bad_trajectories(tmp_path):
     base = [f"output={tmp_path / 'o'}", "figures=false", "observables=[rdf,msd]"]
     wrapped = _write_electrolyte(tmp_path / "w" / "w.h5", wrapped=True)
     with pytest.raises(CgsimInputError, match="coordinates look wrapped"):
-        _run([f"reference={wrapped}", "observables=[msd]", *base[:2]])
+        run_evaluate([f"reference={wrapped}", "observables=[msd]", *base[:2]])
     side = json.loads(wrapped.with_suffix(".json").read_text())
     side["coordinates"] = "wrapped"
     wrapped.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(CgsimInputError, match="dynamics need unwrapped"):
-        _run([f"reference={wrapped}", "observables=[msd]", *base[:2]])
+        run_evaluate([f"reference={wrapped}", "observables=[msd]", *base[:2]])
     boxless = _write_electrolyte(tmp_path / "nb" / "nb.h5", box=False)
     with pytest.raises(CgsimInputError, match="no box"):
-        _run([f"reference={boxless}", *base])
+        run_evaluate([f"reference={boxless}", *base])
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     shutil.copy(boxless, lonely / "nb.h5")
     with pytest.raises(CgsimInputError, match="sidecar not found"):
-        _run([f"reference={lonely / 'nb.h5'}", *base])
+        run_evaluate([f"reference={lonely / 'nb.h5'}", *base])
     side = json.loads(boxless.with_suffix(".json").read_text())
     side["system"]["particle_types"] = side["system"]["particle_types"][:-1]
     boxless.with_suffix(".json").write_text(json.dumps(side))
     with pytest.raises(CgsimInputError, match="expected 60"):
-        _run([f"reference={boxless}", *base])
+        run_evaluate([f"reference={boxless}", *base])
 
 
 def test_noise_floor_is_skipped_with_a_note_when_halves_are_too_short(chains, tmp_path):
-    metrics = _run([f"reference={chains}", f"output={tmp_path / 'nf'}", "figures=false", "observables=[diffusion]",
+    metrics = run_evaluate([f"reference={chains}", f"output={tmp_path / 'nf'}", "figures=false", "observables=[diffusion]",
                     "dynamics.fit_window=[5,80]", "dynamics.n_blocks=1"])
     assert metrics["noise_floor"] is False
     assert any(n.startswith("noise floor skipped:") and "fit_window" in n for n in metrics["notes"])
@@ -241,7 +228,7 @@ def test_noise_floor_is_skipped_with_a_note_when_halves_are_too_short(chains, tm
 
 # --- rollouts with replicas stopped early by the stability guard --------------------------------
 
-MAPPED_SEQ = Path(__file__).resolve().parents[1] / "data" / "chain" / "mapped" / "test" / "seq_000"
+MAPPED_SEQ = SEQ  # tests/test_bad_inputs.py imports it from here
 
 
 def _fake_rollout(out: Path, frames: list[int], stopped: dict[int, int]) -> Path:
@@ -284,7 +271,7 @@ def _fake_rollout(out: Path, frames: list[int], stopped: dict[int, int]) -> Path
 def test_replicas_stopped_early_are_left_out_of_dynamics(tmp_path):
     roll = _fake_rollout(tmp_path / "ro", frames=[201, 4, 201], stopped={1: 4})
     out = tmp_path / "eval"
-    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={out}", "figures=false"])
+    metrics = run_evaluate([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={out}", "figures=false"])
     # the fit window comes from the full-length trajectories (1000 tau), not the 15-tau stopped one
     assert metrics["settings"]["fit_window_ps"] == pytest.approx([20.0, 200.0])
     obs = metrics["observables"]
@@ -310,7 +297,7 @@ def test_replicas_stopped_early_are_left_out_of_dynamics(tmp_path):
 
 def test_replica_with_a_single_frame_still_counts_for_structure(tmp_path):
     roll = _fake_rollout(tmp_path / "ro", frames=[201, 1, 201], stopped={1: 3})
-    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={tmp_path / 'e'}",
+    metrics = run_evaluate([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", f"output={tmp_path / 'e'}",
                     "figures=false", "noise_floor=false", "observables=[bond_lengths,rg,diffusion]"])
     assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 403
     assert metrics["rollout"]["excluded_from_dynamics"]["n"] == 1
@@ -320,19 +307,19 @@ def test_no_replica_left_for_dynamics_is_one_clear_error(tmp_path):
     roll = _fake_rollout(tmp_path / "ro", frames=[5, 4], stopped={0: 5, 1: 4})
     base = [f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false", "noise_floor=false"]
     with pytest.raises(CgsimInputError, match="no replica left for the dynamical observables") as e:
-        _run([*base, f"output={tmp_path / 'a'}", "observables=[rg,msd,rg_acf]"])
+        run_evaluate([*base, f"output={tmp_path / 'a'}", "observables=[rg,msd,rg_acf]"])
     text = str(e.value)
     assert "\n" not in text and text.startswith("rollout: ") and "all 2 trajectories" in text and "msd, rg_acf" in text
     assert not (tmp_path / "a").exists()  # refused before anything is computed or written
     # structure alone needs no full-length replica
-    metrics = _run([*base, f"output={tmp_path / 'b'}", "observables=[bond_lengths,rg]"])
+    metrics = run_evaluate([*base, f"output={tmp_path / 'b'}", "observables=[bond_lengths,rg]"])
     assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 9
 
 
 def test_structure_only_with_a_one_frame_replica(tmp_path):
     # every replica stopped, one after its first frame: no dynamics asked, so no fit window is needed
     roll = _fake_rollout(tmp_path / "ro", frames=[1, 4], stopped={0: 1, 1: 4})
-    metrics = _run([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false",
+    metrics = run_evaluate([f"reference={MAPPED_SEQ}", f"rollout={roll}", "file_index=-1", "figures=false",
                     "noise_floor=false", f"output={tmp_path / 'e'}", "observables=[bond_lengths,rg]"])
     assert metrics["observables"]["rg"]["all"]["rollout"]["n_samples"] == 5
 

@@ -15,29 +15,21 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
 
 import mdtraj as md
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cgsim import evaluate
-from cgsim.cli import conf_dir, load_verb
 from cgsim.io.trajectory import TrajectoryWriter
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, read_sidecar, write_sidecar
 from cgsim.units import BOLTZMANN_J, ELEMENTARY_CHARGE_C, units_block
+from tests.conftest import MAPPING_PDB, run_evaluate, run_map
 
-FIXTURE = Path(__file__).parent / "fixtures" / "mapping" / "electrolyte.pdb"
+FIXTURE = MAPPING_PDB
 COPIES, LENGTH, N_FRAMES, DT, T = 8, 5.0, 150, 2.0, 400.0
 #: diffusion coefficients of the random walks, nm^2/ps, per residue kind
 D_IN = {"LI": 2.0e-3, "TFS": 1.0e-3, "PEO": 2.0e-4}
 Q_ION = 0.8  # scaled ionic charges, e
-
-
-def _compose(name: str, overrides: list[str]) -> Any:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def _kind(residue: md.core.topology.Residue) -> str:
@@ -85,20 +77,13 @@ def _all_atom(path: Path, seed: int) -> Path:
 def mapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``DATA/el/r0`` and ``DATA/el/r1``: two mapped replicas, with a rollout-like dataset.json."""
     root = tmp_path_factory.mktemp("electrolyte")
-    run_map = load_verb("map")
     for r in (0, 1):
         aa = _all_atom(root / f"aa{r}" / "md.h5", seed=r)
-        run_map(_compose("map", [f"input.trajectory={aa}", "mapping=metis", "mapping.atoms_per_bead=7",
-                                 f"output={root / 'el' / f'r{r}'}", "progress=false"]))
+        run_map(f"input.trajectory={aa}", "mapping=metis", "mapping.atoms_per_bead=7", f"output={root / 'el' / f'r{r}'}")
     index = {"format": "cgsim-dataset", "kind": "rollout",
              "molecules": [{"name": "el", "files": [{"trajectory": f"r{r}/beads.h5"} for r in (0, 1)]}]}
     (root / "el" / "dataset.json").write_text(json.dumps(index))
     return root / "el"
-
-
-def _run(overrides: list[str]) -> dict[str, Any]:
-    evaluate.register_configs()
-    return evaluate.run(_compose("evaluate", overrides))
 
 
 def test_mapping_keeps_ions_whole_and_charged(mapped):
@@ -114,7 +99,7 @@ def test_mapping_keeps_ions_whole_and_charged(mapped):
 
 def test_mapped_electrolyte_reference_alone(mapped, tmp_path):
     out = tmp_path / "eval"
-    metrics = _run([f"reference={mapped / 'r0'}", f"output={out}", "dynamics.fit_window=[10,60]", "dynamics.n_blocks=4"])
+    metrics = run_evaluate([f"reference={mapped / 'r0'}", f"output={out}", "dynamics.fit_window=[10,60]", "dynamics.n_blocks=4"])
     assert metrics["reference"]["system"] == "electrolyte"
     assert metrics["observables_computed"] == ["rdf", "msd", "diffusion", "conductivity"]  # the electrolyte preset
     obs = metrics["observables"]
@@ -152,13 +137,13 @@ def test_rollout_replicas_and_charges_from_mapping_yaml(mapped, tmp_path):
     (bare / "beads.json").write_text(json.dumps(side))
     common = ["figures=false", "observables=[conductivity]", "dynamics.fit_window=[10,60]", "dynamics.n_blocks=2",
               "noise_floor=false"]
-    a = _run([f"reference={mapped / 'r1'}", f"output={tmp_path / 'a'}", *common])
-    b = _run([f"reference={bare}", f"output={tmp_path / 'b'}", *common])
+    a = run_evaluate([f"reference={mapped / 'r1'}", f"output={tmp_path / 'a'}", *common])
+    b = run_evaluate([f"reference={bare}", f"output={tmp_path / 'b'}", *common])
     ca = a["observables"]["conductivity"]["system"]["reference"]
     cb = b["observables"]["conductivity"]["system"]["reference"]
     assert cb["sigma_eh_S_cm"] == pytest.approx(ca["sigma_eh_S_cm"]) and cb["charge_e[LI]"] == pytest.approx(Q_ION)
     # both replicas of the "rollout" dataset against replica 0: pooled, D errors from their spread
-    metrics = _run([f"reference={mapped / 'r0'}", f"rollout={mapped}", "file_index=-1", f"output={tmp_path / 'c'}",
+    metrics = run_evaluate([f"reference={mapped / 'r0'}", f"rollout={mapped}", "file_index=-1", f"output={tmp_path / 'c'}",
                     "figures=false", "dynamics.fit_window=[10,60]"])
     assert metrics["rollout"]["n_trajectories"] == 2
     assert any("spread of 2 replicas" in n for n in metrics["notes"])
@@ -169,9 +154,9 @@ def test_rollout_replicas_and_charges_from_mapping_yaml(mapped, tmp_path):
 
 
 def test_glob_pools_mapped_systems(mapped, tmp_path):
-    metrics = _run([f"reference={mapped}/r?", f"output={tmp_path / 'g'}", "observables=[rdf,msd]", "figures=false",
+    metrics = run_evaluate([f"reference={mapped}/r?", f"output={tmp_path / 'g'}", "observables=[rdf,msd]", "figures=false",
                     "noise_floor=false"])
     assert metrics["reference"]["n_trajectories"] == 2 and metrics["reference"]["names"] == ["r0", "r1"]
     assert metrics["observables"]["msd"]["LI"]["reference"]["n_particles"] == 4 * COPIES
     with pytest.raises(Exception, match="matches nothing"):
-        _run([f"reference={mapped}/nothing_*", f"output={tmp_path / 'n'}"])
+        run_evaluate([f"reference={mapped}/nothing_*", f"output={tmp_path / 'n'}"])

@@ -8,11 +8,11 @@ from cgsim.model.batch import BeadBatch
 from cgsim.model.coarse import CoarseLevel, segment_assignment
 from cgsim.model.collective import CentreNoise
 from cgsim.model.graph import TopologyCache, molecule_index
+from tests.conftest import both_directions
 
 
 def _both(pairs) -> torch.Tensor:
-    b = torch.tensor(pairs, dtype=torch.long).T
-    return torch.cat([b, b.flip(0)], dim=1)
+    return torch.from_numpy(both_directions(pairs))
 
 
 def _batch(bonds: torch.Tensor, n_beads: int = 6) -> BeadBatch:
