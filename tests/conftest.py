@@ -414,42 +414,34 @@ class ModelSymmetryTests:
             expected = want[key] @ rotation.T if (rotation is not None and key == "mean") else want[key]
             torch.testing.assert_close(got[key], expected, **self.tol, msg=lambda m, k=key: f"{k}: {m}")
 
-    @staticmethod
-    def assert_non_trivial(out: dict) -> None:
-        """The mean is not (close to) zero: a symmetry check of a zero prediction proves nothing."""
+    def reference(self, model: MultiScaleDynamics, systems) -> tuple[BeadBatch, torch.Tensor, dict]:
+        """The batch of ``(system, history)`` pairs, next positions ``y`` and the model's outputs,
+        checked to be non-trivial (a symmetry check of a zero mean proves nothing)."""
+        batch = batch_of(systems)
+        y = self.next_positions(batch)
+        out = self.outputs(model, batch, y)
         assert out["mean"].abs().max() > 1e-3, float(out["mean"].abs().max())
+        return batch, y, out
 
     # -- the checks ----------------------------------------------------------------------------
 
     @pytest.mark.parametrize("box", [None, BOX], ids=["open", "periodic"])
     def test_translation_invariance(self, model, box):
-        systems = [chain_system(n, box, s) for s, n in enumerate([12, 30, 7])]
-        batch = batch_of(systems)
-        y = self.next_positions(batch)
+        batch, y, a = self.reference(model, [chain_system(n, box, s) for s, n in enumerate([12, 30, 7])])
         shift = torch.tensor([1.7, -3.2, 0.45], dtype=torch.float64)
-        a = self.outputs(model, batch, y)
-        self.assert_non_trivial(a)
         self.assert_outputs_close(self.outputs(model, batch.with_pos(batch.pos + shift), y + shift), a)
 
     @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "rotoreflection"])
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_rotation_about_a_point(self, model, seed, reflect):
-        systems = [chain_system(n, None, s) for s, n in enumerate([20, 9])]
-        batch = batch_of(systems)
+        batch, y, a = self.reference(model, [chain_system(n, None, s) for s, n in enumerate([20, 9])])
         rot = orthogonal(seed, reflect)
         origin = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
-        y = self.next_positions(batch)
-        a = self.outputs(model, batch, y)
         b = self.outputs(model, batch.with_pos((batch.pos - origin) @ rot.T), (y - origin) @ rot.T)
-        self.assert_non_trivial(a)
         self._assert_rotation_behaviour(b, a, rot)
 
     def test_symmetries_of_a_cubic_box(self, model):
-        sys_, pos = chain_system(40, BOX, 3)
-        batch = collate([sys_], [pos])
-        y = self.next_positions(batch)
-        a = self.outputs(model, batch, y)
-        self.assert_non_trivial(a)
+        batch, y, a = self.reference(model, [chain_system(40, BOX, 3)])
         mats = signed_permutations()
         # unwrapped coordinates may leave the box: the edges take the minimum image
         picks = torch.randperm(48, generator=torch.Generator().manual_seed(0))[:8].tolist()
@@ -479,20 +471,14 @@ class ModelSymmetryTests:
         psys = SystemGraph(atom_type=sys_.atom_type[aperm], atom_bonds=ainv[sys_.atom_bonds],
                            atom_to_bead=inv[sys_.atom_to_bead[aperm]], bead_bonds=inv[sys_.bead_bonds],
                            n_beads=n, box=BOX)
-        batch = collate([sys_], [pos])
-        y = self.next_positions(batch)
-        a = self.outputs(model, batch, y)
+        _, y, a = self.reference(model, [(sys_, pos)])
         b = self.outputs(model, collate([psys], [pos[perm]]), y[perm])
-        self.assert_non_trivial(a)
         self.assert_outputs_close(b, {k: (v if k == "centre_std" else v[perm]) for k, v in a.items()})
 
     @pytest.mark.parametrize("box", [None, BOX], ids=["open", "periodic"])
     def test_batched_equals_single(self, model, box):
         systems = [chain_system(n, box, s) for s, n in enumerate([12, 30, 7])]
-        batch = batch_of(systems)
-        y = self.next_positions(batch)
-        batched = self.outputs(model, batch, y)
-        self.assert_non_trivial(batched)
+        _, y, batched = self.reference(model, systems)
         if "centre_std" in batched:  # each chain is one molecule
             assert batched["centre_std"].shape == (len(systems),)
         offset = 0
@@ -511,8 +497,5 @@ class ModelSymmetryTests:
             images = torch.randint(-2, 3, (n, 1, 3), generator=g).double() * BOX
         else:  # the molecule moved as a whole
             images = torch.tensor([[[1.0, -2.0, 1.0]]], dtype=torch.float64) * BOX
-        batch = collate([sys_], [pos])
-        y = self.next_positions(batch)
-        a = self.outputs(model, batch, y)
-        self.assert_non_trivial(a)
+        _, y, a = self.reference(model, [(sys_, pos)])
         self.assert_outputs_close(self.outputs(model, collate([sys_], [pos + images]), y + images[:, 0]), a)
