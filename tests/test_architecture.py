@@ -99,3 +99,34 @@ def test_checkpoint_facts_are_read_through_the_model_card():
             continue
         hits += [f"{rel}:{k + 1}" for k, line in enumerate(path.read_text().splitlines()) if pattern.search(line)]
     assert not hits, f"checkpoint fields read by key outside cgsim.model.card: {hits}"
+
+
+def _package_parts() -> list[str]:
+    """cgsim's subpackages (``name/``) and top-level modules (``name.py``), ``__init__.py`` aside."""
+    pkg = ROOT / "cgsim"
+    return sorted([f"{p.name}/" for p in pkg.iterdir() if (p / "__init__.py").is_file()]
+                  + [p.name for p in pkg.glob("*.py") if p.name != "__init__.py"])
+
+
+def test_readme_layout_names_every_subpackage_and_module_and_points_to_the_design():
+    import re
+
+    layout = (ROOT / "README.md").read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = layout.split("```", 2)[1]
+    package_lines = "\n".join(line for line in block.splitlines() if line.startswith("  "))  # under cgsim/
+    parts = _package_parts()
+    assert {"model/", "rollout/", "demo.py", "runtime.py"} <= set(parts)  # the listing itself works
+    missing = [p for p in parts if not re.search(rf"(?<![\w./]){re.escape(p)}", package_lines)]
+    assert not missing, f"README.md's Layout does not name {missing}"
+    assert "`docs/architecture.md`" in layout and (ROOT / "docs" / "architecture.md").is_file()
+    for doc in ("README.md", "DEVELOPERS.md"):
+        assert "DESIGN.md" not in (ROOT / doc).read_text(), f"{doc} cites a design brief outside the repository"
+
+
+def test_package_docstring_names_every_subpackage_and_module():
+    import cgsim
+
+    names = [p.removesuffix("/").removesuffix(".py") for p in _package_parts() if p != "__main__.py"]
+    missing = [n for n in names if f":mod:`cgsim.{n}`" not in cgsim.__doc__]
+    assert not missing, f"cgsim/__init__.py's docstring does not name {missing}"
+    assert "docs/architecture.md" in cgsim.__doc__
