@@ -51,3 +51,17 @@ def test_the_shipped_models_recommend_what_the_demo_runs():
     el = ModelCard.from_checkpoint(load_checkpoint("data/checkpoints/electrolyte.pt"), "electrolyte.pt")
     assert el.recommended_rollout.get("exclusion.enabled") is True
     assert el.recommended_rollout.get("guard.by_type_pair") is True
+
+
+def test_shipped_model_cards_hold_the_facts_of_their_files():
+    """data/checkpoints/*.md carry the table ModelCard makes of the file (regenerate with
+    ``python -m cgsim.model.card CKPT --update CARD.md`` after a re-export)."""
+    from pathlib import Path
+
+    from cgsim.model.card import ModelCard, with_facts
+
+    for name in ("chain", "electrolyte"):
+        card = ModelCard.from_checkpoint(load_checkpoint(f"data/checkpoints/{name}.pt"), f"{name}.pt")
+        text = Path(f"data/checkpoints/{name}.md").read_text()
+        assert with_facts(text, card) == text, f"data/checkpoints/{name}.md is out of date"
+        assert f"{card.sampler.calls_per_step} network calls per step" in text
