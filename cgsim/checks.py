@@ -60,6 +60,50 @@ def finite_weights(checkpoint: Mapping[str, Any], where: str, keys: Sequence[str
                                          "that wrote it diverged: use an earlier checkpoint or retrain")
 
 
+def required(cfg: Any, keys: Sequence[str], verb: str) -> None:
+    """Refuse a config whose required options (``keys``, dotted) are left unset (``???``), in the
+    order given, before anything is loaded: one line naming the first one."""
+    from omegaconf import OmegaConf
+
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
+            raise CgsimInputError(key, f"is required; give {key}=VALUE (see `cgsim {verb} --cfg job`)")
+
+
+def torch_device(value: Any, where: str = "device") -> Any:
+    """``value`` as a ``torch.device`` that this machine has: one line for a misspelt device or a GPU
+    that torch cannot use here."""
+    import torch
+
+    try:
+        device = torch.device(str(value))
+    except (RuntimeError, ValueError):
+        raise CgsimInputError(where, f"{value!r} is not a torch device; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CgsimInputError(where, f"{value!r}: torch has no usable CUDA device here (a CPU build, or no GPU "
+                                         "visible); use device=cpu or install a CUDA build of torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CgsimInputError(where, f"{value!r}: there are {torch.cuda.device_count()} CUDA device(s) here, "
+                                         f"numbered 0-{torch.cuda.device_count() - 1}")
+    elif device.type not in ("cpu", "mps"):
+        raise CgsimInputError(where, f"{value!r}: device type {device.type!r} is not supported; expected cpu or cuda")
+    return device
+
+
+def positive_int(value: Any, where: str, allow_none: bool = False, minimum: int = 1, what: str = "") -> int | None:
+    """``value`` as an int >= ``minimum`` (None kept with ``allow_none``), else one line naming ``where``."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not ok:
+        tail = " or null" if allow_none else ""
+        raise CgsimInputError(where, f"expected an integer >= {minimum}{what}{tail}, got {value!r}")
+    return int(value)
+
+
 def positive_temperature(value: Any, where: str, allow_zero: bool = False, unit: str = "K") -> float | None:
     """``value`` as a float if it is a finite temperature > 0 (>= 0 with ``allow_zero``); None stays None."""
     if value is None:
@@ -72,6 +116,18 @@ def positive_temperature(value: Any, where: str, allow_zero: bool = False, unit:
         what = "a non-negative" if allow_zero else "a positive"
         raise CgsimInputError(where, f"expected {what} temperature ({unit}), got {value!r}")
     return t
+
+
+def finite_frames(xyz: np.ndarray, where: str, what: str = "bead") -> None:
+    """Refuse frames holding NaN or infinity, naming the first such frame and particle (0-based)."""
+    ok = np.isfinite(xyz).all(axis=-1)  # (F, N)
+    if ok.all():
+        return
+    f = int(np.flatnonzero(~ok.all(axis=1))[0])
+    n = int(np.flatnonzero(~ok[f])[0])
+    raise CgsimInputError(where, f"frame {f} holds non-finite coordinates ({what} {n}, {int((~ok).sum())} coordinate "
+                                 "triple(s) in all); expected finite positions in nm: cut the trajectory before frame "
+                                 f"{f} or remap it")
 
 
 def output_apart_from_inputs(output: str | Path, inputs: Iterable[str | Path], where: str = "output",

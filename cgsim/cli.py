@@ -8,9 +8,9 @@ without hydra. Hydra writes the resolved config of every run into its output dir
 Errors: the overrides are composed against the verb's structured-config schema before the
 run, and a wrong one (unknown key, value of the wrong type, unknown config group option, bad
 override syntax) is printed as one line naming the key and what is allowed, exit status 2
-(:func:`override_error`); so is a bad input found later (:class:`cgsim.errors.CgsimInputError`)
-and a required option left unset. Hydra's own flags (``--cfg job``, ``--help``, ``-m``) skip the
-check and keep hydra's behaviour.
+(:func:`override_error`); so is a bad input found later (:class:`cgsim.errors.CgsimInputError`),
+a required option left unset and an output the file system refuses (:func:`call_verb`).
+Hydra's own flags (``--cfg job``, ``--help``, ``-m``) skip the check and keep hydra's behaviour.
 """
 
 from __future__ import annotations
@@ -167,6 +167,30 @@ def check_overrides(name: str, overrides: Sequence[str]) -> None:
         raise err from None
 
 
+def call_verb(name: str, cfg: Any) -> Any:
+    """Run verb ``name`` on its composed ``cfg`` as the command line does, in-process.
+
+    A required option left unset (hydra's ``MissingMandatoryValue``) and a write the file system
+    refuses that no writer turned into one line already (a full disk, a read-only file system,
+    a parent that is a file) become one :class:`CgsimInputError` line, like every bad input.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    from cgsim.io_utils import output_error
+
+    run = load_verb(name)
+    try:
+        return run(cfg)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", None) or "option"
+        raise CgsimInputError(key, f"is required; give {key}=VALUE (see `cgsim {name} --cfg job`)") from None
+    except OSError as exc:
+        err = output_error(exc.filename or "output", exc)
+        if err is None:
+            raise
+        raise err from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cgsim`` script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -180,9 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import hydra
     from omegaconf import DictConfig
-    from omegaconf.errors import MissingMandatoryValue
 
-    run = load_verb(name)
+    load_verb(name)
     if not any(a.startswith("-") for a in rest):  # hydra's flags (--cfg, --help, -m) keep hydra's handling
         try:
             check_overrides(name, rest)
@@ -192,14 +215,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def task(cfg: DictConfig) -> None:
         try:
-            run(cfg)
+            call_verb(name, cfg)
         except CgsimInputError as exc:
             print(f"cgsim {name}: error: {exc}", file=sys.stderr)
-            sys.exit(2)
-        except MissingMandatoryValue as exc:
-            key = getattr(exc, "full_key", None) or "option"
-            print(f"cgsim {name}: error: {key}: is required; give {key}=VALUE (see `cgsim {name} --cfg job`)",
-                  file=sys.stderr)
             sys.exit(2)
 
     # hydra reads sys.argv; give it the overrides and a program name for its messages.

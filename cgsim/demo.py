@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from cgsim.cli import hydra_quoted
 from cgsim.errors import CgsimInputError
+from cgsim.io_utils import check_output_directory
 from cgsim.model.card import ModelCard
 from cgsim.model.checkpoint import load_checkpoint
 from cgsim.report.markdown import median_over_keys
@@ -80,28 +81,43 @@ def headline(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
     return rows
 
 
+def _check_cases(cfg: DictConfig) -> None:
+    """Every case's model file, step and replica counts and initial systems, before the first case runs."""
+    from cgsim.checks import positive_int
+    from cgsim.data.load import expand_paths
+
+    for name, case in cfg.cases.items():
+        if not Path(str(case.checkpoint)).is_file():
+            raise CgsimInputError(f"cases.{name}.checkpoint", f"{case.checkpoint} not found (the shipped models live "
+                                                              "in data/checkpoints/)")
+        positive_int(case.steps, f"cases.{name}.steps", what=" (learned steps)")
+        positive_int(case.replicas, f"cases.{name}.replicas")
+        expand_paths([str(case.initial)], f"cases.{name}.initial")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run every case of the demo config; return ``{case: {"summary", "report", "headline"}}``."""
     from cgsim.cli import compose_verb, load_verb
 
     rollout = load_verb("rollout")
-    out = Path(str(cfg.output))
+    out = check_output_directory(str(cfg.output))
     threads = cfg.get("num_threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise CgsimInputError("num_threads", f"expected a positive number of threads or null, got {threads!r}")
+    _check_cases(cfg)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for name, case in cfg.cases.items():
-        if not Path(str(case.checkpoint)).is_file():
-            raise CgsimInputError(f"cases.{name}.checkpoint", f"{case.checkpoint} not found (the shipped models live "
-                                                              "in data/checkpoints/)")
         card = ModelCard.from_checkpoint(load_checkpoint(str(case.checkpoint)), str(case.checkpoint))
         overrides = case_overrides(case, out / name, bool(cfg.progress), threads, card.rollout_overrides())
         if (out / name / "rollout_state.pt").is_file():  # a finished or killed earlier demo: continue it
             overrides.append("resume=true")
         print(f"\n== demo case '{name}': {case.description}\nmodel: {case.checkpoint}: {card.summary()}\n"
               f"$ cgsim rollout {' '.join(map(shell_word, overrides))}", flush=True)
-        summary = rollout(compose_verb("rollout", overrides))
+        try:
+            summary = rollout(compose_verb("rollout", overrides))
+        except CgsimInputError as exc:  # name the case whose rollout or evaluation refused its input
+            raise type(exc)(f"cases.{name}", str(exc)) from None
         metrics = summary.pop("evaluate")
         report = (out / name / "evaluate" / "report.md").resolve()
         rows = headline(metrics)

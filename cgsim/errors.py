@@ -22,3 +22,13 @@ class CgsimInputError(ValueError):
         self.where = str(where)
         self.message = message
         super().__init__(f"{self.where}: {message}")
+
+
+class CgsimOutputError(CgsimInputError):
+    """An output that cannot be written: a parent that is a file, a read-only file system, a full
+    disk. Reported like a bad input (one line naming the file, exit status 2); files already
+    there are left as they were (:mod:`cgsim.io_utils`)."""
+
+
+class NonFinitePositions(CgsimInputError):
+    """Positions that hold NaN or infinity where finite ones are needed (a diverged step)."""

@@ -30,7 +30,8 @@ trajectory are compared with the same measures, so a reader can tell whether a r
 is beyond MD-vs-MD noise.
 
 Writes into ``output``: ``metrics.json`` (per observable and key: reference, rollout, error,
-noise_floor), ``report.md`` and ``figures/*.png``. All files are written atomically.
+noise_floor), ``report.md`` and ``figures/*.png``. All files are written atomically and replace
+an earlier report's together (a full disk leaves the earlier report whole).
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cgsim.checks import positive_temperature
+from cgsim.checks import positive_int, positive_temperature, required
 from cgsim.errors import CgsimInputError
-from cgsim.io_utils import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from cgsim.io_utils import (
+    check_output_directory,
+    committed_together,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 from cgsim.metadata import now_iso, software_versions
 
 
@@ -188,7 +195,7 @@ def _set_info(path: str, trajs: list[Any], observables: tuple[str, ...], include
             "dt_ps": float(trajs[0].dt), "system": trajs[0].system, "names": [t.name for t in trajs][:50],
             "n_particles": int(sum(t.n_particles for t in trajs)),
             "excluded_from_dynamics": {"n": len(stopped), "of": len(trajs), "observables": dynamic,
-                                       "reason": "stopped early by the rollout's stability guard",
+                                       "reason": "stopped early by the rollout's stability guard, or diverged",
                                        "trajectories": stopped},
             "unfinished": unfinished_info(trajs, include_unfinished)}
 
@@ -322,14 +329,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dict
         The metrics written to ``metrics.json``.
     """
-    from cgsim.report.markdown import render
     from cgsim.report.suite import compute_suite, make_settings
 
     t_start = time.perf_counter()
-    out = Path(str(cfg.output))
-    if out.exists() and not out.is_dir():
-        raise CgsimInputError("output", f"{out} exists and is not a directory")
+    required(cfg, ("reference", "output"), "evaluate")
+    out = check_output_directory(str(cfg.output))
     positive_temperature(cfg.conductivity.temperature, "conductivity.temperature")
+    if cfg.figures:
+        positive_int(cfg.dpi, "dpi", what=" (figure resolution, dots per inch)")
     reference, rollout = _load_sets(cfg)
     load_seconds = time.perf_counter() - t_start
     observables, preset_note = _observables(cfg, reference)
@@ -346,6 +353,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if floor_note is not None:
         notes.append(floor_note)
 
+    with committed_together():  # figures, metrics.json and report.md replace an earlier report together
+        metrics, figures = _write_report(cfg, out, reference, rollout, observables, settings, (ref_suite, roll_suite),
+                                         halves_suites, table, timings, notes, t_start)
+    _remove_stale_report_files(out, set(figures.values()))
+    n_obs = sum(len(v) for v in table.values())
+    print(f"evaluate: {len(observables)} observables ({n_obs} entries) on {len(reference)} reference"
+          + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories{_unfinished_clause(metrics)} -> {out} "
+          f"in {metrics['wall_seconds']:.1f} s")
+    return metrics
+
+
+def _write_report(cfg: DictConfig, out: Path, reference: list[Any], rollout: list[Any] | None,
+                  observables: tuple[str, ...], settings: Any, suites: tuple[Any, Any],
+                  halves_suites: tuple[Any, Any] | None, table: dict[str, Any], timings: dict[str, Any],
+                  notes: list[str], t_start: float) -> tuple[dict[str, Any], dict[str, str]]:
+    """Figures, ``metrics.json`` and ``report.md``; returns the metrics and the figures written."""
+    from cgsim.report.markdown import render
+
+    ref_suite, roll_suite = suites
     figures: dict[str, str] = {}
     if cfg.figures:
         t0 = time.perf_counter()
@@ -374,12 +400,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
         "software": software_versions(),
     }
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", metrics)
     write_text_atomic(out / "report.md", render(metrics, figures))
-    _remove_stale_report_files(out, set(figures.values()))
-    n_obs = sum(len(v) for v in table.values())
-    print(f"evaluate: {len(observables)} observables ({n_obs} entries) on {len(reference)} reference"
-          + (f" + {len(rollout)} rollout" if rollout is not None else "") + f" trajectories{_unfinished_clause(metrics)} -> {out} "
-          f"in {metrics['wall_seconds']:.1f} s")
-    return metrics
+    return metrics, figures

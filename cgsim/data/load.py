@@ -17,6 +17,7 @@ import mdtraj as md
 import numpy as np
 import torch
 
+from cgsim.checks import finite_frames
 from cgsim.data.windows import BeadTrajectory
 from cgsim.errors import CgsimInputError
 from cgsim.mapping.core import CGMapping, load_mapping
@@ -124,11 +125,17 @@ def load_systems(paths: Sequence[str], where: str, atom_types: Sequence[str] | N
         n_in_file = _count_particles(traj_path)
         if n_in_file != mapping.n_beads:
             raise CgsimInputError(str(traj_path), f"trajectory has {n_in_file} beads, mapping.yaml has {mapping.n_beads}")
-        traj = md.load(str(traj_path), top=str(d / "beads.pdb")) if traj_path.suffix != ".h5" else md.load(str(traj_path))
+        try:
+            traj = md.load(str(traj_path), top=str(d / "beads.pdb")) if traj_path.suffix != ".h5" else md.load(str(traj_path))
+        except Exception as exc:  # noqa: BLE001 - mdtraj/pytables raise many types for a damaged file
+            raise CgsimInputError(str(traj_path), f"cannot be read (truncated or damaged: {type(exc).__name__}); "
+                                                  "map the system again") from None
+        finite_frames(traj.xyz, str(traj_path))
         box = None
         if traj.unitcell_vectors is not None and meta.system.periodic:
             vec = traj.unitcell_vectors[0]
-            if np.abs(vec - np.diag(np.diag(vec))).max() > 1e-6:
+            # relative: float32 box vectors of a 90 degree cell carry ~4e-8 x its length off the diagonal
+            if np.abs(vec - np.diag(np.diag(vec))).max() > 1e-6 * np.abs(vec).max():
                 raise CgsimInputError(str(traj_path), "triclinic box; the learned dynamics support orthorhombic boxes only")
             box = np.diag(vec).astype(np.float64)
         if meta.coordinates not in ("unwrapped",):

@@ -14,7 +14,8 @@ writes into DIR
   LAMMPS data file, ``input.charges=FILE``, or the input's cgsim sidecar).
 
 Frames are streamed in chunks (memory does not grow with trajectory length) into temporary
-files renamed into place at the end, so an error leaves no output half-written.
+files renamed into place together at the end, so an error (a full disk included) leaves no
+output half-written and an earlier mapping in the same directory (``overwrite=true``) whole.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from tqdm.auto import tqdm
 from cgsim.checks import positive_temperature
 from cgsim.errors import CgsimInputError
 from cgsim.io.trajectory import TRAJECTORY_FORMATS, TrajectoryWriter, box_lengths_angles
-from cgsim.io_utils import atomic_path, remove_stale_temporaries
+from cgsim.io_utils import (
+    atomic_path,
+    check_output_directory,
+    committed_together,
+    remove_stale_temporaries,
+)
 from cgsim.mapping.apply import PBC_MODES, BeadMapper, bead_topology, clean_box
 from cgsim.mapping.builders import SCHEMES, build_mapping
 from cgsim.mapping.core import CGMapping, save_mapping
@@ -136,6 +142,7 @@ def _check_config(cfg: DictConfig) -> None:
     if cfg.input.dt is not None and not (math.isfinite(float(cfg.input.dt)) and float(cfg.input.dt) > 0):
         raise CgsimInputError("input.dt", f"expected a positive time in ps, got {cfg.input.dt}")
     positive_temperature(cfg.temperature, "temperature", unit="K, or reduced units for LJ systems")
+    check_output_directory(cfg.output)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -165,14 +172,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                      lammps_timestep=None if ic.lammps_timestep is None else float(ic.lammps_timestep),
                      charges=None if ic.charges is None else str(ic.charges))
     mapping = mapping_from_config(inp, cfg.mapping)
-    msum = mapping.summary()
-    log.info("mapping %s: %d atoms -> %d beads of %d types (%.2f atoms per bead), hash %s", mapping.scheme,
-             mapping.n_atoms, mapping.n_beads, mapping.n_types, msum["atoms_per_bead"]["mean"], msum["hash"])
-    if inp.system.charges_known:
-        log.info("bead charges from atom charges of %s: total %.6g e, %d charged beads", inp.system.charges_source,
-                 msum["total_charge"], int(np.count_nonzero(np.abs(mapping.bead_charges) > 1e-6)))
-    else:
-        log.info("atom charges unknown (set input.charges=FILE): bead charges are 0")
+    msum = _log_mapping(inp, mapping)
 
     pbc = str(cfg.pbc)
     if pbc == "auto" and inp.sidecar is not None and inp.sidecar.coordinates == "unwrapped":
@@ -184,11 +184,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     clock = _Clock(None if ic.dt is None else float(ic.dt), int(ic.stride), inp.trajectory,
                    inp.lammps_units if inp.kind == "lammps" else None)
     top = bead_topology(mapping)
-    first_xyz = first_box = None
+    first_xyz = first_box = first_atoms = None
     n_frames = 0
     bar = tqdm(total=inp.n_frames_hint(), unit="frame", desc=f"map {Path(inp.trajectory).name}", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=2.0)
-    with TrajectoryWriter(out / traj_name, top) as writer:
+    # every file of the mapped directory replaces its predecessor at the end, together: an error
+    # (a full disk included) leaves an earlier mapping in `output` whole
+    with committed_together(), TrajectoryWriter(out / traj_name, top) as writer:
         try:
             for chunk in inp.chunks(int(ic.chunk), int(ic.stride)):
                 times = clock.times(chunk)
@@ -196,6 +198,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 box = clean_box(chunk.box, inp.trajectory, clock.count - chunk.n_frames)
                 if first_xyz is None:
                     first_xyz, first_box = beads[:1], None if box is None else box[:1]
+                    first_atoms = chunk.xyz[0]
                 writer.write(beads, times, box)
                 n_frames += len(beads)
                 bar.update(len(beads))
@@ -209,15 +212,73 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             first.unitcell_vectors = first_box.astype(np.float32)
         with atomic_path(out / "beads.pdb") as tmp:
             first.save_pdb(str(tmp))
-    elapsed = time.perf_counter() - t0
-    rate = mapping.n_atoms * n_frames / max(elapsed, 1e-9)
-    meta = _metadata(cfg, inp, mapping, traj_name, n_frames, clock, first_box, elapsed, rate, mapper.mode or "none")
-    write_sidecar(meta, out / traj_name)
+        elapsed = time.perf_counter() - t0
+        rate = mapping.n_atoms * n_frames / max(elapsed, 1e-9)
+        meta = _metadata(cfg, inp, mapping, traj_name, n_frames, clock, first_box, elapsed, rate, mapper.mode or "none")
+        write_sidecar(meta, out / traj_name)
+    units_note = bonded_distance_warning(inp, mapping, first_atoms, first_xyz[0], first_box)
+    if units_note is not None:
+        log.warning("%s", units_note)
     print(f"map: {mapping.n_atoms} atoms -> {mapping.n_beads} beads ({mapping.n_types} types, {mapping.n_molecules} molecules), "
           f"{n_frames} frames -> {out} in {elapsed:.1f} s ({rate:.3g} atom-frames/s)")
     return {"output": str(out), "trajectory": str(out / traj_name), "n_atoms": mapping.n_atoms, "n_beads": mapping.n_beads,
             "n_types": mapping.n_types, "n_frames": n_frames, "wall_seconds": elapsed, "atom_frames_per_second": rate,
-            "mapping_hash": msum["hash"], "pbc": mapper.mode}
+            "mapping_hash": msum["hash"], "pbc": mapper.mode, "warnings": [units_note] if units_note else []}
+
+
+#: bonded distances plausible in nm (median over the first frame's bonds): outside them, warn
+BEAD_BOND_NM = (0.05, 5.0)
+ATOM_BOND_NM = (0.05, 0.8)
+
+
+def _median_bond(xyz: np.ndarray, bonds: np.ndarray, box: np.ndarray | None) -> float | None:
+    """Median length (nm) of ``bonds`` (pairs) in one frame, minimum image in an orthorhombic ``box``."""
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    if not len(bonds):
+        return None
+    d = np.asarray(xyz, dtype=np.float64)[bonds[:, 1]] - np.asarray(xyz, dtype=np.float64)[bonds[:, 0]]
+    if box is not None:
+        lengths = np.diag(np.asarray(box, dtype=np.float64).reshape(3, 3))
+        if np.all(lengths > 0):
+            d -= lengths * np.round(d / lengths)
+    return float(np.median(np.linalg.norm(d, axis=1)))
+
+
+def bonded_distance_warning(inp: MapInput, mapping: CGMapping, atoms: np.ndarray | None, beads: np.ndarray,
+                            box: np.ndarray | None) -> str | None:
+    """One line when the first frame's bonded distances are implausible for nm (coordinates in Angstrom?).
+
+    The rule: the median bead bond outside 0.05-5 nm, or the median atom bond outside 0.05-0.8 nm
+    (covalent bonds are 0.1-0.2 nm, coarse-grained input bonds up to ~0.5 nm). Systems in reduced
+    LJ units (their sidecar says so) are not judged.
+    """
+    if inp.sidecar is not None and inp.sidecar.system.units.get("system") == "lj":
+        return None
+    bead = _median_bond(beads, mapping.bonds, None)  # beads are unwrapped: whole molecules
+    atom = None if atoms is None else _median_bond(atoms, inp.system.bonds, None if box is None else box[0])
+    bad = []
+    if bead is not None and not BEAD_BOND_NM[0] <= bead <= BEAD_BOND_NM[1]:
+        bad.append(f"the median bead bond is {bead:.3g} nm (plausible: {BEAD_BOND_NM[0]:g}-{BEAD_BOND_NM[1]:g} nm)")
+    if atom is not None and not ATOM_BOND_NM[0] <= atom <= ATOM_BOND_NM[1]:
+        bad.append(f"the median atom bond is {atom:.3g} nm (plausible: {ATOM_BOND_NM[0]:g}-{ATOM_BOND_NM[1]:g} nm)")
+    if not bad:
+        return None
+    return (f"map: warning: {inp.trajectory}: in its first frame {' and '.join(bad)}: are the coordinates in Angstrom "
+            "(or another unit) rather than nm? Files that hold nm (XTC, TRR, GRO, H5) must not be written in Angstrom; "
+            "mdtraj converts PDB and DCD itself. Rollouts of a model refuse such systems")
+
+
+def _log_mapping(inp: MapInput, mapping: CGMapping) -> dict[str, Any]:
+    """Log what the mapping makes of the input; return its summary."""
+    msum = mapping.summary()
+    log.info("mapping %s: %d atoms -> %d beads of %d types (%.2f atoms per bead), hash %s", mapping.scheme,
+             mapping.n_atoms, mapping.n_beads, mapping.n_types, msum["atoms_per_bead"]["mean"], msum["hash"])
+    if inp.system.charges_known:
+        log.info("bead charges from atom charges of %s: total %.6g e, %d charged beads", inp.system.charges_source,
+                 msum["total_charge"], int(np.count_nonzero(np.abs(mapping.bead_charges) > 1e-6)))
+    else:
+        log.info("atom charges unknown (set input.charges=FILE): bead charges are 0")
+    return msum
 
 
 def _coordinates(inp: MapInput, pbc_mode: str, first_box: np.ndarray | None) -> str:

@@ -389,7 +389,8 @@ def _select(inp: MapInput, selection: str) -> None:
     try:
         atoms = inp.system.topology.select(selection)
     except Exception as exc:  # noqa: BLE001 - mdtraj raises various errors for bad selections
-        raise CgsimInputError("input.selection", f"{selection!r} is not a valid mdtraj selection ({str(exc)[:120]})") from None
+        raise CgsimInputError("input.selection", f"{selection!r} is not a valid mdtraj selection "
+                                                 f"({(str(exc).strip().splitlines() or [''])[0][:120]})") from None
     if len(atoms) == 0:
         raise CgsimInputError("input.selection", f"{selection!r} selects no atoms of {inp.topology}")
     inp.atoms = np.asarray(atoms, dtype=np.int64)

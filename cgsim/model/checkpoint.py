@@ -75,8 +75,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def build_model(cfg: DictConfig, n_atom_types: int) -> MultiScaleDynamics:
-    """Instantiate ``cfg.model`` (its ``_target_``) for ``n_atom_types`` fine types."""
-    return instantiate(cfg.model, n_atom_types=n_atom_types)
+    """Instantiate ``cfg.model`` (its ``_target_``) for ``n_atom_types`` fine types.
+
+    A model option its class refuses (a negative cutoff, a size of 0) is one
+    :class:`~cgsim.errors.CgsimInputError` line naming ``model`` and the class's reason.
+    """
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(cfg.model, n_atom_types=n_atom_types)
+    except InstantiationException as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        text = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+        target = OmegaConf.select(cfg, "model._target_", default="the model")
+        raise CgsimInputError("model", f"cannot build {target} from these options ({type(cause).__name__}: {text}); "
+                                       "check the model.* overrides") from None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu", use_ema: bool = True) -> MultiScaleDynamics:

@@ -110,6 +110,9 @@ def run_plan(cfg: DictConfig, frames_per_chunk: int) -> tuple[RunPlan, dict[str,
     dense_time = _positive(cfg, "dense_time", allow_none=True) or prod
     if dense_time > prod:
         raise CgsimInputError("system.dense_time", f"{dense_time} exceeds production_time {prod}")
+    if save > dense_time:
+        raise CgsimInputError("system.save_interval", f"{save} exceeds production_time {prod} (or dense_time): no frame "
+                              "after the first would be saved; expected save_interval <= production_time")
     dense = _steps(save, dt, "save_interval")
     dense_end = _steps(dense_time, dt, "dense_time")
     prod_steps = _steps(prod, dt, "production_time")

@@ -11,7 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from cgsim.checks import required
 from cgsim.errors import CgsimInputError
+from cgsim.io_utils import check_output_directory
+from cgsim.reference.platforms import select_platform
 
 
 def _generators() -> dict[str, Callable[[DictConfig], dict[str, Any]]]:
@@ -31,6 +34,9 @@ def register_configs() -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Generate reference MD for ``cfg.system``; returns the generator's summary."""
     gens = _generators()
+    required(cfg, ("output",), "generate")
+    check_output_directory(cfg.output)
+    select_platform(str(cfg.platform), cfg.threads)  # a platform or thread count that cannot run: before any file
     name = cfg.system.name
     if name not in gens:
         raise CgsimInputError("system.name", f"no generator for system {name!r}; expected one of {sorted(gens)}")

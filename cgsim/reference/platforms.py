@@ -88,6 +88,8 @@ def select_platform(name: str, threads: int = 1, where: str = "platform") -> tup
     CgsimInputError
         If the platform is not available here (the message lists the ones that are).
     """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise CgsimInputError("threads", f"expected an integer >= 1 (CPU threads of the MD), got {threads!r}")
     names = available_platforms()
     if name == "auto":
         name = "CUDA" if "CUDA" in names else "CPU"

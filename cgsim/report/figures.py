@@ -41,10 +41,12 @@ def _grid(n: int) -> tuple[plt.Figure, np.ndarray]:
 
 
 def _save(fig: plt.Figure, out: Path, name: str, dpi: int) -> str:
-    fig.tight_layout()
-    with atomic_path(out / name) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return name
 
 

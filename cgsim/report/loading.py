@@ -31,6 +31,7 @@ from typing import Any
 import mdtraj as md
 import numpy as np
 
+from cgsim.checks import finite_frames
 from cgsim.errors import CgsimInputError
 from cgsim.metadata import TrajectoryMetadata, read_sidecar
 
@@ -187,6 +188,7 @@ def load_trajectory(path: str | Path, name: str | None = None, stride: int = 1) 
         raise
     except (OSError, ValueError, TypeError) as exc:
         raise CgsimInputError(str(path), f"mdtraj cannot read it ({type(exc).__name__}: {exc})") from None
+    finite_frames(traj.xyz, str(path), "particle")
     n = traj.n_atoms
     types = np.asarray(meta.system.particle_types, dtype=str)
     masses = np.asarray(meta.system.particle_masses, dtype=np.float64)

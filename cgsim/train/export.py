@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ import yaml
 
 from cgsim.data.ranges import with_training_ranges
 from cgsim.errors import CgsimInputError
+from cgsim.io_utils import check_output_directory
 from cgsim.metadata import now_iso
 from cgsim.model.card import RECOMMENDABLE, ModelCard
 from cgsim.model.checkpoint import (
@@ -90,6 +92,12 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
         If ``src`` is missing, truncated or not a cgsim checkpoint, ``refine`` is given for a
         model without refinement or is out of range, or ``recommend`` names another option.
     """
+    check_output_directory(Path(dst).parent, "dst")
+    if Path(dst).is_dir():
+        raise CgsimInputError("dst", f"{dst} is a directory; expected the path of the model file to write")
+    if Path(dst).exists() and Path(dst).resolve() == Path(src).resolve():
+        raise CgsimInputError("dst", f"{dst} is the source checkpoint: exporting over it would lose what it keeps to "
+                                     "resume training; choose another file")
     ckpt = load_checkpoint(src)
     card = ModelCard.from_checkpoint(ckpt, src)
     if refine:
@@ -135,10 +143,12 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
     return prior
 
 
-def _pairs(items: list[str]) -> dict[str, Any]:
+def _pairs(items: list[str], option: str = "--refine") -> dict[str, Any]:
     out = {}
     for item in items:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            raise CgsimInputError(f"{option} {item}", "expected KEY=VALUE, e.g. levels=12")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -155,12 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recommend", nargs="*", default=[], metavar="KEY=VALUE",
                     help="recommended cgsim rollout settings, e.g. guard.redraws=3 exclusion.enabled=true")
     args = ap.parse_args(argv)
-    refine = _pairs(args.refine)
-    prior = _pairs(args.prior) if args.prior is not None else None
     try:
-        rec = export_model(args.src, args.dst, refine, prior, _pairs(args.recommend))
-    except CgsimInputError as exc:
-        raise SystemExit(f"export: {exc}") from None
+        refine = _pairs(args.refine)
+        prior = _pairs(args.prior, "--prior") if args.prior is not None else None
+        rec = export_model(args.src, args.dst, refine, prior, _pairs(args.recommend, "--recommend"))
+    except CgsimInputError as exc:  # one line, exit status 2, as every cgsim verb
+        print(f"export: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     size = Path(args.dst).stat().st_size / 2**20
     print(f"export: {args.src} -> {args.dst} ({size:.2f} MiB, {rec['weights']} weights)")
 

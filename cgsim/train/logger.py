@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
+
+from cgsim.io_utils import write_text_atomic
 
 
 class MetricLogger:
@@ -29,14 +32,22 @@ class MetricLogger:
             self.tb = SummaryWriter(str(self.dir / "tensorboard"))
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        """Write one row (``step`` is the x-axis in TensorBoard)."""
+        """Write one row (``step`` is the x-axis in TensorBoard).
+
+        The CSV is rewritten atomically with the new row, so a full disk never leaves half a row.
+        """
         row = {"step": step, **row}
+        text = ""
         if self.fields is None:
             self.fields = list(row)
-            with open(self.csv_path, "w", newline="") as fh:
-                csv.writer(fh).writerow(self.fields)
-        with open(self.csv_path, "a", newline="") as fh:
-            csv.writer(fh).writerow([row.get(k, "") for k in self.fields])
+        elif self.csv_path.is_file():
+            text = self.csv_path.read_text()
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        if not text:
+            writer.writerow(self.fields)
+        writer.writerow([row.get(k, "") for k in self.fields])
+        write_text_atomic(self.csv_path, text + buf.getvalue())
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):

@@ -34,12 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from cgsim.checks import content_digest, same_systems
+from cgsim.checks import content_digest, positive_int, required, same_systems, torch_device
 from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import SystemSet, load_systems
 from cgsim.data.ranges import training_ranges
 from cgsim.data.windows import WindowCollator, WindowDataset
 from cgsim.errors import CgsimInputError
+from cgsim.io_utils import check_output_directory
 from cgsim.model.checkpoint import (
     build_model,
     load_checkpoint,
@@ -113,6 +114,30 @@ def _check_options(cfg: DictConfig) -> None:
     if tc.max_steps_per_epoch is not None and int(tc.max_steps_per_epoch) < 0:
         raise CgsimInputError("trainer.max_steps_per_epoch", f"expected an integer >= 1 or null (all windows), "
                                                              f"got {tc.max_steps_per_epoch}")
+    positive_int(tc.val_windows, "trainer.val_windows", what=" (validation windows)")
+    positive_int(tc.rollout_steps, "trainer.rollout_steps", minimum=0, what=" (0 = no rollout validation)")
+    positive_int(data.normalization_windows, "data.normalization_windows", what=" (windows the normalisation is fitted to)")
+    positive_int(tc.num_threads, "trainer.num_threads", allow_none=True, what=" (torch threads)")
+    torch_device(tc.device, "trainer.device")
+    if any(not (math.isfinite(float(s)) and float(s) >= 0) for s in data.noise_std):
+        raise CgsimInputError("data.noise_std", f"expected input-noise standard deviations >= 0 nm, got {list(data.noise_std)}")
+    if not float(tc.get("dist_timeout_s", 60.0)) > 0:
+        raise CgsimInputError("trainer.dist_timeout_s", f"expected a positive number of seconds, got {tc.dist_timeout_s}")
+    _check_optim(cfg.optim)
+
+
+def _check_optim(oc: DictConfig) -> None:
+    """One-line errors for optimiser options torch or the EMA would refuse with a traceback."""
+    rules = (("lr", lambda v: v >= 0, "a learning rate >= 0 (0 holds the weights still)"), ("weight_decay", lambda v: v >= 0, "a weight decay >= 0"),
+             ("warmup_steps", lambda v: v >= 0, "warm-up steps >= 0"),
+             ("min_lr_factor", lambda v: 0 <= v <= 1, "a factor in [0, 1] of the learning rate"),
+             ("grad_clip", lambda v: v >= 0, "a gradient-norm clip >= 0 (0 = none)"))
+    for key, ok, what in rules:
+        value = oc[key]
+        if value is not None and not (math.isfinite(float(value)) and ok(float(value))):
+            raise CgsimInputError(f"optim.{key}", f"expected {what}, got {value}")
+    if oc.ema_decay is not None and not 0 < float(oc.ema_decay) < 1:
+        raise CgsimInputError("optim.ema_decay", f"expected an EMA decay in (0, 1) or null (no EMA), got {oc.ema_decay}")
 
 
 def _system_digests(systems: Any) -> list[tuple[str, str]]:
@@ -234,7 +259,7 @@ class EpochFit:
 
 def _check_output(cfg: DictConfig) -> None:
     """Refuse an output holding another run (without ``resume``) and a resume without a checkpoint."""
-    out = Path(cfg.output)
+    out = check_output_directory(cfg.output)
     last_path = out / "checkpoints" / "last.pt"
     if last_path.is_file() and not cfg.resume:
         raise CgsimInputError(str(out), "output already holds a training run; pass resume=true to continue it or choose another output")
@@ -245,7 +270,6 @@ def _check_output(cfg: DictConfig) -> None:
 def _load_data(cfg: DictConfig) -> tuple[SystemSet, SystemSet, WindowDataset, WindowDataset]:
     """Training and validation systems (split checked) and their windows."""
     data = cfg.data
-    _check_options(cfg)
     train_set = load_systems(list(data.train), "data.train")
     val_set = load_systems(list(data.val), "data.val", atom_types=train_set.atom_types)
     _check_split(train_set, val_set)
@@ -267,6 +291,8 @@ def _data_record(cfg: DictConfig, train_set: SystemSet, val_set: SystemSet) -> d
 def setup_run(cfg: DictConfig) -> TrainingRun:
     """Processes, output, data, model, optimiser, EMA; the saved state for ``resume=true``, else
     the model's normalisation fitted to the training windows."""
+    required(cfg, ("output", "model"), "train")
+    _check_options(cfg)
     tc, oc = cfg.trainer, cfg.optim
     rank, world = _distributed(str(tc.dist_backend), float(tc.get("dist_timeout_s", 60.0)))
     if tc.num_threads:
