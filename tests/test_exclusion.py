@@ -126,7 +126,8 @@ def test_rollout_with_exclusion_keeps_pairs_apart_and_counts_them(compose_cfg, c
     from cgsim.rollout.command import closest_by_type_pair
 
     summary = rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "o", "exclusion.enabled=true", "exclusion.factor=1.0",
-                           "exclusion.iterations=100", "temperature=3.0", "guard.enabled=false"))
+                           "exclusion.iterations=100", "temperature=3.0", "guard.enabled=false",
+                           "divergence_factor=1000"))
     traj = load_systems([str(SEQ)], "t").trajectories[0]
     _, _, closest = closest_by_type_pair(traj, ["all"] * traj.graph.n_beads, 2.0, 50)
     limit = float(closest.min())
@@ -138,7 +139,7 @@ def test_rollout_with_exclusion_keeps_pairs_apart_and_counts_them(compose_cfg, c
     saved = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert saved["exclusion_pairs"] == summary["exclusion_pairs"]
     # the same rollout without it brings pairs closer than that
-    rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "p", "temperature=3.0", "guard.enabled=false"))
+    rollout(rollout_cfg(compose_cfg, ckpt, tmp_path / "p", "temperature=3.0", "guard.enabled=false", "divergence_factor=1000"))
     raw = md.load(str(tmp_path / "p" / "seq_000" / "replica_000" / "rollout.h5")).xyz[1:].astype(np.float64)
     d = np.linalg.norm(raw[:, :, None] - raw[:, None], axis=-1) + np.eye(raw.shape[1]) * 10
     assert d.min() < limit - 1e-3

@@ -7,7 +7,9 @@ names its bead types, its composition. :func:`with_training_ranges` fills them i
 checkpoint written before they were recorded, from the training systems it lists
 (``data.train_systems``), when every one of those directories can still be found (relative
 paths are taken from the working directory, as ``cgsim train`` recorded them); otherwise the
-card keeps ``ranges = None``.
+card keeps ``ranges = None``. :func:`beyond_training_ranges` tells whether a system a model is
+asked to start from lies far outside them (coordinates in Angstrom read as nm: 10x bonds,
+1/1000 the density), which ``cgsim rollout`` refuses unless ``allow_extrapolation=true``.
 """
 
 from __future__ import annotations
@@ -97,3 +99,39 @@ def with_training_ranges(card: ModelCard) -> ModelCard:
         return card
     systems = load_systems(list(card.train_systems), "data.train_systems", atom_types=list(card.atom_types))
     return dataclasses.replace(card, ranges=training_ranges(systems.trajectories, card.atom_types, "train_systems"))
+
+
+#: a system whose bond lengths or bead density lie beyond this factor of the training range (above
+#: factor x its largest value, or below its smallest / factor) is far outside what the model has seen
+EXTRAPOLATION_FACTOR = 2.0
+
+
+def beyond_training_ranges(trained: TrainingRanges, trajectories: Sequence[BeadTrajectory], atom_types: Sequence[str],
+                           factor: float = EXTRAPOLATION_FACTOR, scan_frames: int = 50) -> str | None:
+    """The first way ``trajectories`` lie beyond ``factor`` x the ranges a model was trained on, or None.
+
+    Bond lengths are compared per pair of bead classes (pairs the training never saw are not
+    compared), over at most ``scan_frames`` evenly spaced frames of each trajectory; the bead
+    density of periodic systems when the training recorded one. The answer is one sentence that
+    starts with the system's name.
+    """
+    for traj in trajectories:
+        idx = np.unique(np.linspace(0, traj.n_frames - 1, max(1, min(scan_frames, traj.n_frames))).round().astype(int))
+        seen = training_ranges([dataclasses.replace(traj, positions=traj.positions[idx])], atom_types, "initial")
+        for key, (lo, hi) in seen.bond_lengths.items():
+            if key not in trained.bond_lengths:
+                continue
+            t_lo, t_hi = trained.bond_lengths[key]
+            if hi > factor * t_hi or lo < t_lo / factor:
+                return (f"{traj.name}: bonds between bead classes {key} span {lo:.4g}-{hi:.4g} nm, beyond {factor:g}x the "
+                        f"model's training range {t_lo:.4g}-{t_hi:.4g} nm ({_LARGE if hi > factor * t_hi else _SMALL})")
+        if seen.density is not None and trained.density is not None:
+            d, (t_lo, t_hi) = seen.density[0], trained.density
+            if d > factor * t_hi or d < t_lo / factor:
+                return (f"{traj.name}: bead density {d:.4g} /nm^3 lies beyond {factor:g}x the model's training range "
+                        f"{t_lo:.4g}-{t_hi:.4g} /nm^3 ({_LARGE if d < t_lo / factor else _SMALL})")
+    return None
+
+
+_LARGE = "coordinates in Angstrom instead of nm?"
+_SMALL = "coordinates in a unit larger than nm, or nm written where Angstrom was expected?"

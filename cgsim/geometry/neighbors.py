@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from cgsim.errors import CgsimInputError
+from cgsim.errors import CgsimInputError, NonFinitePositions
 
 __all__ = ["RadiusGraph", "radius_graph", "brute_force_radius_graph", "check_orthorhombic"]
 
@@ -136,7 +136,7 @@ def radius_graph(
     if not cutoff > 0:
         raise CgsimInputError("cutoff", f"expected a positive cutoff, got {cutoff}")
     if not torch.all(torch.isfinite(pos)):
-        raise CgsimInputError("pos", "positions contain NaN or infinity")
+        raise NonFinitePositions("pos", "positions contain NaN or infinity")
     device, n = pos.device, pos.shape[0]
     if batch is None:
         batch = torch.zeros(n, dtype=torch.long, device=device)

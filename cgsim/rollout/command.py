@@ -24,6 +24,7 @@ Output (``output``): per member ``<system>/replica_<r>/`` with ``rollout.h5``, `
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,12 +36,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cgsim.checks import output_apart_from_inputs, periodic_initial, positive_temperature
+from cgsim.checks import (
+    output_apart_from_inputs,
+    periodic_initial,
+    positive_int,
+    positive_temperature,
+    required,
+    torch_device,
+)
 from cgsim.config_compat import with_added_defaults
 from cgsim.data.load import TRAJECTORY_NAMES, SystemSet, expand_paths, load_systems
+from cgsim.data.ranges import beyond_training_ranges, with_training_ranges
 from cgsim.data.windows import BeadTrajectory, history_positions
 from cgsim.errors import CgsimInputError
-from cgsim.io_utils import write_json_atomic
+from cgsim.io_utils import check_output_directory, write_json_atomic
 from cgsim.metadata import command_line, now_iso, read_sidecar
 from cgsim.model import checkpoint as model_checkpoint
 from cgsim.model.card import ModelCard
@@ -76,7 +85,7 @@ __all__ = ["RESUME_MUST_MATCH", "RolloutPlan", "apply_prior_overrides", "apply_r
 
 #: options that must match for ``resume=true`` (``steps``, ``device``, ``progress`` may change)
 RESUME_MUST_MATCH = ("checkpoint", "initial", "replicas", "seed", "save_every", "temperature", "use_ema",
-                     "write_dcd", "guard", "refine", "exclusion", "prior")
+                     "write_dcd", "guard", "refine", "exclusion", "prior", "divergence_factor")
 
 
 def _positive(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -113,7 +122,11 @@ def _check_options(cfg: DictConfig) -> None:
     for key, minimum in (("steps", 1), ("replicas", 1), ("save_every", 1), ("checkpoint_every", 0)):
         _positive(cfg, key, minimum)
     positive_temperature(cfg.temperature, "temperature", allow_zero=True, unit="noise scale, 0 = the deterministic mean")
-    out, state_path = Path(cfg.output), Path(cfg.output) / "rollout_state.pt"
+    factor = cfg.divergence_factor
+    if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 1):
+        raise CgsimInputError("divergence_factor", f"expected a number > 1 (a bond or molecule this many times the "
+                                                   f"largest of the initial frames means divergence), got {factor!r}")
+    out, state_path = check_output_directory(cfg.output), Path(cfg.output) / "rollout_state.pt"
     if state_path.is_file() and not cfg.resume:
         raise CgsimInputError(str(out), "output already holds a rollout; pass resume=true to continue it or choose another output")
     if cfg.evaluate and not cfg.reference:
@@ -122,6 +135,16 @@ def _check_options(cfg: DictConfig) -> None:
         raise CgsimInputError(str(state_path), "resume=true but there is no rollout state to resume from")
     output_apart_from_inputs(out, expand_paths(initial_paths(cfg.initial), "initial"), "output", "initial")
     check_limit_options(cfg.guard, cfg.exclusion)
+    torch_device(cfg.device, "device")
+    positive_int(cfg.num_threads, "num_threads", allow_none=True, what=" (torch threads)")
+    if cfg.evaluate:  # the evaluation's overrides are checked now, not after a long rollout
+        from cgsim.cli import check_overrides, hydra_quoted
+
+        try:
+            check_overrides("evaluate", [f"reference={hydra_quoted(cfg.reference)}", f"rollout={hydra_quoted(out)}",
+                                         f"output={hydra_quoted(out / 'evaluate')}", *cfg.evaluate_overrides])
+        except CgsimInputError as exc:
+            raise CgsimInputError("evaluate_overrides", str(exc)) from None
 
 
 def with_recommended(cfg: DictConfig) -> DictConfig:
@@ -161,15 +184,35 @@ def load_model(cfg: DictConfig, device: torch.device) -> tuple[ModelCard, torch.
 
 
 def load_initial(cfg: DictConfig, card: ModelCard) -> SystemSet:
-    """The initial systems, checked against the card (fine types, periodic box, time unit and step)."""
+    """The initial systems, checked against the card (fine types, periodic box, time unit and step,
+    and the ranges of the training data: :func:`check_training_ranges`)."""
     systems = load_systems(initial_paths(cfg.initial), "initial", atom_types=list(card.atom_types))
     periodic_initial(card.periodic, systems.trajectories, card.path)
+    check_training_ranges(card, systems, bool(cfg.get("allow_extrapolation", False)))
     if systems.time_unit != card.time_unit:
         raise CgsimInputError("initial", f"systems are in {systems.time_unit} units, the model was trained in {card.time_unit}")
     if not card.matches_save_interval(systems.save_interval):
         raise CgsimInputError("initial", f"frames are {systems.save_interval:g} {card.time_unit} apart; with the model's "
                                          f"stride {card.stride} that is not its learned dt {card.learned_dt:g} {card.time_unit}")
     return systems
+
+
+def check_training_ranges(card: ModelCard, systems: SystemSet, allow: bool) -> None:
+    """Refuse initial systems whose bond lengths (per pair of bead classes) or bead density lie beyond
+    2x what the model was trained on (:func:`cgsim.data.ranges.beyond_training_ranges`): coordinates in
+    Angstrom give 10x bonds. ``allow`` (``allow_extrapolation=true``) runs them, saying so in one line.
+    A card without ranges (an old checkpoint whose training systems are gone) is not checked."""
+    ranges = card.ranges if card.ranges is not None else with_training_ranges(card).ranges
+    if ranges is None:
+        return
+    beyond = beyond_training_ranges(ranges, systems.trajectories, card.atom_types)
+    if beyond is None:
+        return
+    if allow:
+        print(f"rollout: allow_extrapolation=true: {beyond}; the model extrapolates")
+        return
+    raise CgsimInputError("initial", f"{beyond}; map the initial state in nm, or pass allow_extrapolation=true to run "
+                                     "the model outside its training data knowingly")
 
 
 @dataclass
@@ -211,7 +254,8 @@ def plan_members(cfg: DictConfig, card: ModelCard, systems: SystemSet, out: Path
             plan.ps_per_unit = float(meta.system.units.get("lj_in_md_units", {}).get("tau_ps", 1.0))
         top = md.load_topology(str(d / "beads.pdb"))
         box = None if traj.graph.box is None else np.diag(traj.graph.box.numpy()).astype(np.float64)
-        limits = system_limits(traj, meta.system.particle_types, card.cutoff, cfg.guard, cfg.exclusion)
+        limits = system_limits(traj, meta.system.particle_types, card.cutoff, cfg.guard, cfg.exclusion,
+                               float(cfg.divergence_factor))
         for r in range(int(cfg.replicas)):
             seed = member_seed(int(cfg.seed), s, r)
             plan.members.append(Member(system=s, replica=r, name=f"{label}/replica_{r:03d}", graph=traj.graph, seed=seed))
@@ -265,8 +309,9 @@ def summarise(state: RolloutState, members: Sequence[Member], step0: int, wall: 
     bead_steps = sum(m.n_beads * max(0, (state.step if s < 0 else s) - step0) for m, s in zip(members, state.stop_step, strict=True))
     rate = done * card.learned_dt / max(wall, 1e-12)
     summary: dict[str, Any] = {
-        "members": [{"name": m.name, "n_beads": m.n_beads, "seed": m.seed, "frames": state.frames_written[k],
-                     "status": "stopped" if state.stop_step[k] >= 0 else "finished",
+        "members": [{"name": m.name, "system": m.system, "replica": m.replica, "n_beads": m.n_beads, "seed": m.seed,
+                     "frames": state.frames_written[k],
+                     "status": state.status(k) if state.stop_step[k] >= 0 else "finished",
                      "stop_step": state.stop_step[k] if state.stop_step[k] >= 0 else None,
                      "stop_reason": state.stop_reason[k] or None, "redraws": state.redraws[k],
                      **({"exclusion_pairs": state.extra[STATE_KEY][k]} if exclusion else {})}
@@ -277,6 +322,7 @@ def summarise(state: RolloutState, members: Sequence[Member], step0: int, wall: 
         "simulated_time_per_second": rate, "aggregate_simulated_time_per_second": rate * len(members),
         "bead_steps_per_second": bead_steps / max(wall, 1e-12),
         "n_stopped": sum(s >= 0 for s in state.stop_step), "redraws": sum(state.redraws),
+        "n_diverged": sum(state.diverged),
         **({"exclusion_pairs": sum(state.extra[STATE_KEY])} if exclusion else {}),
         "calls_per_step": int(model.calls_per_step()),
         "prior_steps": int(model.prior.steps) if getattr(model, "prior", None) is not None else 0,
@@ -292,14 +338,20 @@ def _summary_line(summary: dict[str, Any], out: Path) -> str:
     done, wall, unit = summary["steps_this_call"], summary["wall_seconds_this_call"], summary["time_unit"]
     rate = summary["simulated_time_per_second"]
     per_day = f"{summary['ns_per_day']:.4g} ns/day" if unit == "ps" else f"{rate * 86400:.4g} tau/day"
-    stopped = summary["n_stopped"]
-    first = next((m["stop_reason"] for m in summary["members"] if m["stop_reason"]), "")
+    members = summary["members"]
+    guarded = [m for m in members if m["status"] == "stopped"]
+    diverged = [m for m in members if m["status"] == "diverged"]
+    first = f" (first: {guarded[0]['stop_reason']})" if guarded else ""
+    if diverged:
+        d = diverged[0]
+        first += (f", {len(diverged)} DIVERGED (first: {d['name']}, replica {d['replica']}, {d['stop_reason']}; its "
+                  f"frames end at step {d['stop_step'] - 1} in {out / d['name'] / 'rollout.h5'})")
     redrawn = f", {summary['redraws']} step(s) redrawn" if summary["redraws"] else ""
     if "exclusion_pairs" in summary:
         redrawn += f", {summary['exclusion_pairs']} pair(s) pushed apart"
-    return (f"rollout: {len(summary['members'])} member(s) x {done} step(s) = {done * summary['learned_dt']:.4g} {unit} "
+    return (f"rollout: {len(members)} member(s) x {done} step(s) = {done * summary['learned_dt']:.4g} {unit} "
             f"in {wall:.1f} s: {rate:.4g} {unit}/s ({per_day}), {summary['bead_steps_per_second']:.4g} beads x steps/s; "
-            f"{stopped} stopped{f' (first: {first})' if stopped else ''}{redrawn} -> {out}")
+            f"{len(guarded)} stopped{first}{redrawn} -> {out}")
 
 
 def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[str, Any]:
@@ -320,6 +372,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         time step, or with fine types the model does not know; an output holding a rollout
         without ``resume=true`` (or a resume with other settings).
     """
+    required(cfg, ("checkpoint", "initial", "steps", "output"), "rollout")
     cfg = with_recommended(cfg)
     _check_options(cfg)
     if cfg.num_threads:
@@ -335,8 +388,11 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
     if cfg.compile:
         model = _compiled(model, plan.members, plan.initial)
     redraws = int(cfg.guard.redraws) if cfg.guard.enabled else 0
-    engine = RolloutEngine(model, plan.members, float(cfg.temperature), hooks, state_path, int(cfg.checkpoint_every), redraws)
+    engine = RolloutEngine(model, plan.members, float(cfg.temperature), hooks, state_path, int(cfg.checkpoint_every), redraws,
+                           divergence=[lim.divergence for lim in plan.limits])
     state = _start_state(cfg, engine, plan, cfg_dict, state_path)
+    if cfg.resume:  # every trajectory readable and whole before anything is written
+        next(h for h in hooks if isinstance(h, TrajectoryOutput)).check_resumable(state)
     write_json_atomic(out / "dataset.json", _dataset_index(plan.labels, int(cfg.replicas), card.time_unit))
     step0, t0 = state.step, time.perf_counter()
     state = engine.run(state, int(cfg.steps))

@@ -113,6 +113,10 @@ class RolloutConfig:
     keep_freed_memory: bool = True
     #: continue the rollout in ``output`` from its last checkpoint (same frames as one uninterrupted run)
     resume: bool = False
+    #: run initial systems whose bond lengths or bead density lie beyond 2x the model's training
+    #: range (its model card's ``ranges``; e.g. coordinates in Angstrom: 10x bonds), saying so,
+    #: instead of refusing them
+    allow_extrapolation: bool = False
     #: use the EMA weights of the checkpoint when it has them
     use_ema: bool = True
     write_dcd: bool = True
@@ -122,6 +126,11 @@ class RolloutConfig:
     #: failure a one-line warning and the eager model). Slow to compile; see BENCHMARKS.md
     compile: bool = False
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: a member with a bond or a molecule (largest distance of a bead from its centre) beyond this
+    #: factor x the largest of its scanned initial frames has diverged: it ends with the status
+    #: "diverged" (step and replica in summary.json and the summary line), whatever guard.* says;
+    #: so does one with non-finite coordinates. Must be > 1
+    divergence_factor: float = 3.0
     #: push apart bead pairs that a sampled step brings closer than MD ever does (before the guard)
     exclusion: ExclusionConfig = field(default_factory=ExclusionConfig)
     #: refinement schedule at rollout time (models trained with model/refinement=score)

@@ -20,17 +20,24 @@ Hook points (as schnetpack's simulator hooks), called in the order the hooks are
 - ``correct(engine, state, proposal)`` right after each step is sampled (also a redraw):
   may change ``proposal.new_pos`` (the pair exclusion of :mod:`cgsim.rollout.exclusion`);
 - ``check(engine, state, proposal)`` after each step is sampled and before it is committed:
-  returns ``{member: reason}`` for members to stop (the stability guard); members with
-  non-finite new coordinates are stopped by the engine itself even without a guard;
+  returns ``{member: reason}`` for members to stop (the stability guard);
 - ``on_step(engine, state)`` after the step is committed (``state.step`` is the new step);
 - ``flush(engine, state)`` before each rollout checkpoint and at the end (writers commit
   their buffered frames here, so a checkpoint never refers to frames not on disk);
 - ``on_end(engine, state)`` once after the last step.
+
+Divergence is detected by the engine itself, whatever the hooks say: a member whose new
+coordinates are not finite, spread over more than :data:`MAX_SPREAD` nm, or (with
+``divergence`` limits, :class:`DivergenceLimits`) hold a bond or a molecule larger than its
+limit is stopped with the status *diverged* (``state.diverged``); its reason names the step.
+A step whose sampling itself fails on non-finite positions (a refiner's inner update) is
+attributed to the members that fail alone.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgsim.errors import CgsimInputError
+from cgsim.errors import CgsimInputError, NonFinitePositions
 from cgsim.io_utils import atomic_path
 from cgsim.model.batch import BeadBatch, SystemGraph, collate
 from cgsim.model.prior import PriorTopology
@@ -49,6 +56,36 @@ from cgsim.model.simulator import MultiScaleDynamics
 
 STATE_FORMAT = "cgsim-rollout-state"
 STATE_VERSION = 1
+
+#: a member whose beads spread over more than this (nm, max - min of a coordinate) has diverged
+#: (like non-finite coordinates; it also keeps the guard's cell list bounded)
+MAX_SPREAD = 1e4
+
+
+class Divergence(str):
+    """A stop reason that means the member diverged (not a guard's stop): :meth:`RolloutEngine.run`
+    records ``state.diverged`` for it."""
+
+
+@dataclass(frozen=True)
+class DivergenceLimits:
+    """When a member counts as diverged, whatever the stability guard says.
+
+    Attributes
+    ----------
+    max_bond : float
+        Longest bond, nm (``inf``: not checked); ``cgsim rollout``: 3 x the longest bond in
+        the scanned initial frames (:func:`cgsim.rollout.limits.divergence_limits`).
+    max_size : float
+        Largest molecule size, nm: the largest distance of a bead from its molecule's centre
+        (``inf``: not checked; molecules of one bead are never checked).
+    factor : float
+        The factor of the initial frames' largest bond and molecule the limits are (for the reason text).
+    """
+
+    max_bond: float = math.inf
+    max_size: float = math.inf
+    factor: float = 3.0
 
 
 def member_seed(seed: int, system: int, replica: int) -> int:
@@ -135,6 +172,9 @@ class RolloutState:
         Wall time spent stepping so far (over all resumes).
     redraws : list of int
         Steps of each member sampled again because a draw failed a check (see ``max_redraws``).
+    diverged : list of bool
+        Whether each stopped member diverged (non-finite or exploding coordinates, see
+        :class:`DivergenceLimits`) rather than being stopped by a guard.
     extra : dict
         Whatever the command stores with the state (the config, checked on resume).
     """
@@ -147,11 +187,20 @@ class RolloutState:
     frames_written: list[int]
     wall_seconds: float = 0.0
     redraws: list[int] = field(default_factory=list)
+    diverged: list[bool] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.redraws:  # states saved before redraws existed
             self.redraws = [0] * len(self.stop_step)
+        if not self.diverged:  # states saved before divergence was told apart
+            self.diverged = [False] * len(self.stop_step)
+
+    def status(self, m: int) -> str:
+        """``running``, ``stopped`` (by a guard) or ``diverged`` for member ``m``."""
+        if self.stop_step[m] < 0:
+            return "running"
+        return "diverged" if self.diverged[m] else "stopped"
 
     @property
     def active(self) -> list[int]:
@@ -163,7 +212,8 @@ class RolloutState:
         return {"format": STATE_FORMAT, "version": STATE_VERSION, "pos": self.pos.detach().cpu(), "step": self.step,
                 "rng_states": [s.cpu() for s in self.rng_states], "stop_step": list(self.stop_step),
                 "stop_reason": list(self.stop_reason), "frames_written": list(self.frames_written),
-                "wall_seconds": self.wall_seconds, "redraws": list(self.redraws), "extra": dict(self.extra)}
+                "wall_seconds": self.wall_seconds, "redraws": list(self.redraws), "diverged": list(self.diverged),
+                "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> RolloutState:
@@ -218,6 +268,8 @@ class Proposal:
         Sampled positions, shape (N_active, 3), nm.
     member_of_bead : torch.Tensor
         Position in ``active`` of each bead's member, shape (N_active,), int64.
+    rows : torch.Tensor or None
+        Rows of ``state.pos`` the batch holds (None: every member, in order).
     """
 
     step: int
@@ -225,6 +277,7 @@ class Proposal:
     batch: BeadBatch
     new_pos: torch.Tensor
     member_of_bead: torch.Tensor
+    rows: torch.Tensor | None = None
 
 
 class RolloutHook:
@@ -273,11 +326,15 @@ class RolloutEngine:
         it is stopped (0 = stop at the first failure). Redraws are counted per member in
         ``state.redraws``: they reject rare unphysical draws (a hard-wall constraint, not a
         force), so a rollout that needs many is not sampling the model's own distribution.
+    divergence : sequence of DivergenceLimits, optional
+        Per member, the bond and molecule sizes beyond which it has diverged; without them only
+        non-finite or spread-out coordinates count as divergence.
     """
 
     def __init__(self, model: MultiScaleDynamics, members: Sequence[Member], temperature: float = 1.0,
                  hooks: Sequence[RolloutHook] = (), state_path: str | Path | None = None,
-                 checkpoint_every: int = 0, max_redraws: int = 0) -> None:
+                 checkpoint_every: int = 0, max_redraws: int = 0,
+                 divergence: Sequence[DivergenceLimits] | None = None) -> None:
         if not members:
             raise ValueError("a rollout needs at least one member")
         if int(max_redraws) < 0:
@@ -308,9 +365,88 @@ class RolloutEngine:
         self._redraw_topo: PriorTopology | None = None
         #: bead classes of every member for the model's structural prior (computed once)
         self._classes: list[list[str]] | None = None
+        self._divergence = self._divergence_tables(divergence)
         if model.prior is not None:
             self._classes = [model.prior.classes_of(m.graph.atom_type, m.graph.atom_to_bead, m.n_beads)
                              for m in self.members]
+
+    def _divergence_tables(self, limits: Sequence[DivergenceLimits] | None) -> dict[str, torch.Tensor] | None:
+        """Per-member limits and every bead's molecule (numbered over all members), on the device."""
+        if limits is None:
+            return None
+        if len(limits) != len(self.members):
+            raise ValueError(f"need one DivergenceLimits per member ({len(self.members)}), got {len(limits)}")
+        from cgsim.model.graph import molecule_index
+
+        mols, mol_member, n_mol = [], [], 0
+        for k, m in enumerate(self.members):
+            mol = molecule_index(m.n_beads, m.graph.bead_bonds.numpy())
+            mols.append(torch.from_numpy(mol) + n_mol)
+            count = int(mol.max()) + 1 if mol.size else 0
+            mol_member.append(torch.full((count,), k, dtype=torch.long))
+            n_mol += count
+        mol_of_bead = torch.cat(mols)
+        sizes = torch.bincount(mol_of_bead, minlength=n_mol)
+        self._divergence_factor = [lim.factor for lim in limits]
+        return {"max_bond": torch.tensor([lim.max_bond for lim in limits], dtype=torch.float64, device=self.device),
+                "max_size": torch.tensor([lim.max_size for lim in limits], dtype=torch.float64, device=self.device),
+                "mol_of_bead": mol_of_bead.to(self.device), "mol_member": torch.cat(mol_member).to(self.device),
+                "multi": (sizes > 1).to(self.device), "n_mol": torch.tensor(n_mol)}
+
+    def _diverged(self, p: Proposal, rows: torch.Tensor | None) -> dict[int, str]:
+        """Members of ``p`` that diverged (non-finite, spread out, or beyond their limits), with the reason.
+
+        Vectorised over the batch; one host synchronisation per step when nothing diverged.
+        """
+        x, mob = p.new_pos, p.member_of_bead
+        na, dev = len(p.active), x.device
+        bad, finite = non_finite_members(x, mob, na)
+        xf = torch.where(finite[:, None], x, torch.zeros_like(x))
+        idx3 = mob[:, None].expand(-1, 3)
+        hi = torch.full((na, 3), -torch.inf, device=dev, dtype=x.dtype).scatter_reduce(0, idx3, xf, "amax")
+        lo = torch.full((na, 3), torch.inf, device=dev, dtype=x.dtype).scatter_reduce(0, idx3, xf, "amin")
+        spread = (hi - lo).amax(1)
+        bond_ratio = size_ratio = torch.zeros(na, dtype=torch.float64, device=dev)
+        tab = self._divergence
+        if tab is not None:
+            act = torch.tensor(p.active, device=dev)
+            src, dst = p.batch.bead_bonds
+            one = src < dst
+            src, dst = src[one], dst[one]
+            if src.numel():
+                ratio = (xf[src] - xf[dst]).norm(dim=1).double() / tab["max_bond"][act][mob[src]]
+                bond_ratio = bond_ratio.scatter_reduce(0, mob[src], ratio, "amax")
+            n_mol = int(tab["n_mol"])
+            if n_mol:
+                mol = tab["mol_of_bead"][rows if rows is not None else torch.arange(x.shape[0], device=dev)]
+                count = torch.zeros(n_mol, dtype=x.dtype, device=dev).index_add_(0, mol, torch.ones_like(xf[:, 0]))
+                centre = torch.zeros(n_mol, 3, dtype=x.dtype, device=dev).index_add_(0, mol, xf) / count.clamp(min=1)[:, None]
+                radius = (xf - centre[mol]).norm(dim=1).double()
+                mol_r = torch.zeros(n_mol, dtype=torch.float64, device=dev).scatter_reduce(0, mol, radius, "amax")
+                ratio = torch.where(tab["multi"], mol_r, torch.zeros_like(mol_r)) / tab["max_size"][tab["mol_member"]]
+                per_member = torch.zeros(len(self.members), dtype=torch.float64, device=dev).scatter_reduce(
+                    0, tab["mol_member"], ratio, "amax")
+                size_ratio = per_member[act]
+        flag = bad | (spread > MAX_SPREAD) | (bond_ratio > 1) | (size_ratio > 1)
+        if not bool(flag.any()):
+            return {}
+        out: dict[int, str] = {}
+        for k in torch.nonzero(flag).flatten().tolist():
+            m = p.active[k]
+            if bool(bad[k]):
+                reason = "non-finite coordinates"
+            elif float(spread[k]) > MAX_SPREAD:
+                reason = f"beads spread over {float(spread[k]):.4g} nm > {MAX_SPREAD:g} nm"
+            elif float(bond_ratio[k]) > 1:
+                limit = float(tab["max_bond"][m])
+                reason = (f"a bond stretched to {float(bond_ratio[k]) * limit:.4g} nm > {limit:.4g} nm "
+                          f"({self._divergence_factor[m]:g} x the longest bond of the initial frames)")
+            else:
+                limit = float(tab["max_size"][m])
+                reason = (f"a molecule reached {float(size_ratio[k]) * limit:.4g} nm from its centre > {limit:.4g} nm "
+                          f"({self._divergence_factor[m]:g} x the largest of the initial frames)")
+            out[m] = Divergence(f"diverged at step {p.step}: {reason}")
+        return out
 
     # -- state ------------------------------------------------------------------------------
     def initial_state(self, initial: Sequence[torch.Tensor]) -> RolloutState:
@@ -367,28 +503,46 @@ class RolloutEngine:
                                       device=self.device, dtype=self.dtype) for m in active])
 
     # -- one step ---------------------------------------------------------------------------
-    def _propose(self, state: RolloutState, active: list[int], cache: bool = True) -> tuple[Proposal, torch.Tensor]:
-        """Sample the next frame of the members ``active``; also returns their rows in ``state.pos``."""
+    def _sample(self, state: RolloutState, active: list[int], cache: bool = True
+                ) -> tuple[BeadBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sampled next positions of ``active`` (no hooks): batch, rows of ``state.pos``, bead -> member, positions."""
         batch, rows, chem, member_of_bead = self._active_batch(active, cache)
         hist = state.pos[rows] if len(active) < len(self.members) else state.pos
         batch = batch.with_pos(hist)
         topo = self._prior_topo if tuple(active) == self._active_key else self._redraw_topo
-        new = learned_step(self.model, batch, functools.partial(self._noise, active), self.temperature, chem, topo)
-        proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead)
+        try:
+            new = learned_step(self.model, batch, functools.partial(self._noise, active), self.temperature, chem, topo)
+        except NonFinitePositions:  # inside the step (a refiner's update): find the members that fail alone
+            new = self._step_one_by_one(state, active)
+        return batch, rows, member_of_bead, new
+
+    def _propose(self, state: RolloutState, active: list[int], cache: bool = True) -> tuple[Proposal, torch.Tensor]:
+        """Sample the next frame of the members ``active``; also returns their rows in ``state.pos``."""
+        batch, rows, member_of_bead, new = self._sample(state, active, cache)
+        proposal = Proposal(step=state.step + 1, active=active, batch=batch, new_pos=new, member_of_bead=member_of_bead,
+                            rows=rows)
         for hook in self.hooks:
             hook.correct(self, state, proposal)
         return proposal, rows
 
+    def _step_one_by_one(self, state: RolloutState, active: list[int]) -> torch.Tensor:
+        """The step of each of ``active`` sampled alone (its own noise); NaN rows for a member whose
+        sampling fails on non-finite positions by itself (it is then stopped as diverged)."""
+        parts = []
+        for m in active:
+            if len(active) == 1:
+                parts.append(torch.full((self.members[m].n_beads, 3), float("nan"), device=self.device, dtype=self.dtype))
+            else:
+                parts.append(self._sample(state, [m], cache=False)[3])
+        return torch.cat(parts)
+
     def _check(self, state: RolloutState, proposal: Proposal) -> dict[int, str]:
-        """Members of ``proposal`` to stop, with the reason: every hook's check, then non-finite rows."""
-        stops: dict[int, str] = {}
+        """Members of ``proposal`` to stop, with the reason: divergence first (always, even without a
+        guard hook: NaN never enters the state), then every hook's check."""
+        stops: dict[int, str] = dict(self._diverged(proposal, proposal.rows))
         for hook in self.hooks:
             for m, why in hook.check(self, state, proposal).items():
                 stops.setdefault(m, why)
-        # always, even without a guard hook: NaN never enters the state
-        bad, _ = non_finite_members(proposal.new_pos, proposal.member_of_bead, len(proposal.active))
-        for k in torch.nonzero(bad).flatten().tolist():
-            stops.setdefault(proposal.active[k], f"non-finite coordinates at step {proposal.step}")
         return stops
 
     def _redraw(self, state: RolloutState, proposal: Proposal, retry: list[int]) -> dict[int, str]:
@@ -451,7 +605,8 @@ class RolloutEngine:
                 new_hist = torch.where(keep[:, None, None], new_hist, hist)
                 for m, why in stops.items():
                     state.stop_step[m] = state.step + 1
-                    state.stop_reason[m] = why
+                    state.stop_reason[m] = str(why)
+                    state.diverged[m] = isinstance(why, Divergence)
             if len(active) < len(self.members):
                 state.pos[rows] = new_hist
             else:

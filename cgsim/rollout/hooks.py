@@ -39,6 +39,7 @@ from cgsim.io.trajectory import TrajectoryWriter, box_lengths_angles
 from cgsim.io_utils import atomic_path
 from cgsim.metadata import SystemInfo, TrajectoryMetadata, now_iso, software_versions, write_sidecar
 from cgsim.rollout.engine import (
+    MAX_SPREAD,
     Proposal,
     RolloutEngine,
     RolloutHook,
@@ -46,10 +47,6 @@ from cgsim.rollout.engine import (
     non_finite_members,
 )
 from cgsim.rollout.exclusion import merge_pair_tables
-
-#: a member whose beads spread over more than this (nm, max - min of a coordinate) counts as
-#: blown up, like non-finite coordinates (it also keeps the guard's cell list bounded)
-MAX_SPREAD = 1e4
 
 
 class StabilityGuard(RolloutHook):
@@ -230,16 +227,43 @@ class TrajectoryOutput(RolloutHook):
         if state.step == 0:
             self._collect(engine, state)
 
-    def _reconcile(self, m: int, n_expected: int) -> None:
-        """Make the files hold exactly the ``n_expected`` committed frames (after a kill)."""
+    def committed_frames(self, m: int, n_expected: int) -> int:
+        """Frames in member ``m``'s ``rollout.h5`` (0 without one), checked to hold the ``n_expected``
+        frames the rollout state committed, readable up to the last of them.
+
+        Raises
+        ------
+        CgsimInputError
+            The file is truncated, not an HDF5 trajectory, or holds fewer frames.
+        """
         path = self.h5_path(m)
-        n_file = 0
-        if path.is_file():
-            with md.formats.HDF5TrajectoryFile(str(path), "r") as fh:
-                n_file = len(fh)
+        if not path.is_file():
+            n_file = 0
+        else:
+            try:
+                with md.formats.HDF5TrajectoryFile(str(path), "r") as fh:
+                    n_file = len(fh)
+                    if 0 < n_expected <= n_file:
+                        fh.seek(n_expected - 1)
+                        fh.read(n_frames=1)
+            except Exception as exc:  # noqa: BLE001 - pytables/HDF5 raise many types for a damaged file
+                raise CgsimInputError(str(path), f"cannot be read (truncated or not an HDF5 trajectory: "
+                                                 f"{type(exc).__name__}); the rollout cannot resume from it: restore "
+                                                 "the file or start a new output") from None
         if n_file < n_expected:
             raise CgsimInputError(str(path), f"holds {n_file} frames but the rollout state committed {n_expected}; "
                                              "cannot resume (start a new output)")
+        return n_file
+
+    def check_resumable(self, state: RolloutState) -> None:
+        """Before anything is written on ``resume=true``: every member's trajectory holds its committed frames."""
+        for m in range(len(self.outputs)):
+            self.committed_frames(m, state.frames_written[m])
+
+    def _reconcile(self, m: int, n_expected: int) -> None:
+        """Make the files hold exactly the ``n_expected`` committed frames (after a kill)."""
+        path = self.h5_path(m)
+        n_file = self.committed_frames(m, n_expected)
         if n_file > n_expected:  # killed between a frame commit and its state checkpoint
             if n_expected == 0:
                 path.unlink()
@@ -309,6 +333,9 @@ class TrajectoryOutput(RolloutHook):
             return
         with open(path, "rb") as fh:
             head = fh.read(24)
+        if len(head) < 24:  # not even a header: rewrite it from rollout.h5
+            self._write_dcd(m)
+            return
         n_old, nsavc, nstep = (int(np.frombuffer(head, dtype="<i4", count=1, offset=k)[0]) for k in (8, 16, 20))
         if path.stat().st_size != header + n_old * frame_bytes:
             self._write_dcd(m)
@@ -336,7 +363,7 @@ class TrajectoryOutput(RolloutHook):
     def _sidecar(self, m: int, state: RolloutState, finished: bool = False) -> None:
         o = self.outputs[m]
         stopped = state.stop_step[m] >= 0
-        status = "stopped" if stopped else ("finished" if finished else "running")
+        status = state.status(m) if stopped else ("finished" if finished else "running")
         last = (state.stop_step[m] - 1) if stopped else state.step
         extra = {**o.extra, "learned_dt": self.learned_dt, "time_unit": self.time_unit,
                  "steps_done": last, "simulated_time": last * self.learned_dt,

@@ -22,7 +22,11 @@ import torch
 from cgsim.data.windows import BeadTrajectory
 from cgsim.errors import CgsimInputError
 from cgsim.geometry import radius_graph
+from cgsim.rollout.engine import DivergenceLimits
 from cgsim.rollout.exclusion import exclusion_table
+
+#: a bond or molecule this many times the largest of the initial frames means a member diverged
+DIVERGENCE_FACTOR = 3.0
 
 #: a (bead type index per bead (N,) int64, symmetric (T, T) distances nm) pair
 TypeTable = tuple[torch.Tensor, torch.Tensor]
@@ -40,6 +44,31 @@ def longest_bond(traj: BeadTrajectory, scan_frames: int) -> float:
     bonds = traj.graph.bead_bonds.numpy()
     bonds = bonds[:, bonds[0] < bonds[1]]
     return float(np.linalg.norm(x[:, bonds[0]] - x[:, bonds[1]], axis=-1).max()) if bonds.shape[1] else math.inf
+
+
+def largest_molecule_size(traj: BeadTrajectory, scan_frames: int) -> float:
+    """Largest distance (nm) of a bead from its molecule's centre over evenly spaced frames of ``traj``
+    (molecules of two beads or more; ``inf`` when there are none)."""
+    from cgsim.model.graph import molecule_index
+
+    mol = molecule_index(traj.graph.n_beads, traj.graph.bead_bonds.numpy())
+    sizes = np.bincount(mol)
+    if not (sizes > 1).any():
+        return math.inf
+    x = scanned_frames(traj, scan_frames).astype(np.float64)  # (F, N, 3)
+    centre = np.zeros((x.shape[0], sizes.size, 3))
+    np.add.at(centre, (slice(None), mol), x)
+    centre /= sizes[None, :, None]
+    radius = np.linalg.norm(x - centre[:, mol], axis=-1)  # (F, N)
+    return float(radius[:, sizes[mol] > 1].max())
+
+
+def divergence_limits(traj: BeadTrajectory, scan_frames: int, factor: float = DIVERGENCE_FACTOR) -> DivergenceLimits:
+    """When a member started from ``traj`` has diverged: a bond or a molecule ``factor`` x the
+    largest in its scanned initial frames (:class:`cgsim.rollout.engine.DivergenceLimits`)."""
+    bond, size = longest_bond(traj, scan_frames), largest_molecule_size(traj, scan_frames)
+    return DivergenceLimits(max_bond=factor * bond if bond > 0 else math.inf,
+                            max_size=factor * size if size > 0 else math.inf, factor=float(factor))
 
 
 def guard_limits(traj: BeadTrajectory, cutoff: float, scan_frames: int) -> tuple[float, float]:
@@ -129,12 +158,15 @@ class SystemLimits:
         Per type pair overlap limits (``guard.by_type_pair``).
     exclusion : TypeTable or None
         Per type pair exclusion distances (``exclusion.enabled``).
+    divergence : DivergenceLimits
+        When a member has diverged, whatever the guard says (:func:`divergence_limits`).
     """
 
     max_bond: float
     min_distance: float
     pair_min_distance: TypeTable | None
     exclusion: TypeTable | None
+    divergence: DivergenceLimits = DivergenceLimits()
 
 
 def check_limit_options(guard: Any, exclusion: Any) -> None:
@@ -152,10 +184,21 @@ def check_limit_options(guard: Any, exclusion: Any) -> None:
                                                     "leave guard.min_distance null")
     if guard.enabled and int(guard.redraws) < 0:
         raise CgsimInputError("guard.redraws", f"expected an integer >= 0, got {guard.redraws}")
+    if int(guard.scan_frames) < 1:
+        raise CgsimInputError("guard.scan_frames", f"expected an integer >= 1 (initial frames scanned for the limits), "
+                                                   f"got {guard.scan_frames}")
+    if guard.enabled and not float(guard.max_bond_factor) > 1:
+        raise CgsimInputError("guard.max_bond_factor", f"expected a factor > 1 of the longest initial bond (at or below 1 "
+                                                       f"the initial state itself breaks it), got {guard.max_bond_factor}")
+    if guard.enabled and guard.min_distance is not None and not float(guard.min_distance) >= 0:
+        raise CgsimInputError("guard.min_distance", f"expected a distance >= 0 nm or null, got {guard.min_distance}")
+    if guard.enabled and not 0 <= float(guard.min_distance_factor) <= 1:
+        raise CgsimInputError("guard.min_distance_factor", f"expected a fraction in [0, 1] of the closest initial approach, "
+                                                           f"got {guard.min_distance_factor}")
 
 
 def system_limits(traj: BeadTrajectory, particle_types: Sequence[str] | None, cutoff: float, guard: Any,
-                  exclusion: Any) -> SystemLimits:
+                  exclusion: Any, divergence_factor: float = DIVERGENCE_FACTOR) -> SystemLimits:
     """The guard and exclusion limits of one system from one scan of its initial frames.
 
     Parameters
@@ -170,6 +213,8 @@ def system_limits(traj: BeadTrajectory, particle_types: Sequence[str] | None, cu
         Search radius of the closest approaches (the model's cutoff), nm.
     guard, exclusion
         The ``guard`` / ``exclusion`` sections of the rollout config.
+    divergence_factor : float
+        The rollout's ``divergence_factor`` (:func:`divergence_limits`).
     """
     scan = int(guard.scan_frames)
     longest = longest_bond(traj, scan)
@@ -195,4 +240,5 @@ def system_limits(traj: BeadTrajectory, particle_types: Sequence[str] | None, cu
         pair_limits = (torch.from_numpy(type_index), torch.from_numpy(table))
         limit = float(table.max())
     return SystemLimits(max_bond=float(guard.max_bond_factor) * longest, min_distance=limit,
-                        pair_min_distance=pair_limits, exclusion=excluded)
+                        pair_min_distance=pair_limits, exclusion=excluded,
+                        divergence=divergence_limits(traj, scan, divergence_factor))
