@@ -11,11 +11,13 @@ the end.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,11 +28,13 @@ import numpy as np
 import pytest
 import torch
 
-from cgsim.cli import check_overrides, load_verb
+from cgsim.cli import call_verb, check_overrides, load_verb
 from cgsim.errors import CgsimInputError
 from cgsim.train.checkpoint import load_checkpoint, save_checkpoint
-from tests.test_mapping_cli import PDB, run_map, wrapped_md
-from tests.test_rollout import SEQ, _make_checkpoint
+from tests.conftest import MAPPING_DATA as DATA
+from tests.conftest import MAPPING_PDB as PDB
+from tests.conftest import SEQ, compose_root, run_map, wrapped_md, write_mapping_dump
+from tests.conftest import make_checkpoint as _make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,14 +46,61 @@ def ckpt(tmp_path_factory) -> Path:
 
 @dataclass
 class Ctx:
-    """What a case needs: a fresh folder, a config composer and a tiny checkpoint."""
+    """What a case needs: a fresh folder, a config composer, a tiny checkpoint and pytest's monkeypatch
+    (for fault injection: writes the file system refuses)."""
 
     tmp: Path
     compose: Callable[..., Any]
     ckpt: Path
+    mp: pytest.MonkeyPatch | None = None
 
     def run(self, verb: str, overrides: list[str]) -> Any:
-        return load_verb(verb)(self.compose(verb, overrides))
+        """The verb in-process, as the command line runs it (:func:`cgsim.cli.call_verb`)."""
+        return call_verb(verb, self.compose(verb, overrides))
+
+    def refuse_writes(self, under: Path | str, code: int, after: int = 0, early: bool = False) -> Path:
+        """Fault injection: under ``under`` creating files fails with ``OSError(code)`` after ``after``
+        successful ones (for EROFS / EACCES also making directories); ``early``: the file system also
+        says it is read-only (``os.statvfs``). Tests run as root, so permissions cannot do this."""
+        assert self.mp is not None
+        under = Path(under).absolute()
+        count = {"files": 0}
+        real_mkstemp, real_mkdir, real_statvfs = tempfile.mkstemp, os.mkdir, os.statvfs
+
+        def inside(path: Any) -> bool:
+            return path is not None and (Path(path).absolute() == under or under in Path(path).absolute().parents)
+
+        def mkstemp(*a: Any, dir: Any = None, **k: Any) -> Any:  # noqa: A002 - tempfile's name
+            if inside(dir):
+                count["files"] += 1
+                if count["files"] > after:
+                    raise OSError(code, os.strerror(code), str(dir))
+            return real_mkstemp(*a, dir=dir, **k)
+
+        def mkdir(path: Any, *a: Any, **k: Any) -> Any:
+            if code != errno.ENOSPC and inside(path):
+                raise OSError(code, os.strerror(code), str(path))
+            return real_mkdir(path, *a, **k)
+
+        def statvfs(path: Any) -> Any:
+            res = real_statvfs(path)
+            if not inside(path):
+                return res
+            fields = list(res)
+            fields[8] |= os.ST_RDONLY  # f_flag
+            return os.statvfs_result(fields)
+
+        self.mp.setattr(tempfile, "mkstemp", mkstemp)
+        self.mp.setattr(os, "mkdir", mkdir)
+        if early:
+            self.mp.setattr(os, "statvfs", statvfs)
+        return under
+
+    def file(self, name: str = "afile") -> Path:
+        """A regular file where a user meant a directory."""
+        path = self.tmp / name
+        path.write_text("not a directory\n")
+        return path
 
     def rollout(self, *overrides: str, initial: Path | str = SEQ, checkpoint: Path | None = None) -> Any:
         return self.run("rollout", [f"checkpoint={checkpoint or self.ckpt}", f"initial={initial}",
@@ -66,6 +117,33 @@ class Ctx:
         return self.run("evaluate", [f"reference={reference}", f"output={self.tmp / 'out'}", "progress=false",
                                      "figures=false", *overrides])
 
+    def map(self, *overrides: str, trajectory: Path | str | None = None, topology: Path | str | None = PDB,
+            output: Path | str | None = None) -> Any:
+        """``cgsim map`` of the fixture electrolyte (4 frames, XTC) into ``cg`` unless told otherwise."""
+        traj = trajectory if trajectory is not None else xtc(self)
+        top = [] if topology is None else [f"input.topology={topology}"]
+        return self.run("map", [f"input.trajectory={traj}", *top, f"output={output or self.tmp / 'cg'}",
+                                "progress=false", *overrides])
+
+    def generate(self, *overrides: str) -> Any:
+        """A tiny chain run (seconds) into ``ref``."""
+        from tests.conftest import tiny_chain_overrides
+
+        return self.run("generate", [*tiny_chain_overrides(self.tmp / "ref"), *overrides])
+
+    def demo(self, *overrides: str) -> Any:
+        return self.run("demo", [f"output={self.tmp / 'out'}", "progress=false", *overrides])
+
+    def export(self, dst: Path | str | None = None, src: Path | str | None = None, **kw: Any) -> Any:
+        from cgsim.train.export import export_model
+
+        return export_model(src or self.ckpt, dst or self.tmp / "out" / "model.pt", **kw)
+
+    def read_only(self, name: str) -> Path:
+        """An existing, empty output directory on a file system that says it is read-only."""
+        (self.tmp / name).mkdir()
+        return self.refuse_writes(self.tmp / name, errno.EROFS, early=True)
+
 
 # -- inputs made on the fly ---------------------------------------------------------------------
 #: the fixture system's DCD: header bytes and bytes per frame (83 atoms, with a unit cell)
@@ -80,6 +158,110 @@ def truncated_dcd(ctx: Ctx, keep: int) -> Path:
     with open(path, "r+b") as fh:
         fh.truncate(keep)
     return path
+
+
+def xtc(ctx: Ctx, name: str = "md.xtc", n_frames: int = 4, scale: float = 1.0) -> Path:
+    """The wrapped fixture electrolyte as a plain XTC (``scale``: its coordinates times that)."""
+    traj = wrapped_md(n_frames)
+    traj.xyz *= scale
+    traj.unitcell_vectors *= scale
+    path = ctx.tmp / name
+    traj.save_xtc(str(path))
+    return path
+
+
+def nan_frames(ctx: Ctx, name: str = "nan.h5") -> Path:
+    """The fixture electrolyte as HDF5 (which keeps NaN) with one NaN atom in frame 2."""
+    traj = wrapped_md(4)
+    traj.xyz[2, 7] = np.nan
+    path = ctx.tmp / name
+    traj.save_hdf5(str(path))
+    return path
+
+
+def uneven_times(ctx: Ctx) -> Path:
+    traj = wrapped_md(4)
+    traj.time = np.array([0.0, 1.0, 3.0, 4.0])
+    path = ctx.tmp / "uneven.xtc"
+    traj.save_xtc(str(path))
+    return path
+
+
+def edited_copy(ctx: Ctx, name: str, frames: Callable[[md.Trajectory], md.Trajectory] | None = None,
+                h5: bool = False, src: Path = SEQ) -> Path:
+    """A copy of the mapped system ``src`` whose frames are ``frames(trajectory)`` (as HDF5 with ``h5``,
+    which keeps NaN), its sidecar updated to match."""
+    d = copy_of(ctx, src, name)
+    traj = md.load(str(d / "beads.xtc"), top=str(d / "beads.pdb"))
+    if frames is not None:
+        traj = frames(traj)
+    meta = json.loads((d / "beads.json").read_text())
+    meta["n_frames"] = traj.n_frames
+    if h5:
+        (d / "beads.xtc").unlink()
+        traj.save_hdf5(str(d / "beads.h5"))
+        meta["trajectory"] = "beads.h5"
+    else:
+        traj.save_xtc(str(d / "beads.xtc"))
+    (d / "beads.json").write_text(json.dumps(meta))
+    return d
+
+
+def _with(**changes: Any) -> Callable[[md.Trajectory], md.Trajectory]:
+    def change(traj: md.Trajectory) -> md.Trajectory:
+        if "scale" in changes:
+            traj.xyz *= changes["scale"]
+        if "nan" in changes:
+            traj.xyz[changes["nan"], 3] = np.nan
+        if "frames" in changes:
+            traj = traj[:changes["frames"]]
+        return traj
+    return change
+
+
+def ranged_checkpoint(ctx: Ctx, periodic: bool = False, density: float | None = None) -> Path:
+    """The tiny checkpoint with the ranges of its training system (seq_000) in its model card."""
+    from cgsim.data.load import load_systems
+    from cgsim.data.ranges import training_ranges
+
+    systems = load_systems([str(SEQ)], "test")
+    ranges = training_ranges(systems.trajectories, systems.atom_types).to_dict()
+    if density is not None:
+        ranges["density"] = [density, density]
+
+    def edit(data: dict) -> None:
+        data["data"]["ranges"] = ranges
+        data["data"]["periodic"] = periodic
+
+    return checkpoint_with(ctx, edit, "ranged.pt")
+
+
+def boxed_copy(ctx: Ctx, name: str, length: float) -> Path:
+    """seq_000 as a periodic system in a cubic box of ``length`` nm (its sidecar says periodic)."""
+    def boxed(traj: md.Trajectory) -> md.Trajectory:
+        traj.unitcell_vectors = np.repeat(np.eye(3, dtype=np.float32)[None] * length, traj.n_frames, axis=0)
+        return traj
+
+    d = edited_copy(ctx, name, boxed)
+    meta = json.loads((d / "beads.json").read_text())
+    meta["system"]["periodic"] = True
+    (d / "beads.json").write_text(json.dumps(meta))
+    return d
+
+
+def a_rollout(ctx: Ctx, name: str = "prev", *overrides: str) -> Path:
+    """A finished two-step rollout in ``name``."""
+    ctx.rollout(f"output={ctx.tmp / name}", *overrides)
+    return ctx.tmp / name
+
+
+def a_training(ctx: Ctx, name: str = "prev") -> Path:
+    """A one-epoch, one-step training run in ``name``."""
+    ctx.train(*TINY_EPOCH, f"output={ctx.tmp / name}")
+    return ctx.tmp / name
+
+
+TINY_EPOCH = ("trainer.max_epochs=1", "trainer.max_steps_per_epoch=1", "trainer.rollout_steps=2", "trainer.val_windows=4")
 
 
 def checkpoint_with(ctx: Ctx, edit: Callable[[dict], None], name: str = "edited.pt") -> Path:
@@ -119,7 +301,7 @@ def lammps_map(ctx: Ctx, n_frames: int = 12, timestep: bool = True, ion_scale: f
                out: str = "lmp") -> Path:
     """The fixture electrolyte as a LAMMPS data file + dump without ITEM: TIME (as LAMMPS writes it by
     default), mapped by molecule; ``ion_scale`` scales the Li+ and TFSI- charges (molecules 2-5)."""
-    from tests.test_mapping_cli import DATA, write_dump
+    write_dump = write_mapping_dump
 
     data_path = DATA
     if ion_scale != 1.0:
@@ -265,18 +447,341 @@ CASES: list[tuple[str, Callable[[Ctx], Any], str]] = [
 ]
 
 
+# -- q. required options and counts that cannot run (issue 22: one line, not hydra's text) ----------
+CASES += [
+    ("q-rollout-missing-steps",
+     lambda c: c.run("rollout", [f"checkpoint={c.ckpt}", f"initial={SEQ}", f"output={c.tmp / 'out'}"]),
+     "steps: is required; give steps=VALUE (see `cgsim rollout --cfg job`)"),
+    ("q-rollout-missing-checkpoint", lambda c: c.run("rollout", [f"initial={SEQ}", "steps=2", f"output={c.tmp / 'out'}"]),
+     "checkpoint: is required; give checkpoint=VALUE"),
+    ("q-rollout-missing-initial", lambda c: c.run("rollout", [f"checkpoint={c.ckpt}", "steps=2", f"output={c.tmp / 'out'}"]),
+     "initial: is required; give initial=VALUE"),
+    ("q-rollout-missing-output", lambda c: c.run("rollout", [f"checkpoint={c.ckpt}", f"initial={SEQ}", "steps=2"]),
+     "output: is required; give output=VALUE"),
+    ("q-evaluate-missing-reference", lambda c: c.run("evaluate", [f"output={c.tmp / 'out'}"]),
+     "reference: is required; give reference=VALUE (see `cgsim evaluate --cfg job`)"),
+    ("q-map-missing-trajectory", lambda c: c.run("map", [f"output={c.tmp / 'cg'}"]),
+     "input.trajectory: is required: input.trajectory=PATH (the trajectory to map)"),
+    ("q-map-missing-output", lambda c: c.run("map", [f"input.trajectory={xtc(c)}", f"input.topology={PDB}"]),
+     "output: is required: output=DIR (where the bead files go)"),
+    ("q-map-file-scheme-without-path", lambda c: c.map("mapping=file"), "mapping.path: is required"),
+    ("q-rollout-evaluate-without-reference", lambda c: c.rollout("evaluate=true"),
+     "reference: evaluate=true needs reference=PATH"),
+    ("q-rollout-zero-steps", lambda c: c.rollout("steps=0"), "steps: expected an integer >= 1, got 0"),
+    ("q-rollout-zero-replicas", lambda c: c.rollout("replicas=0"), "replicas: expected an integer >= 1, got 0"),
+    ("q-rollout-save-every-zero", lambda c: c.rollout("save_every=0"), "save_every: expected an integer >= 1, got 0"),
+    ("q-rollout-checkpoint-every-negative", lambda c: c.rollout("checkpoint_every=-1"),
+     "checkpoint_every: expected an integer >= 0, got -1"),
+    ("q-train-validate-every-zero", lambda c: c.train("trainer.validate_every=0"), "trainer.validate_every: must be >= 1"),
+    ("q-train-val-windows-zero", lambda c: c.train("trainer.val_windows=0"), "trainer.val_windows: expected an integer >= 1"),
+    ("q-train-normalization-windows-zero", lambda c: c.train("data.normalization_windows=0"),
+     "data.normalization_windows: expected an integer >= 1"),
+    ("q-demo-zero-steps", lambda c: c.demo("cases.chain.steps=0"), "cases.chain.steps: expected an integer >= 1"),
+    ("q-generate-zero-chains", lambda c: c.generate("system.n_chains=0"), "system.n_chains: expected a positive number"),
+    ("q-generate-frames-per-chunk-zero", lambda c: c.generate("frames_per_chunk=0"), "frames_per_chunk: expected a positive"),
+]
+
+# -- r. coordinates in the wrong unit: far outside the model's training ranges --------------------------
+CASES += [
+    ("r-rollout-initial-in-angstrom",
+     lambda c: c.rollout(checkpoint=ranged_checkpoint(c), initial=edited_copy(c, "ang", _with(scale=10.0))),
+     "span 9.632-21.99 nm, beyond 2x the model's training range 0.7855-2.199 nm (coordinates in Angstrom instead of "
+     "nm?); map the initial state in nm, or pass allow_extrapolation=true"),
+    ("r-rollout-initial-10x-too-small",
+     lambda c: c.rollout(checkpoint=ranged_checkpoint(c), initial=edited_copy(c, "small", _with(scale=0.1))),
+     "beyond 2x the model's training range 0.7855-2.199 nm (coordinates in a unit larger than nm"),
+    ("r-rollout-box-in-angstrom",
+     lambda c: c.rollout(checkpoint=ranged_checkpoint(c, periodic=True, density=30 / 30.0**3),
+                         initial=boxed_copy(c, "box", 300.0)),
+     "bead density 1.111e-06 /nm^3 lies beyond 2x the model's training range 0.001111-0.001111 /nm^3 (coordinates in "
+     "Angstrom instead of nm?)"),
+]
+
+# -- s. non-finite positions name the file and the frame ---------------------------------------------
+CASES += [
+    ("s-rollout-initial-with-nan", lambda c: c.rollout(initial=edited_copy(c, "nan", _with(nan=5), h5=True)),
+     "nan/seq_000/beads.h5: frame 5 holds non-finite coordinates (bead 3, 1 coordinate triple(s) in all)"),
+    ("s-train-validation-with-nan", lambda c: c.train(val=f"['{edited_copy(c, 'nan', _with(nan=7), h5=True)}']"),
+     "beads.h5: frame 7 holds non-finite coordinates"),
+    ("s-evaluate-reference-with-nan", lambda c: c.evaluate(reference=edited_copy(c, "nan", _with(nan=5), h5=True)),
+     "beads.h5: frame 5 holds non-finite coordinates (particle 3"),
+    ("s-map-input-with-nan", lambda c: c.map(trajectory=nan_frames(c)), "nan.h5: frame 2: non-finite coordinates (atom 7)"),
+    ("s-rollout-divergence-factor-one", lambda c: c.rollout("divergence_factor=1"),
+     "divergence_factor: expected a number > 1"),
+]
+
+# -- t. resuming from files that cannot be resumed -----------------------------------------------------
+CASES += [
+    ("t-rollout-resume-without-state", lambda c: c.rollout("resume=true"),
+     "rollout_state.pt: resume=true but there is no rollout state to resume from"),
+    ("t-rollout-output-holds-a-rollout", lambda c: c.rollout(f"output={a_rollout(c)}"),
+     "prev: output already holds a rollout; pass resume=true to continue it or choose another output"),
+    ("t-rollout-resume-with-another-seed", lambda c: c.rollout(f"output={a_rollout(c)}", "resume=true", "seed=5"),
+     "rollout_state.pt: rollout was started with a different 'seed'; resume with the same settings"),
+    ("t-rollout-state-of-another-format",
+     lambda c: ((c.tmp / "prev").mkdir(), torch.save({"a": 1}, c.tmp / "prev" / "rollout_state.pt"),
+                c.rollout("resume=true", f"output={c.tmp / 'prev'}")),
+     "rollout_state.pt: field 'format' is not 'cgsim-rollout-state'; not a cgsim rollout state"),
+    ("t-rollout-resume-truncated-state",
+     lambda c: c.rollout(f"output={truncated(a_rollout(c) / 'rollout_state.pt').parent}", "resume=true"),
+     "rollout_state.pt: not a readable rollout state (truncated or another format"),
+    ("t-rollout-resume-truncated-h5",
+     lambda c: c.rollout(f"output={truncated(a_rollout(c) / 'seq_000' / 'replica_000' / 'rollout.h5').parents[2]}",
+                         "resume=true"),
+     "replica_000/rollout.h5: cannot be read (truncated or not an HDF5 trajectory: HDF5ExtError); the rollout cannot "
+     "resume from it: restore the file or start a new output"),
+    ("t-rollout-resume-h5-gone",
+     lambda c: c.rollout(f"output={removed(a_rollout(c) / 'seq_000' / 'replica_000' / 'rollout.h5').parents[2]}",
+                         "resume=true"),
+     "rollout.h5: holds 0 frames but the rollout state committed 3; cannot resume"),
+    ("t-train-resume-without-checkpoint", lambda c: c.train("resume=true"),
+     "checkpoints/last.pt: resume=true but there is no checkpoint to resume from"),
+    ("t-train-output-holds-a-run", lambda c: c.train(*TINY_EPOCH, f"output={a_training(c)}"),
+     "prev: output already holds a training run; pass resume=true"),
+    ("t-train-resume-truncated-checkpoint",
+     lambda c: c.train("resume=true", f"output={truncated(a_training(c) / 'checkpoints' / 'last.pt').parents[1]}"),
+     "last.pt: not a readable checkpoint"),
+    ("t-train-resume-with-another-batch-size",
+     lambda c: c.train("resume=true", "trainer.batch_size=3", f"output={a_training(c)}"),
+     "last.pt: checkpoint was trained with a different 'trainer.batch_size' config"),
+]
+
+# -- w. outputs the file system refuses: under a file, read-only, a full disk (fault injection) --------
+UNDER_A_FILE = "afile, which is a file, not a directory; choose another output directory"
+READ_ONLY = "is on a read-only file system [EROFS]; choose an output on a writable file system"
+REFUSED_RO = "cannot be written: read-only file system [EROFS]; choose an output on a writable file system"
+FULL = ("cannot be written: no space left on device [ENOSPC]; free some space (or choose an output on another disk) "
+        "and run again; files already there are unchanged")
+CASES += [
+    ("w-map-output-under-a-file", lambda c: c.map(output=c.file() / "cg"), UNDER_A_FILE),
+    ("w-map-output-is-a-file", lambda c: c.map(output=c.file()), "afile is a file, not a directory"),
+    ("w-map-read-only", lambda c: c.map(output=c.read_only("cg")), f"cg {READ_ONLY}"),
+    ("w-map-read-only-at-write", lambda c: (c.refuse_writes(c.tmp / "cg", errno.EROFS), c.map()),
+     f"cg/beads.h5: {REFUSED_RO}"),
+    ("w-map-disk-full", lambda c: (c.refuse_writes(c.tmp / "cg", errno.ENOSPC), c.map()), f"cg/beads.h5: {FULL}"),
+    ("w-map-disk-full-at-the-last-file", lambda c: (c.refuse_writes(c.tmp / "cg", errno.ENOSPC, after=3), c.map()),
+     f"cg/beads.json: {FULL}"),
+    ("w-rollout-output-under-a-file", lambda c: c.rollout(f"output={c.file() / 'out'}"), UNDER_A_FILE),
+    ("w-rollout-read-only", lambda c: c.rollout(f"output={c.read_only('out')}"), f"out {READ_ONLY}"),
+    ("w-rollout-read-only-at-write", lambda c: (c.refuse_writes(c.tmp / "out", errno.EROFS), c.rollout()),
+     f"out/dataset.json: {REFUSED_RO}"),
+    ("w-rollout-disk-full", lambda c: (c.refuse_writes(c.tmp / "out", errno.ENOSPC), c.rollout()),
+     f"out/dataset.json: {FULL}"),
+    ("w-train-output-under-a-file", lambda c: c.train(f"output={c.file() / 'out'}"), UNDER_A_FILE),
+    ("w-train-read-only", lambda c: c.train(f"output={c.read_only('out')}"), f"out {READ_ONLY}"),
+    ("w-train-disk-full", lambda c: (c.refuse_writes(c.tmp / "out", errno.ENOSPC), c.train(*TINY_EPOCH)),
+     f"out/checkpoints/last.pt: {FULL}"),
+    ("w-evaluate-output-under-a-file", lambda c: c.evaluate(f"output={c.file() / 'out'}"), UNDER_A_FILE),
+    ("w-evaluate-read-only-at-write",
+     lambda c: (c.refuse_writes(c.tmp / "out", errno.EROFS), c.evaluate("noise_floor=false", "observables=[rdf]")),
+     f"out/metrics.json: {REFUSED_RO}"),
+    ("w-evaluate-disk-full-at-the-report",
+     lambda c: (c.refuse_writes(c.tmp / "out", errno.ENOSPC, after=1), c.evaluate("noise_floor=false", "observables=[rdf]")),
+     f"out/report.md: {FULL}"),
+    ("w-generate-output-under-a-file", lambda c: c.generate(f"output={c.file() / 'ref'}"), UNDER_A_FILE),
+    ("w-generate-read-only", lambda c: c.generate(f"output={c.read_only('ref')}"), f"ref {READ_ONLY}"),
+    ("w-generate-disk-full", lambda c: (c.refuse_writes(c.tmp / "ref", errno.ENOSPC), c.generate()),
+     f"ref/.run/identity.json: {FULL}"),
+    ("w-demo-output-under-a-file", lambda c: c.demo(f"output={c.file() / 'out'}"), UNDER_A_FILE),
+    ("w-demo-read-only", lambda c: c.demo(f"output={c.read_only('out')}"), f"out {READ_ONLY}"),
+    ("w-export-under-a-file", lambda c: c.export(c.file() / "model.pt"), "afile is a file, not a directory"),
+    ("w-export-disk-full", lambda c: (c.refuse_writes(c.tmp / "out", errno.ENOSPC), c.export()), f"out/model.pt: {FULL}"),
+    ("w-export-onto-a-directory", lambda c: ((c.tmp / "out").mkdir(), c.export(c.tmp / "out")),
+     "out is a directory; expected the path of the model file to write"),
+    ("w-export-over-its-source", lambda c: c.export(c.ckpt),
+     "is the source checkpoint: exporting over it would lose what it keeps to resume training"),
+]
+
+# -- further real mistakes, verb by verb -------------------------------------------------------------------
+CASES += [
+    # rollout
+    ("rollout-checkpoint-not-found", lambda c: c.rollout(checkpoint=c.tmp / "nosuch.pt"), "nosuch.pt: checkpoint file not found"),
+    ("rollout-checkpoint-is-text", lambda c: ((c.tmp / "x.pt").write_text("hello"), c.rollout(checkpoint=c.tmp / "x.pt")),
+     "x.pt: not a readable checkpoint (truncated or another format: UnpicklingError)"),
+    ("rollout-checkpoint-truncated", lambda c: c.rollout(checkpoint=truncated(shutil.copy(c.ckpt, c.tmp / "t.pt"))),
+     "t.pt: not a readable checkpoint (truncated or another format"),
+    ("rollout-initial-not-found", lambda c: c.rollout(initial=c.tmp / "nosuch"),
+     "initial: no mapped system at"),
+    ("rollout-initial-is-the-trajectory-file", lambda c: c.rollout(initial=SEQ / "beads.xtc"),
+     "beads.xtc: no mapping.yaml; expected a directory written by `cgsim map`"),
+    ("rollout-initial-empty-list", lambda c: c.rollout(initial="[]"),
+     "initial: expected a mapped-system directory or a list of them, got []"),
+    ("rollout-initial-shorter-than-history", lambda c: c.rollout(initial=edited_copy(c, "short", _with(frames=2))),
+     "trajectory has 2 frames; the model needs a history of 3 frames"),
+    ("rollout-initial-at-another-time-step",
+     lambda c: c.rollout(checkpoint=checkpoint_with(c, lambda d: d["data"].__setitem__("learned_dt", 7.0))),
+     "initial: frames are 5 tau apart; with the model's stride 1 that is not its learned dt 7 tau"),
+    ("rollout-initial-in-other-time-units",
+     lambda c: c.rollout(checkpoint=checkpoint_with(c, lambda d: d["data"].__setitem__("time_unit", "ps"))),
+     "initial: systems are in tau units, the model was trained in ps"),
+    ("rollout-fine-types-unknown-to-the-model",
+     lambda c: c.rollout(checkpoint=checkpoint_with(c, lambda d: d["data"].__setitem__(
+         "atom_types", [f"X{k}" for k in range(len(d["data"]["atom_types"]))]))),
+     "are unknown to the model"),
+    ("rollout-by-type-pair-with-min-distance", lambda c: c.rollout("guard.by_type_pair=true", "guard.min_distance=0.3"),
+     "guard.by_type_pair: per type pair limits come from guard.min_distance_factor; leave guard.min_distance null"),
+    ("rollout-exclusion-factor-above-one", lambda c: c.rollout("exclusion.enabled=true", "exclusion.factor=1.5"),
+     "exclusion.factor: expected a fraction of the closest approach in (0, 1], got 1.5"),
+    ("rollout-exclusion-without-iterations", lambda c: c.rollout("exclusion.enabled=true", "exclusion.iterations=0"),
+     "exclusion.iterations: expected an integer >= 1, got 0"),
+    ("rollout-negative-redraws", lambda c: c.rollout("guard.redraws=-1"), "guard.redraws: expected an integer >= 0"),
+    ("rollout-guard-scans-no-frames", lambda c: c.rollout("guard.scan_frames=0"), "guard.scan_frames: expected an integer >= 1"),
+    ("rollout-bond-factor-below-one", lambda c: c.rollout("guard.max_bond_factor=0.5"),
+     "guard.max_bond_factor: expected a factor > 1 of the longest initial bond"),
+    ("rollout-negative-min-distance", lambda c: c.rollout("guard.min_distance=-1"), "guard.min_distance: expected a distance >= 0"),
+    ("rollout-refine-a-model-without-refiner", lambda c: c.rollout("refine.levels=3"),
+     "refine.levels: " ),
+    ("rollout-prior-on-a-model-without-prior", lambda c: c.rollout("prior.steps=3"),
+     "carries no structural prior (export it with --prior); nothing to schedule"),
+    ("rollout-misspelt-device", lambda c: c.rollout("device=gpu0"),
+     "device: 'gpu0' is not a torch device; expected cpu, cuda or cuda:N"),
+    ("rollout-negative-threads", lambda c: c.rollout("num_threads=-2"),
+     "num_threads: expected an integer >= 1 (torch threads) or null, got -2"),
+    ("rollout-bad-evaluate-override", lambda c: c.rollout("evaluate=true", f"reference={SEQ}", "evaluate_overrides=['nosuch=1']"),
+     "evaluate_overrides: nosuch: unknown key; allowed keys: reference, rollout"),
+    # evaluate
+    ("evaluate-reference-not-found", lambda c: c.evaluate(reference=c.tmp / "nosuch"),
+     "reference: " ),
+    ("evaluate-reference-glob-matches-nothing", lambda c: c.evaluate(reference=f"{c.tmp}/nosuch_*"),
+     "matches nothing; expected trajectory files or directories"),
+    ("evaluate-rollout-not-found", lambda c: c.evaluate(f"rollout={c.tmp / 'nosuch'}"), "rollout: "),
+    ("evaluate-unknown-observable", lambda c: c.evaluate("observables=[rdf,foo]"), "observables: unknown observables ['foo']"),
+    ("evaluate-no-observables", lambda c: c.evaluate("observables=[]"), "observables: empty selection"),
+    ("evaluate-rollout-of-another-system", lambda c: c.evaluate(f"rollout={SEQ.parent / 'seq_001'}"),
+     "topology does not match the reference"),
+    ("evaluate-zero-stride", lambda c: c.evaluate("stride=0"), "stride: expected a positive whole number, got 0"),
+    ("evaluate-zero-rdf-bins", lambda c: c.evaluate("rdf.n_bins=0"), "rdf.n_bins: expected a positive number of bins"),
+    ("evaluate-fit-window-reversed", lambda c: c.evaluate("observables=[diffusion]", "dynamics.fit_window=[20,2]"),
+     "dynamics.fit_window: expected [t_start, t_end] in ps with 0 <= t_start < t_end"),
+    ("evaluate-zero-blocks", lambda c: c.evaluate("observables=[diffusion]", "dynamics.n_blocks=0"),
+     "dynamics.n_blocks: expected a positive number of blocks"),
+    ("evaluate-unknown-acf-method", lambda c: c.evaluate("observables=[rg_acf]", "dynamics.acf_method=fit"),
+     "dynamics.acf_method: got 'fit', expected 'integral' or 'exponential'"),
+    ("evaluate-unknown-rdf-method", lambda c: c.evaluate("observables=[rdf]", "rdf.method=fast"),
+     "rdf.method: got 'fast', expected one of"),
+    ("evaluate-trajectory-without-sidecar",
+     lambda c: (shutil.copy(SEQ / "beads.xtc", c.tmp / "b.xtc"), c.evaluate(reference=c.tmp / "b.xtc")),
+     "b.json: metadata sidecar not found"),
+    ("evaluate-sidecar-not-json",
+     lambda c: c.evaluate(reference=sidecar_text(c, "{oops")), "beads.json: not valid JSON"),
+    ("evaluate-negative-contact-cutoff", lambda c: c.evaluate("observables=[contact_map]", "polymer.contact_cutoff=-1"),
+     "polymer.contact_cutoff: expected a positive number of nm"),
+    ("evaluate-zero-dpi", lambda c: c.evaluate("observables=[rdf]", "dpi=0", "figures=true"),
+     "dpi: expected an integer >= 1 (figure resolution, dots per inch), got 0"),
+    ("evaluate-fit-window-fraction-reversed",
+     lambda c: c.evaluate("observables=[diffusion]", "dynamics.fit_window_fraction=[0.5,0.2]"),
+     "dynamics.fit_window_fraction: expected 0 <= start < end <= 1"),
+    # map
+    ("map-trajectory-not-found", lambda c: c.map(trajectory=c.tmp / "no.xtc"), "no.xtc: trajectory file not found"),
+    ("map-topology-not-found", lambda c: c.map(topology=c.tmp / "no.pdb"), "no.pdb: topology file not found"),
+    ("map-no-topology-for-xtc", lambda c: c.map(topology=None), "cannot read a topology"),
+    ("map-topology-of-another-system", lambda c: c.map(topology=SEQ / "beads.pdb"),
+     "has 83 atoms per frame but topology"),
+    ("map-unknown-pbc-mode", lambda c: c.map("pbc=wrap"), "pbc: unknown mode 'wrap'"),
+    ("map-unsupported-output-format", lambda c: c.map("trajectory_format=trr"), "trajectory_format: 'trr' is not supported"),
+    ("map-zero-stride", lambda c: c.map("input.stride=0"), "input.stride: expected a positive stride, got 0"),
+    ("map-selection-selects-nothing", lambda c: c.map("input.selection='resname NOPE'"), "selects no atoms of"),
+    ("map-selection-syntax", lambda c: c.map("input.selection='name ((('"), "is not a valid mdtraj selection"),
+    ("map-charges-file-not-found", lambda c: c.map(f"input.charges={c.tmp / 'q.txt'}"), "q.txt: charges file not found"),
+    ("map-charges-wrong-count", lambda c: ((c.tmp / "q.txt").write_text("1\n-1\n"), c.map(f"input.charges={c.tmp / 'q.txt'}")),
+     "q.txt: expected 83 atom charges (one per atom of the topology), got 2"),
+    ("map-metis-zero-atoms-per-bead", lambda c: c.map("mapping=metis", "mapping.atoms_per_bead=0"),
+     "mapping.atoms_per_bead: expected a positive number"),
+    ("map-mapping-file-not-found", lambda c: c.map("mapping=file", f"mapping.path={c.tmp / 'no.yaml'}"),
+     "no.yaml: mapping file not found"),
+    ("map-output-holds-a-mapping",
+     lambda c: (c.map("mapping=residue", output=c.tmp / "prev"), c.map(trajectory=xtc(c, "b.xtc"), output=c.tmp / "prev")),
+     "output dir already holds mapping.yaml, beads.pdb, beads.h5, beads.json; choose another output or set overwrite=true"),
+    ("map-frames-unevenly-spaced", lambda c: c.map(trajectory=uneven_times(c)), "frames are not evenly spaced in time"),
+    ("map-unreadable-format", lambda c: ((c.tmp / "md.abc").write_text("x"), c.map(trajectory=c.tmp / "md.abc")),
+     "md.abc: cannot be read with topology"),
+    ("map-empty-trajectory-file", lambda c: ((c.tmp / "e.xtc").write_bytes(b""), c.map(trajectory=c.tmp / "e.xtc")),
+     "e.xtc: cannot be read"),
+    ("map-unknown-weighting", lambda c: c.map("mapping=residue", "mapping.weighting=charge"),
+     "mapping.weighting: 'charge' is not a weighting"),
+    # train
+    ("train-system-not-found", lambda c: c.train(train=f"['{c.tmp}/nosuch']"), "data.train: no mapped system at"),
+    ("train-directory-not-mapped", lambda c: c.train(train=f"['{c.tmp}']"), "no mapping.yaml; expected a directory written by"),
+    ("train-history-longer-than-trajectories", lambda c: c.train("data.history=300", "model.history=300"),
+     "trajectory has 201 frames; a window of history 300 x stride 1 needs 301"),
+    ("train-zero-stride", lambda c: c.train("data.stride=0"), "data.stride: expected a stride of at least 1"),
+    ("train-zero-window-step", lambda c: c.train("data.window_step=0"), "data.window_step: expected at least 1"),
+    ("train-negative-input-noise", lambda c: c.train("data.noise_std=[-0.1]"),
+     "data.noise_std: expected input-noise standard deviations >= 0 nm"),
+    ("train-model-history-differs", lambda c: c.train("model.history=5"), "model.history: model reads 5 frames but data.history is 3"),
+    ("train-negative-learning-rate", lambda c: c.train("optim.lr=-1"), "optim.lr: expected a learning rate >= 0"),
+    ("train-ema-decay-one", lambda c: c.train("optim.ema_decay=1.0"), "optim.ema_decay: expected an EMA decay in (0, 1)"),
+    ("train-misspelt-device", lambda c: c.train("trainer.device=gpu0"), "trainer.device: 'gpu0' is not a torch device"),
+    ("train-negative-threads", lambda c: c.train("trainer.num_threads=-1"), "trainer.num_threads: expected an integer >= 1"),
+    ("train-negative-cutoff", lambda c: c.train("model.cutoff=-1"),
+     "model: cannot build cgsim.model.simulator.MultiScaleDynamics from these options (ValueError: cutoff must be positive"),
+    ("train-zero-ddp-timeout", lambda c: c.train("trainer.dist_timeout_s=0"), "trainer.dist_timeout_s: expected a positive"),
+    # generate
+    ("generate-save-interval-zero", lambda c: c.generate("system.save_interval=0"), "system.save_interval: expected a positive"),
+    ("generate-production-shorter-than-save-interval",
+     lambda c: c.generate("system.production_time=1", "system.save_interval=5"),
+     "system.save_interval: 5.0 exceeds production_time 1.0"),
+    ("generate-unknown-platform", lambda c: c.generate("platform=GPU9"), "platform: OpenMM platform 'GPU9' is not available here"),
+    ("generate-zero-threads", lambda c: c.generate("threads=0"), "threads: expected an integer >= 1 (CPU threads of the MD)"),
+    ("generate-chain-lengths-reversed", lambda c: c.generate("system.n_monomers=[12,8]"),
+     "system.n_monomers: expected [min, max] with 0 < min <= max"),
+    ("generate-negative-timestep", lambda c: c.generate("system.timestep=-0.01"), "system.timestep: expected a positive"),
+    ("generate-electrolyte-negative-salt",
+     lambda c: c.run("generate", [f"output={c.tmp / 'ref'}", "system=electrolyte", "system.n_salt=-1", "progress=false"]),
+     "system.n_salt: expected an integer >= 0"),
+    ("generate-electrolyte-negative-pressure",
+     lambda c: c.run("generate", [f"output={c.tmp / 'ref'}", "system=electrolyte", "system.pressure=-1", "progress=false"]),
+     "system.pressure: expected a number > 0"),
+    # demo
+    ("demo-zero-threads", lambda c: c.demo("num_threads=0"), "num_threads: expected a positive number of threads or null"),
+    ("demo-model-not-found", lambda c: c.demo(f"cases.chain.checkpoint={c.tmp / 'no.pt'}"),
+     "cases.chain.checkpoint: "),
+    ("demo-initial-not-found", lambda c: c.demo(f"cases.electrolyte.initial={c.tmp / 'nosuch'}"),
+     "cases.electrolyte.initial: no mapped system at"),
+    # export
+    ("export-source-not-found", lambda c: c.export(src=c.tmp / "no.pt"), "no.pt: checkpoint file not found"),
+    ("export-unknown-recommended-option", lambda c: c.export(recommend={"steps": 3}),
+     "--recommend steps: not a rollout option a model may recommend"),
+    ("export-refine-a-model-without-refiner", lambda c: c.export(refine={"levels": 3}),
+     "was trained without refinement (model/refinement=score); nothing to schedule"),
+    ("export-nan-weights", lambda c: c.export(src=checkpoint_with(c, _nan_weight, "nan.pt")),
+     "nan.pt: weights hold NaN or infinity"),
+]
+
+
+def truncated(path: Path | str) -> Path:
+    """``path`` cut to half its size (a kill or a full disk while an older cgsim wrote it)."""
+    path = Path(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def removed(path: Path) -> Path:
+    path.unlink()
+    return path
+
+
+def sidecar_text(ctx: Ctx, text: str) -> Path:
+    d = copy_of(ctx, SEQ, "side")
+    (d / "beads.json").write_text(text)
+    return d
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_one_line(case, tmp_path, compose_cfg, ckpt):
+def test_bad_input_one_line(case, tmp_path, compose_cfg, ckpt, monkeypatch):
     _, call, expected = case
-    ctx = Ctx(tmp=tmp_path, compose=compose_cfg, ckpt=ckpt)
+    ctx = Ctx(tmp=tmp_path, compose=compose_cfg, ckpt=ckpt, mp=monkeypatch)
     with pytest.raises(CgsimInputError) as exc:
         call(ctx)
+    monkeypatch.undo()
     text = str(exc.value)
     assert "\n" not in text
     assert expected in text
     for name in ("out", "cg", "ref"):
         out = tmp_path / name
-        assert not out.exists() or not any(out.iterdir()), f"{out} was written"
+        written = [p for p in out.rglob("*") if p.is_file()] if out.is_dir() else []
+        assert not written, f"{out} was written: {written}"
 
 
 def test_table_is_unique():
@@ -548,7 +1053,7 @@ def test_m_electrolyte_killed_in_npt_and_production_resumes_bitwise(tmp_path, co
     from cgsim.reference import electrolyte_generate as eg
     from cgsim.reference import runner as runner_mod
     from cgsim.reference.generate import run
-    from tests.test_electrolyte_generate import tiny_overrides
+    from tests.conftest import tiny_electrolyte_overrides as tiny_overrides
 
     def cfg(out: Path) -> Any:
         return compose_cfg("generate", tiny_overrides(out, threads=1))
@@ -774,3 +1279,225 @@ def test_p_one_unfinished_replica_among_finished(tmp_path, compose_cfg, ckpt):
     assert metrics["rollout"]["unfinished"]["n"] == 1
     assert any("1 of 3 trajectories come from a rollout that did not finish" in n and "excluded from the dynamical"
                in n for n in metrics["notes"])
+
+
+# -- r. the training ranges: run knowingly outside them; map warns on implausible bonds ------------------
+def test_r_allow_extrapolation_runs_and_says_so(tmp_path, compose_cfg, ckpt, capsys):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    summary = ctx.rollout("allow_extrapolation=true", checkpoint=ranged_checkpoint(ctx),
+                          initial=edited_copy(ctx, "ang", _with(scale=10.0)))
+    assert summary["steps"] == 2
+    out = capsys.readouterr().out
+    assert "rollout: allow_extrapolation=true: " in out and "beyond 2x the model's training range" in out
+
+
+def test_r_ranges_of_an_old_checkpoint_come_from_its_training_systems(tmp_path, compose_cfg, ckpt):
+    """A checkpoint written before ranges were recorded: measured on its listed training systems."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    old = checkpoint_with(ctx, lambda d: d["data"].update(train_systems=[str(SEQ)], ranges=None), "old.pt")
+    with pytest.raises(CgsimInputError, match=r"beyond 2x the model's training range .*Angstrom"):
+        ctx.rollout(checkpoint=old, initial=edited_copy(ctx, "ang", _with(scale=10.0)))
+    assert ctx.rollout(checkpoint=old)["steps"] == 2  # the same system in nm runs
+
+
+def test_r_map_warns_when_bonds_are_implausible_for_nm(tmp_path, caplog):
+    """The rule: median bead bond outside 0.05-5 nm or median atom bond outside 0.05-0.8 nm."""
+    ctx = Ctx(tmp_path, compose_root, Path("unused"))
+    with caplog.at_level("WARNING", logger="cgsim.mapping.command"):
+        res = ctx.map(trajectory=xtc(ctx, "angstrom.xtc", scale=10.0), output=tmp_path / "a")
+    assert len(res["warnings"]) == 1
+    warning = res["warnings"][0]
+    assert "\n" not in warning and "median atom bond is 1.3 nm (plausible: 0.05-0.8 nm)" in warning
+    assert "are the coordinates in Angstrom" in warning
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+    assert ctx.map(trajectory=xtc(ctx, "nm.xtc"), output=tmp_path / "n")["warnings"] == []
+
+
+# -- s. divergence is detected whatever the guard says -------------------------------------------------------
+def test_s_exploding_rollout_without_guard_ends_diverged(tmp_path, compose_cfg, ckpt, capsys):
+    """An untrained model with guard.enabled=false blows up: each replica ends "diverged", with its step
+    and replica in summary.json, its sidecar and the summary line; no frame after the divergence."""
+    from cgsim.report.loading import load_set
+
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    summary = ctx.rollout("steps=30", "replicas=2", "guard.enabled=false")
+    line = capsys.readouterr().out
+    members = summary["members"]
+    assert [m["status"] for m in members] == ["diverged", "diverged"] and summary["n_diverged"] == 2
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [m["status"] for m in saved["members"]] == ["diverged", "diverged"]
+    for r, m in enumerate(members):
+        assert m["replica"] == r and m["stop_reason"].startswith(f"diverged at step {m['stop_step']}: ")
+        assert "x the longest bond of the initial frames" in m["stop_reason"] or "from its centre" in m["stop_reason"]
+        assert m["frames"] == m["stop_step"]  # steps 0 .. stop_step - 1
+        side = json.loads((tmp_path / "out" / m["name"] / "rollout.json").read_text())
+        assert side["extra"]["status"] == "diverged" and side["extra"]["stop_step"] == m["stop_step"]
+    first = members[0]
+    assert (f"2 DIVERGED (first: seq_000/replica_000, replica 0, {first['stop_reason']}; its frames end at step "
+            f"{first['stop_step'] - 1} in {tmp_path / 'out' / 'seq_000' / 'replica_000' / 'rollout.h5'})") in line
+    loaded = load_set(tmp_path / "out", file_index=-1)  # evaluate leaves them out of the dynamics
+    assert [t.stop_step for t in loaded] == [m["stop_step"] for m in members]
+
+
+def test_s_a_molecule_that_grows_diverges(ckpt):
+    """The molecule-size limit alone (no bond limit) stops a member as diverged."""
+    from cgsim.data.load import load_systems
+    from cgsim.data.windows import history_positions
+    from cgsim.model.checkpoint import load_checkpoint as load
+    from cgsim.model.checkpoint import model_from_checkpoint
+    from cgsim.rollout.engine import DivergenceLimits, Member, RolloutEngine
+
+    model = model_from_checkpoint(load(ckpt))
+    traj = load_systems([str(SEQ)], "t").trajectories[0]
+    hist = history_positions(traj, model.history, 1)
+    members = [Member(0, r, f"r{r}", traj.graph, seed=r) for r in range(2)]
+    limits = [DivergenceLimits(max_size=1e-3), DivergenceLimits(max_size=1e3)]
+    engine = RolloutEngine(model, members, temperature=1.0, divergence=limits)
+    state = engine.run(engine.initial_state([hist, hist]), 3)
+    assert state.status(0) == "diverged" and state.stop_step[0] == 1
+    assert state.stop_reason[0].startswith("diverged at step 1: a molecule reached ")
+    assert "(3 x the largest of the initial frames)" in state.stop_reason[0]
+    assert state.stop_step[1] < 0 and state.status(1) == "running"
+
+
+def test_s_nan_inside_a_step_is_put_on_its_member(tmp_path, compose_cfg, ckpt, monkeypatch):
+    """A step whose sampling itself meets NaN (a refiner's update) stops the member that fails alone, as
+    diverged, naming the step; the other replicas go on."""
+    import cgsim.rollout.engine as engine_mod
+    from cgsim.errors import NonFinitePositions
+
+    real = engine_mod.learned_step
+
+    def failing(model, batch, noise, *a, **k):
+        if 1 in noise.args[0]:  # member 1's step, batched or alone: from its third call on
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                raise NonFinitePositions("pos", "positions contain NaN or infinity")
+        return real(model, batch, noise, *a, **k)
+
+    calls = {"n": 0}
+    monkeypatch.setattr(engine_mod, "learned_step", failing)
+    summary = Ctx(tmp_path, compose_cfg, ckpt).rollout("steps=5", "replicas=3", "guard.enabled=false",
+                                                       "divergence_factor=1000")
+    statuses = [m["status"] for m in summary["members"]]
+    assert statuses == ["finished", "diverged", "finished"]
+    assert summary["members"][1]["stop_reason"] == "diverged at step 3: non-finite coordinates"
+
+
+# -- t. a damaged rollout on resume=true: one line, nothing touched -------------------------------------
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_t_truncated_h5_on_resume_touches_nothing(tmp_path, compose_cfg, ckpt):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    out = a_rollout(ctx, "prev", "replicas=2", "steps=4", "checkpoint_every=2")
+    truncated(out / "seq_000" / "replica_001" / "rollout.h5")
+    before = _snapshot(out)
+    with pytest.raises(CgsimInputError, match=r"replica_001/rollout.h5: cannot be read \(truncated"):
+        ctx.rollout(f"output={out}", "replicas=2", "steps=6", "checkpoint_every=2", "resume=true")
+    assert _snapshot(out) == before
+
+
+def test_t_truncated_h5_on_resume_command_line(tmp_path, compose_cfg, ckpt):
+    """The command line: exit status 2 and the one line, no HDF5 diagnostics."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt)
+    out = a_rollout(ctx)
+    truncated(out / "seq_000" / "replica_000" / "rollout.h5")
+    res = _cgsim("rollout", f"checkpoint={ckpt}", f"initial={SEQ}", f"output={out}", "steps=4", "progress=false",
+                 "resume=true", cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"cgsim rollout: error: {out}/seq_000/replica_000/rollout.h5: cannot be read")
+
+
+# -- w. a full disk in the middle of a run: the files already there stay whole -------------------------
+def test_w_map_full_disk_keeps_the_earlier_mapping(tmp_path, compose_cfg, ckpt, monkeypatch):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt, monkeypatch)
+    ctx.map("mapping=residue", output=tmp_path / "prev")
+    before = _snapshot(tmp_path / "prev")
+    ctx.refuse_writes(tmp_path / "prev", errno.ENOSPC, after=3)  # the sidecar, the last of four files
+    with pytest.raises(CgsimInputError, match=r"prev/beads.json: cannot be written: no space left on device"):
+        ctx.map("mapping=molecule", "overwrite=true", trajectory=xtc(ctx, "other.xtc", n_frames=6), output=tmp_path / "prev")
+    monkeypatch.undo()
+    assert _snapshot(tmp_path / "prev") == before  # no temporary left, nothing replaced
+
+
+def test_w_evaluate_full_disk_keeps_the_earlier_report(tmp_path, compose_cfg, ckpt, monkeypatch):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt, monkeypatch)
+    base = ("noise_floor=false", "figures=true", "dpi=30")
+    ctx.evaluate(*base, "observables=[rdf,bond_lengths]")
+    before = _snapshot(tmp_path / "out")
+    assert "figures/bond_lengths.png" in before
+    ctx.refuse_writes(tmp_path / "out", errno.ENOSPC, after=1)
+    with pytest.raises(CgsimInputError, match="out/metrics.json: cannot be written: no space left"):
+        ctx.evaluate(*base, "observables=[rdf]")
+    monkeypatch.undo()
+    assert _snapshot(tmp_path / "out") == before
+
+
+def test_w_train_full_disk_keeps_the_last_checkpoint_and_resumes(tmp_path, compose_cfg, ckpt, monkeypatch):
+    """Epoch 2's checkpoint meets a full disk: epoch 1's last.pt and metrics.csv stay whole, and the resumed
+    run ends with the same weights as one that never stopped."""
+    ctx = Ctx(tmp_path, compose_cfg, ckpt, monkeypatch)
+    opts = ("trainer.max_epochs=2", "trainer.max_steps_per_epoch=2", "trainer.rollout_steps=2", "trainer.val_windows=4")
+    ctx.train(*opts, f"output={tmp_path / 'whole'}")
+    ctx.refuse_writes(tmp_path / "out", errno.ENOSPC, after=3)  # epoch 1: last.pt, best.pt, metrics.csv
+    with pytest.raises(CgsimInputError, match="out/checkpoints/last.pt: cannot be written: no space left"):
+        ctx.train(*opts)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["epoch"] == 0
+    assert len((tmp_path / "out" / "metrics.csv").read_text().splitlines()) == 2
+    ctx.train(*opts, "resume=true")
+    a = load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+
+
+def test_w_rollout_full_disk_mid_run_resumes_to_the_same_frames(tmp_path, compose_cfg, ckpt, monkeypatch):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt, monkeypatch)
+    opts = ("steps=6", "replicas=2", "checkpoint_every=2", "divergence_factor=1000")
+    whole = a_rollout(ctx, "whole", *opts)
+    ctx.refuse_writes(tmp_path / "out", errno.ENOSPC, after=14)  # inside the second commit of frames
+    with pytest.raises(CgsimInputError, match="cannot be written: no space left on device"):
+        ctx.rollout(*opts)
+    monkeypatch.undo()
+    ctx.rollout(*opts, "resume=true")
+    for r in range(2):
+        name = f"seq_000/replica_{r:03d}/rollout.h5"
+        assert np.array_equal(md.load(str(tmp_path / "out" / name)).xyz, md.load(str(whole / name)).xyz)
+
+
+def test_w_generate_full_disk_then_rerun_continues_bitwise(tmp_path, compose_cfg, ckpt, monkeypatch):
+    ctx = Ctx(tmp_path, compose_cfg, ckpt, monkeypatch)
+    threads = ("platform=CPU", "threads=1")
+    ctx.run("generate", [*_tiny_chain(tmp_path / "whole"), *threads])
+    ctx.refuse_writes(tmp_path / "ref", errno.ENOSPC, after=8)
+    with pytest.raises(CgsimInputError, match="cannot be written: no space left on device"):
+        ctx.generate(*threads)
+    monkeypatch.undo()
+    ctx.generate(*threads)
+    for i in range(3):
+        assert (tmp_path / "ref" / f"seq_{i:03d}.xtc").read_bytes() == (tmp_path / "whole" / f"seq_{i:03d}.xtc").read_bytes()
+
+
+def _tiny_chain(out: Path) -> list[str]:
+    from tests.conftest import tiny_chain_overrides
+
+    return tiny_chain_overrides(out)
+
+
+# -- export from the command line: one line, exit status 2 ------------------------------------------------
+@pytest.mark.parametrize("args, expected", [
+    (["{tmp}/no.pt", "{tmp}/m.pt"], "export: error: {tmp}/no.pt: checkpoint file not found"),
+    (["{ckpt}", "{tmp}/m.pt", "--refine", "levels"], "export: error: --refine levels: expected KEY=VALUE, e.g. levels=12"),
+    (["{ckpt}", "{ckpt}"], "export: error: dst: {ckpt} is the source checkpoint"),
+], ids=["export-cli-source-not-found", "export-cli-refine-without-value", "export-cli-over-its-source"])
+def test_export_command_line_one_line_exit_2(tmp_path, ckpt, capsys, args, expected):
+    from cgsim.train.export import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(tmp=tmp_path, ckpt=ckpt) for a in args])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(expected.format(tmp=tmp_path, ckpt=ckpt))
