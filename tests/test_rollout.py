@@ -351,15 +351,13 @@ def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
 def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):
     out = tmp_path / "r"
     rollout(rollout_cfg(compose_cfg, ckpt_refined, out, "refine.sampler=diffusion", "refine.levels=3", "refine.steps_per_level=0",
-                 "guard.enabled=false",
-                        "divergence_factor=1000"))
+                 "guard.enabled=false", "divergence_factor=1000"))
     assert _frames(out).shape[0] == 7
     ode = rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "o", "refine.sampler=ode", "refine.levels=3",
-                       "refine.spacing=karras", "guard.enabled=false",
-                        "divergence_factor=1000"))
+                       "refine.spacing=karras", "guard.enabled=false", "divergence_factor=1000"))
     assert ode["steps"] == 6 and np.isfinite(_frames(tmp_path / "o")).all()
     kept = rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "c", "refine.keep_centres=true", "guard.enabled=false",
-                        "divergence_factor=1000"))
+                               "divergence_factor=1000"))
     assert kept["steps"] == 6 and np.isfinite(_frames(tmp_path / "c")).all()
     with pytest.raises(CgsimInputError, match="refine.spacing"):
         rollout(rollout_cfg(compose_cfg, ckpt_refined, tmp_path / "k", "refine.spacing=linear"))

@@ -19,7 +19,8 @@ limits (:func:`plan_members`, limits from :mod:`cgsim.rollout.limits`), build th
 Output (``output``): per member ``<system>/replica_<r>/`` with ``rollout.h5``, ``rollout.dcd``,
 ``beads.pdb`` and the ``rollout.json`` sidecar (see :mod:`cgsim.rollout.hooks`);
 ``rollout_state.pt`` (the rollout checkpoint ``resume=true`` continues from) and
-``summary.json`` (speed and the guard's verdict per member).
+``summary.json`` (speed, and per member its status: ``finished``, ``stopped`` by the guard or
+``diverged``, with the step and the reason).
 """
 
 from __future__ import annotations
