@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -125,10 +126,27 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        err = output_error(target, exc, writes_only=True) if isinstance(exc, OSError) else None
+        err = output_error(target, exc, writes_only=True) if isinstance(exc, OSError) else _hdf5_write_error(target, exc)
         if err is None:
             raise
         raise err from None
+
+
+def _hdf5_write_error(target: Path, exc: BaseException) -> CgsimOutputError | None:
+    """A one-line error for HDF5 (pytables) failing to write ``target``'s temporary file, or None.
+
+    The HDF5 library reports a full disk (or any failed write) as ``HDF5ExtError``, not as an
+    ``OSError``; the target itself is untouched (only the temporary file was being written).
+    """
+    try:
+        from tables.exceptions import HDF5ExtError
+    except ImportError:  # pragma: no cover - tables is a dependency
+        return None
+    if not isinstance(exc, HDF5ExtError):
+        return None
+    free = shutil.disk_usage(target.parent).free if target.parent.exists() else None
+    why = "the disk is full" if free is not None and free < 16 * 2**20 else "the HDF5 library could not write it"
+    return CgsimOutputError(str(target), f"cannot be written: {why}; files already there are unchanged")
 
 
 @contextlib.contextmanager

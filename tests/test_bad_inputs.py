@@ -1501,3 +1501,24 @@ def test_export_command_line_one_line_exit_2(tmp_path, ckpt, capsys, args, expec
         main([a.format(tmp=tmp_path, ckpt=ckpt) for a in args])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(expected.format(tmp=tmp_path, ckpt=ckpt))
+
+
+def test_w_hdf5_failing_mid_write_is_one_line_and_leaves_the_file(tmp_path, monkeypatch):
+    """pytables reports a full disk inside an HDF5 write as HDF5ExtError, not OSError: the
+    rollout's frame append (an HDF5 write through atomic_path) says so in one line, and the
+    rollout.h5 already there is unchanged."""
+    import mdtraj as md
+    from tables.exceptions import HDF5ExtError
+
+    from cgsim.errors import CgsimOutputError
+    from cgsim.io_utils import atomic_path
+
+    target = tmp_path / "rollout.h5"
+    target.write_bytes(b"old frames")
+    monkeypatch.setattr(md.formats.HDF5TrajectoryFile, "write",
+                        lambda self, *a, **k: (_ for _ in ()).throw(HDF5ExtError("Problems appending the elements")))
+    with pytest.raises(CgsimOutputError, match="rollout.h5: cannot be written"):
+        with atomic_path(target) as tmp, md.formats.HDF5TrajectoryFile(str(tmp), "w") as fh:
+            fh.write(coordinates=np.zeros((1, 2, 3), dtype=np.float32))
+    assert target.read_bytes() == b"old frames"
+    assert [p.name for p in tmp_path.iterdir()] == ["rollout.h5"]
