@@ -44,11 +44,15 @@ def remove_centre_shift(before: torch.Tensor, after: torch.Tensor, molecule: tor
     The change ``after - before`` loses its mean over every molecule of two or more beads, so
     only the molecule's internal coordinates change; single beads (ions) keep their full change.
     """
-    shift = after - before
+    return before + without_molecule_shift(after - before, molecule, n_molecules)
+
+
+def without_molecule_shift(shift: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
+    """``shift`` (N, 3) less its mean over every molecule of two or more beads (single beads keep theirs)."""
     counts = torch.bincount(molecule, minlength=n_molecules)
     centre = scatter(shift, molecule, dim=0, dim_size=n_molecules, reduce="mean")
     centre = centre * (counts > 1).to(shift.dtype)[:, None]
-    return after - centre[molecule]
+    return shift - centre[molecule]
 
 
 def collective_noise(eps: torch.Tensor, std: torch.Tensor, molecule: torch.Tensor, n_molecules: int,

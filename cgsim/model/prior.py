@@ -43,10 +43,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.utils import scatter
 
 from cgsim.geometry import radius_graph
 from cgsim.geometry.pbc import minimum_image
+from cgsim.model.collective import without_molecule_shift
 from cgsim.model.prior_tables import (  # noqa: F401 - re-exported: the prior's public names live here too
     LOWER_WALL,
     PairTable,
@@ -319,7 +319,7 @@ class StructuralPrior:
             z = noise()  # drawn in every update, so the member's noise stream does not depend on `settle`
             move = h_eff * g + (torch.sqrt(2 * h_eff) * z if k < self.steps - self.settle else 0.0)
             if molecule is not None:
-                move = _keep_centres(move, molecule, n_molecules)
+                move = without_molecule_shift(move, molecule, n_molecules)
             x = x + move
         return x
 
@@ -392,11 +392,3 @@ def _accumulate(out: torch.Tensor, x: torch.Tensor, pairs: torch.Tensor, idx: to
     f = (_table_slope(tab, idx, r) / r)[:, None] * vec  # dU/dx_i
     out.index_add_(0, i, f)
     out.index_add_(0, j, -f)
-
-
-def _keep_centres(move: torch.Tensor, molecule: torch.Tensor, n_molecules: int) -> torch.Tensor:
-    """``move`` (N, 3) without its mean over every molecule of two or more beads."""
-    counts = torch.bincount(molecule, minlength=n_molecules)
-    centre = scatter(move, molecule, dim=0, dim_size=n_molecules, reduce="mean")
-    centre = centre * (counts > 1).to(move.dtype)[:, None]
-    return move - centre[molecule]

@@ -160,6 +160,9 @@ def _collect(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any, sto
             vec = minimum_image(vec, b.box[b.batch[pairs[1]]])
         r = vec.norm(dim=-1).numpy()
         ids = idx.numpy()
+        if kind == "nb":  # the neighbour list has a skin: only pairs within the cutoff count
+            inside = r < prior.nb_cutoff
+            r, ids = r[inside], ids[inside]
         for j in np.unique(ids):
             store.setdefault((kind, int(j)), []).append(r[ids == j])
 
@@ -167,18 +170,9 @@ def _collect(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any, sto
 def _pairs_by_kind(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     out = {"bond": (topo.bond[0], topo.bond[1]), "angle": (topo.angle[0], topo.angle[1])}
     if topo.nb is not None:
-        pairs = prior._nb_pairs(frame, b.batch, b.box, topo)
-        keep = _within(frame, pairs, b, prior.nb_cutoff)
-        pairs = pairs[:, keep]
+        pairs = prior._nb_pairs(frame, b.batch, b.box, topo)  # cut at nb_cutoff in _collect
         out["nb"] = (pairs, topo.nb_lookup[topo.cls[pairs[0]], topo.cls[pairs[1]]])
     return out
-
-
-def _within(frame: torch.Tensor, pairs: torch.Tensor, b: Any, cutoff: float) -> torch.Tensor:
-    vec = frame[pairs[0]] - frame[pairs[1]]
-    if b.box is not None:
-        vec = minimum_image(vec, b.box[b.batch[pairs[1]]])
-    return vec.norm(dim=-1) < cutoff
 
 
 def _update(prior: StructuralPrior, drawn: dict, true: dict, n_windows: int,
