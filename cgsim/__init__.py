@@ -13,6 +13,7 @@ data passes through them:
 - :mod:`cgsim.rollout`      ``cgsim rollout``: the batched, guarded, resumable rollout engine
 - :mod:`cgsim.observables`  pure observables of bead trajectories (RDF, MSD, conductivity, ...)
 - :mod:`cgsim.report`       the ``cgsim evaluate`` report: loading, suite, figures, markdown
+- :mod:`cgsim.screen`       ``cgsim screen``: transport of new electrolyte compositions (MD, map, rollout, report)
 
 Modules: :mod:`cgsim.evaluate` and :mod:`cgsim.demo` (verbs), :mod:`cgsim.cli` (the ``cgsim``
 command), :mod:`cgsim.units`, :mod:`cgsim.metadata` (sidecars), :mod:`cgsim.io_utils` (atomic

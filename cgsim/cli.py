@@ -42,6 +42,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("cgsim.train", "fit the multi-scale GNN to mapped bead trajectories (experiment=...)"),
     "rollout": Verb("cgsim.rollout", "run a trained simulator long: batched replicas, guard, resume (checkpoint= initial= steps= output=)"),
     "evaluate": Verb("cgsim.evaluate", "observables of reference vs rollout -> metrics.json, report.md, figures"),
+    "screen": Verb("cgsim.screen", "transport of new electrolyte compositions: brief MD, map, learned rollout, report (eo_li= chain_length= n_chains= output=)"),
     "demo": Verb("cgsim.demo", "the main job on the shipped example data"),
 }
 

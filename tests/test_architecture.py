@@ -16,7 +16,7 @@ CONF = ROOT / "conf"
 INTERPOLATED = {"generate": {"output"}, "train": {"output"}}
 
 
-@pytest.mark.parametrize("verb", ["rollout", "map", "evaluate", "generate", "train"])
+@pytest.mark.parametrize("verb", ["rollout", "map", "evaluate", "generate", "train", "screen"])
 def test_root_configs_hold_no_default_of_their_schema(verb):
     """A verb with a structured schema keeps its defaults there only: its YAML merges the schema."""
     data = yaml.safe_load((CONF / f"{verb}.yaml").read_text())

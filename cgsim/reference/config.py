@@ -103,6 +103,10 @@ class ElectrolyteSystemConfig:
     density_tolerance: float = 0.005
     #: NVT before the first recorded frame, then production with frames every save_interval
     nvt_equilibration_time: float = 20.0
+    #: NVT box density, g/cm^3 (molecule centres scaled to it, molecules rigid); null = the mean
+    #: NPT density of the last window. ``cgsim screen`` sets it to the training runs' density
+    #: interpolated to its composition after a short NPT
+    nvt_density: float | None = None
     production_time: float = 2000.0
     save_interval: float = 2.0
     #: stem of the output files; null = composition label, e.g. peo8x20_litfsi10

@@ -316,6 +316,9 @@ class Equilibration:
         box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
         npt_blocks = [b for b in progress["blocks"] if b["stage"] == "npt"]  # >= 1: npt_max_time > 0
         length = float(np.mean([b["volume"] for b in npt_blocks[-s.window_blocks:]])) ** (1.0 / 3.0)
+        if s.nvt_density is not None:  # a density given from elsewhere (cgsim screen: the training runs')
+            progress["npt_density"] = float(el.density_g_cm3(self.total_mass, length**3))
+            length = el.box_length_for_density(self.total_mass, s.nvt_density)
         positions = scale_box(positions, self.molecules, self.masses, length / float(box[0, 0]))
         with atomic_path(self.dir / "equilibrated.npz") as tmp:
             with open(tmp, "wb") as fh:

@@ -9,8 +9,8 @@ The run, every stage resumable after a kill at any moment:
 4. **NPT** at ``pressure`` in blocks of ``npt_block`` (one checkpoint and one mean density per
    block) until the mean densities of the last two ``npt_window`` windows agree within
    ``density_tolerance`` (and at least ``npt_min_time`` has passed), or ``npt_max_time``;
-5. the box is set to the mean volume of the last window (molecule centres scaled, molecules
-   rigid), then **NVT** with a weak Langevin thermostat: ``nvt_equilibration_time`` unrecorded,
+5. the box is set to the mean volume of the last window (or to ``nvt_density`` when given;
+   molecule centres scaled, molecules rigid), then **NVT** with a weak Langevin thermostat: ``nvt_equilibration_time`` unrecorded,
    then ``production_time`` with a frame every ``save_interval``
    (:class:`cgsim.reference.runner.ChunkedRun`);
 6. **finalize**: ``NAME.pdb`` (topology: one chain per molecule, residues PEH / PEO / PET, LI,
@@ -79,6 +79,8 @@ def _identity(sc: DictConfig, s: ElectrolyteSettings) -> dict[str, Any]:
     system_cfg = OmegaConf.to_container(sc, resolve=True)
     system_cfg["n_salt"] = s.composition.n_salt
     system_cfg.pop("packmol", None)  # where the binary lives does not change the run
+    if system_cfg.get("nvt_density") is None:  # added later: runs that leave it unset keep their identity
+        system_cfg.pop("nvt_density", None)
     system_cfg["forcefield"] = {"file": s.forcefield.name, "sha256": el.file_sha256(s.forcefield)}
     return {"system": system_cfg, "plan": {
         "compress_steps": s.compress_steps, "block_steps": s.block_steps, "npt_min_steps": s.npt_min_steps,

@@ -82,6 +82,8 @@ class ElectrolyteSettings:
     save_steps: int
     file_name: str
     packmol_nloop: int | None = None
+    #: NVT box density, g/cm^3; None = the mean NPT density of the last window
+    nvt_density: float | None = None
 
     def system_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`cgsim.reference.electrolyte.create_system`."""
@@ -145,6 +147,7 @@ def settings_from_config(sc: DictConfig) -> ElectrolyteSettings:
     min_tol = _number(sc, "minimize_tolerance")
     compress_p = _number(sc, "compress_pressure")
     dens_tol = _number(sc, "density_tolerance", hi=0.5)
+    nvt_density = _number(sc, "nvt_density", hi=3.0, allow_none=True)
     for key in ("compress_time", "npt_min_time", "nvt_equilibration_time"):
         _number(sc, key, strict=False)
     for key in ("npt_block", "npt_sample", "npt_window", "npt_max_time", "production_time", "save_interval"):
@@ -185,7 +188,7 @@ def settings_from_config(sc: DictConfig) -> ElectrolyteSettings:
         barostat_interval=int(sc.barostat_interval), block_steps=block, sample_steps=sample, window_blocks=window,
         npt_min_steps=npt_min, npt_max_steps=npt_max, density_tolerance=dens_tol,
         nvt_steps=_steps(sc.nvt_equilibration_time, dt, "nvt_equilibration_time", allow_zero=True),
-        production_steps=prod, save_steps=save, file_name=str(name),
+        production_steps=prod, save_steps=save, file_name=str(name), nvt_density=nvt_density,
     )
     # the box must hold twice the cutoff even at the highest density it can reach
     top = el.build_topology(comp)
