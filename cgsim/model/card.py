@@ -288,6 +288,8 @@ def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None =
         defaults = {k: p.default for k, p in inspect.signature(ScoreRefiner.__init__).parameters.items()
                     if k in SCHEDULE_KEYS}
         schedule = {k: refinement.get(k, defaults[k]) for k in SCHEDULE_KEYS}
+        if schedule["sigma_end"] is None:  # the ladder ends at the trained floor
+            schedule["sigma_end"] = refinement.get("sigma_min", 0.02)
         stages.append("score_refiner")
         params["score_refiner"] = schedule
         calls += refiner_calls(schedule["sampler"], schedule["levels"], schedule["steps_per_level"],

@@ -117,7 +117,7 @@ def kept_weights(ckpt: dict[str, Any]) -> str:
 
 def slim_checkpoint(ckpt: dict[str, Any], exported: dict[str, Any], refine: dict[str, Any] | None = None,
                     prior: dict[str, Any] | None = None, recommended: dict[str, Any] | None = None,
-                    ranges: dict[str, Any] | None = None) -> dict[str, Any]:
+                    ranges: dict[str, Any] | None = None, weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model file of a training checkpoint (:mod:`cgsim.train.export`): no optimiser, one set of weights.
 
     Parameters
@@ -136,12 +136,16 @@ def slim_checkpoint(ckpt: dict[str, Any], exported: dict[str, Any], refine: dict
         the checkpoint's own is kept.
     ranges : dict, optional
         ``data.ranges`` for a checkpoint that lacks them (:class:`cgsim.model.card.TrainingRanges`).
+    weights : dict, optional
+        A state dict of the same architecture to store instead of the checkpoint's own weights
+        (a distilled student, :mod:`cgsim.train.distill`).
     """
     config = copy.deepcopy(ckpt["config"])
     if refine:
         config["model"]["refinement"].update(refine)
     slim = {k: ckpt[k] for k in KEEP if k in ckpt}
-    weights = ckpt["ema"] if kept_weights(ckpt) == "ema" else ckpt["model"]
+    if weights is None:
+        weights = ckpt["ema"] if kept_weights(ckpt) == "ema" else ckpt["model"]
     slim.update({"config": config, "model": weights, "ema": None, "exported": exported})
     if ranges is not None and "ranges" not in (slim.get("data") or {}):
         slim["data"] = {**slim.get("data", {}), "ranges": ranges}

@@ -67,17 +67,19 @@ from cgsim.model.mlp import MLP
 #: a source of standard-normal noise shaped like the positions, (N, 3)
 NoiseFn = Callable[[], torch.Tensor]
 
-SAMPLERS = ("langevin", "diffusion", "ode")
+SAMPLERS = ("langevin", "diffusion", "ode", "student")
 SPACINGS = ("geometric", "karras")
 #: exponent of the Karras et al. (2022) noise ladder
 KARRAS_RHO = 7.0
 #: the sampling schedule: what :meth:`ScoreRefiner.set_schedule` sets (not part of training)
 SCHEDULE_KEYS = ("sampler", "levels", "steps_per_level", "step_size", "sigma_start", "final_denoise", "spacing",
-                 "keep_centres")
+                 "keep_centres", "sigma_end")
 
 
 def refiner_calls(sampler: str, levels: int, steps_per_level: int, final_denoise: bool) -> int:
     """Network evaluations of the refiner per learned step for a schedule (module docstring)."""
+    if sampler == "student":  # one jump to the clean positions per level
+        return int(levels) + int(bool(final_denoise))
     per_level = {"langevin": 0, "diffusion": 1, "ode": 2}[sampler]
     return per_level * max(int(levels) - 1, 0) + int(levels) * int(steps_per_level) + int(bool(final_denoise))
 
@@ -117,7 +119,10 @@ class ScoreRefiner(nn.Module):
         Annealed Langevin from the Gaussian sample, predictor-corrector reverse diffusion, or
         the probability-flow ODE with Heun steps (see the module docstring).
     spacing : {"geometric", "karras"}
-        How the annealing levels are spread between ``sigma_start`` and ``sigma_min``.
+        How the annealing levels are spread between ``sigma_start`` and ``sigma_end``.
+    sigma_end : float, optional
+        Last (smallest) annealing level, same units; default ``sigma_min``. A few-jump student
+        sampler may stop its ladder higher (its last jump goes to the clean positions anyway).
     keep_centres : bool
         Keep each multi-bead molecule's centre where the Gaussian sample put it: the refinement
         changes only internal coordinates (and moves single beads freely). The denoiser, trained
@@ -130,7 +135,7 @@ class ScoreRefiner(nn.Module):
                  n_rbf: int = 16, sigma_min: float = 0.02, sigma_max: float = 1.0, sigma_start: float = 0.5,
                  levels: int = 5, steps_per_level: int = 2, step_size: float = 0.2, final_denoise: bool = True,
                  loss_weight: float = 1.0, sampler: str = "langevin", spacing: str = "geometric",
-                 keep_centres: bool = False) -> None:
+                 keep_centres: bool = False, sigma_end: float | None = None) -> None:
         super().__init__()
         if not 0.0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -141,7 +146,7 @@ class ScoreRefiner(nn.Module):
         self.loss_weight = float(loss_weight)
         self.set_schedule(sampler=sampler, levels=levels, steps_per_level=steps_per_level, step_size=step_size,
                           sigma_start=sigma_start, final_denoise=final_denoise, spacing=spacing,
-                          keep_centres=keep_centres)
+                          keep_centres=keep_centres, sigma_end=sigma_end if sigma_end is not None else sigma_min)
         self.molecules = TopologyCache(molecule_index)
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         # node input: dynamics latent, log-sigma features, displacement from the current frame
@@ -155,7 +160,7 @@ class ScoreRefiner(nn.Module):
     def set_schedule(self, sampler: str | None = None, levels: int | None = None, steps_per_level: int | None = None,
                      step_size: float | None = None, sigma_start: float | None = None,
                      final_denoise: bool | None = None, spacing: str | None = None,
-                     keep_centres: bool | None = None) -> None:
+                     keep_centres: bool | None = None, sigma_end: float | None = None) -> None:
         """Set (and check) the sampling schedule; ``None`` keeps the current value.
 
         Raises
@@ -175,6 +180,11 @@ class ScoreRefiner(nn.Module):
         if sigma_start is not None and not self.sigma_min <= float(sigma_start) <= self.sigma_max:
             raise ValueError(f"sigma_start: expected a level in the trained range [{self.sigma_min:g}, "
                              f"{self.sigma_max:g}], got {sigma_start}")
+        if sigma_end is not None and not self.sigma_min <= float(sigma_end) <= self.sigma_max:
+            raise ValueError(f"sigma_end: expected a level in the trained range [{self.sigma_min:g}, "
+                             f"{self.sigma_max:g}], got {sigma_end}")
+        if sigma_end is not None:
+            self.sigma_end = float(sigma_end)
         if sampler is not None:
             self.sampler = sampler
         if levels is not None:
@@ -222,9 +232,9 @@ class ScoreRefiner(nn.Module):
             return [self.sigma_start]
         n = self.levels - 1
         if self.spacing == "karras":
-            hi, lo = self.sigma_start ** (1.0 / KARRAS_RHO), self.sigma_min ** (1.0 / KARRAS_RHO)
+            hi, lo = self.sigma_start ** (1.0 / KARRAS_RHO), self.sigma_end ** (1.0 / KARRAS_RHO)
             return [(hi + k / n * (lo - hi)) ** KARRAS_RHO for k in range(self.levels)]
-        ratio = (self.sigma_min / self.sigma_start) ** (1.0 / n)
+        ratio = (self.sigma_end / self.sigma_start) ** (1.0 / n)
         return [self.sigma_start * ratio**k for k in range(self.levels)]
 
     @property
@@ -286,7 +296,7 @@ class ScoreRefiner(nn.Module):
 
     @torch.no_grad()
     def refine(self, batch: BeadBatch, latent: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
-               noise: NoiseFn) -> torch.Tensor:
+               noise: NoiseFn, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Annealed Langevin correction of sampled next positions.
 
         Parameters
@@ -297,6 +307,10 @@ class ScoreRefiner(nn.Module):
             Sampled next positions, shape (N, 3), nm.
         noise : callable
             Returns standard-normal noise (N, 3) (so rollouts control the random stream).
+        trace : list, optional
+            If given, the positions (N, 3) at each annealing level are appended to it, as the
+            sampler reaches the level (before its correctors): the probability-flow path a
+            student is distilled from (:mod:`cgsim.train.distill`).
 
         Returns
         -------
@@ -306,7 +320,8 @@ class ScoreRefiner(nn.Module):
         a = self.step_size
         sampled = y
         previous = None
-        for sigma in self.annealing_levels():
+        levels = self.annealing_levels()
+        for k, sigma in enumerate(levels):
             s = torch.full((y.shape[0],), sigma, device=y.device, dtype=y.dtype)
             if self.sampler != "langevin":
                 if previous is None:  # diffuse the Gaussian sample to the top level
@@ -315,13 +330,20 @@ class ScoreRefiner(nn.Module):
                     sp = torch.full_like(s, previous)
                     dvar = previous**2 - sigma**2
                     y = y - dvar / previous * scale * self(batch, latent, y, sp, scale) + math.sqrt(dvar) * scale * noise()
-                else:  # Heun step of the probability-flow ODE dy/dsigma = eps_hat
+                elif self.sampler == "ode":  # Heun step of the probability-flow ODE dy/dsigma = eps_hat
                     sp = torch.full_like(s, previous)
                     slope = self(batch, latent, y, sp, scale)
                     euler = y - (previous - sigma) * scale * slope
                     slope = 0.5 * (slope + self(batch, latent, euler, s, scale))
                     y = y - (previous - sigma) * scale * slope
                 previous = sigma
+            if trace is not None:
+                trace.append(y)
+            if self.sampler == "student":  # jump to the clean positions; re-noise to the next level
+                y = y - sigma * scale * self(batch, latent, y, s, scale)
+                if k + 1 < len(levels):
+                    y = y + levels[k + 1] * scale * noise()
+                continue
             for _ in range(self.steps_per_level):
                 eps_hat = self(batch, latent, y, s, scale)
                 y = y - a * sigma * scale * eps_hat + math.sqrt(2.0 * a) * sigma * scale * noise()

@@ -71,7 +71,7 @@ class PriorConfig:
 class RefineConfig:
     """Override the checkpoint's refinement schedule (null = as trained; see cgsim/model/refinement.py)."""
 
-    #: langevin | diffusion | ode
+    #: langevin | diffusion | ode | student (a distilled denoiser: one jump per level)
     sampler: str | None = None
     levels: int | None = None
     steps_per_level: int | None = None
@@ -82,6 +82,8 @@ class RefineConfig:
     spacing: str | None = None
     #: true: molecule centres stay where the Gaussian sample put them
     keep_centres: bool | None = None
+    #: last (smallest) level of the ladder, target-scale units (default: the trained sigma_min)
+    sigma_end: float | None = None
 
 
 @dataclass
