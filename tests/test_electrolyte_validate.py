@@ -156,6 +156,21 @@ def test_density_summary():
         ev.density_summary(blocks[:1], 3)
 
 
+def test_density_target_is_ideal_mixing_of_its_brackets():
+    # salt-free: the PEO bracket itself
+    assert ev.density_target(None) == (1.0, 1.2)
+    # EO:Li 8: salt mass fraction 287.08 / (287.08 + 8 * 44.053) = 0.4489, computed by hand
+    w = 287.08 / (287.08 + 8 * 44.053)
+    lo, hi = ev.density_target(8)
+    assert lo == pytest.approx(1 / ((1 - w) / 1.0 + w / 1.7), abs=1e-3)
+    assert hi == pytest.approx(1 / ((1 - w) / 1.2 + w / 2.1), abs=1e-3)
+    # more salt, denser box; the old fixed range is inside the dilute bracket
+    assert ev.density_target(5)[0] > ev.density_target(40)[0]
+    assert ev.density_target(30)[0] < 1.1 and ev.density_target(30)[1] < 1.3
+    with pytest.raises(CgsimInputError, match="eo_li_ratio"):
+        ev.density_target(0)
+
+
 def test_energy_drift_fit_linear():
     t = np.linspace(0.0, 10.0, 501)
     rng = np.random.default_rng(2)
@@ -294,7 +309,7 @@ def test_shipped_run_is_physical(tmp_path, run_dir):
     """
     res = ev.validate_run(run_dir, tmp_path / "validation.json", stride=10)
     eo_li = json.loads((run_dir / ".run" / "identity.json").read_text())["system"]["eo_li_ratio"]
-    lo, hi = ev.TARGETS["density_g_cm3"]
+    lo, hi = ev.density_target(eo_li)
     assert lo <= res["density"]["mean"] <= hi
     ether, tfsi = res["li_o_ether"], res["li_o_tfsi"]
     assert 0.19 <= ether["peak_r"] <= 0.23

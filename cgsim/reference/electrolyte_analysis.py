@@ -32,6 +32,45 @@ TARGETS: dict[str, tuple[float, float]] = {
     "li_o_ether_cn": (4.0, 7.0),
     "diffusion_literature_cm2_s": (1.0e-8, 1.0e-6),
 }
+#: Molar masses, g/mol: an EO repeat unit (C2H4O) and LiTFSI (LiC2F6NO4S2), from standard atomic weights.
+EO_MOLAR_MASS = 44.053
+LITFSI_MOLAR_MASS = 287.08
+#: Density bracket of PEO melt and of LiTFSI dissolved in it, g/cm^3, used by :func:`density_target`.
+#: PEO melts lie near 1.06-1.13 g/cm^3 at 340-400 K and crystalline LiTFSI near 1.9-2.0 g/cm^3; the
+#: bracket is widened to 1.0-1.2 and 1.7-2.1 so that a force field's own density is not held to a
+#: literature value it does not claim (an assumption of this check, stated, not a fitted number).
+PEO_DENSITY_RANGE = (1.0, 1.2)
+SALT_DENSITY_RANGE = (1.7, 2.1)
+
+
+def density_target(eo_li_ratio: float | None) -> tuple[float, float]:
+    """Accepted density range of a PEO + LiTFSI box at a given salt content, g/cm^3.
+
+    Issue 3's fixed 1.1-1.3 g/cm^3 held for EO:Li 8-30; concentrated boxes are denser (the salt
+    is ~57 % of the mass at EO:Li 5). The range here is ideal volume-additive mixing,
+    ``1 / rho = w_PEO / rho_PEO + w_salt / rho_salt``, evaluated at the low ends and at the high
+    ends of :data:`PEO_DENSITY_RANGE` and :data:`SALT_DENSITY_RANGE` (end groups ignored).
+
+    Parameters
+    ----------
+    eo_li_ratio : float or None
+        Ether oxygens per Li+ (> 0); None for a salt-free box.
+
+    Returns
+    -------
+    (float, float)
+        Lowest and highest accepted density, g/cm^3.
+    """
+    if eo_li_ratio is None:
+        return PEO_DENSITY_RANGE
+    if not eo_li_ratio > 0:
+        raise CgsimInputError("eo_li_ratio", f"expected a positive number, got {eo_li_ratio!r}")
+    w_salt = LITFSI_MOLAR_MASS / (LITFSI_MOLAR_MASS + eo_li_ratio * EO_MOLAR_MASS)
+    lo = 1.0 / ((1 - w_salt) / PEO_DENSITY_RANGE[0] + w_salt / SALT_DENSITY_RANGE[0])
+    hi = 1.0 / ((1 - w_salt) / PEO_DENSITY_RANGE[1] + w_salt / SALT_DENSITY_RANGE[1])
+    return (round(lo, 3), round(hi, 3))
+
+
 #: Largest total charge still called neutral, e.
 CHARGE_TOLERANCE = 1.0e-6
 

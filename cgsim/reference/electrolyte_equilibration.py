@@ -320,6 +320,11 @@ class Equilibration:
             progress["npt_density"] = float(el.density_g_cm3(self.total_mass, length**3))
             length = el.box_length_for_density(self.total_mass, s.nvt_density)
         positions = scale_box(positions, self.molecules, self.masses, length / float(box[0, 0]))
+        if s.nvt_density is not None:
+            # a box set to a density from elsewhere may be squeezed beyond what the (brief) NPT relaxed:
+            # rigidly moved molecules then overlap, and NVT at 4 fs blows up (seen in CI on a tiny box).
+            # A local minimisation in the new box removes the overlaps; the NVT equilibration re-thermalises.
+            positions = self._relax_in_box(context, positions, length)
         with atomic_path(self.dir / "equilibrated.npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, positions=positions, box_length=length)
@@ -340,6 +345,21 @@ class Equilibration:
                 (self.dir / f).unlink(missing_ok=True)
         self.context = None
         return EquilibrationResult(positions, length, progress)
+
+    def _relax_in_box(self, context: openmm.Context, positions: np.ndarray, length: float) -> np.ndarray:
+        """Positions after a local energy minimisation in a cubic box of ``length`` nm (barostat idle)."""
+        s = self.s
+        context.setPeriodicBoxVectors(*(np.eye(3) * length))
+        context.setPositions(positions * u.nanometer)
+        try:
+            minimize_energy(context, s.minimize_tolerance, s.minimize_max_iterations, self.threads)
+        except openmm.OpenMMException as exc:
+            raise self._failure("rescale", 0.0, exc) from None
+        out = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if not np.isfinite(out).all():
+            raise CgsimInputError("equilibration.rescale", f"minimisation at system.nvt_density={s.nvt_density:g} "
+                                  "g/cm3 gave NaN positions; the density is too high for this composition")
+        return np.asarray(out, dtype=float)
 
     def _failure(self, stage: str, t: float, exc: Exception | None) -> CgsimInputError:
         detail = f"OpenMM: {str(exc).splitlines()[0]}" if exc is not None else "the energy is NaN"

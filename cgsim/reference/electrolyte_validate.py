@@ -70,6 +70,7 @@ from cgsim.reference.electrolyte_analysis import (  # noqa: F401 - re-exported
     charge_summary,
     default_fit_window,
     density_summary,
+    density_target,
     ion_self_diffusion,
     system_charges,
 )
@@ -156,13 +157,15 @@ def validate_run(directory: str | Path, output: str | Path | None = None, *, fit
                 "temperature": s.temperature, "pressure": s.pressure, "charge_scale": s.charge_scale,
                 "timestep": s.timestep, "production_time_planned": s.production_steps * s.timestep,
                 "save_interval": s.save_steps * s.timestep},
-        "targets": {k: list(v) for k, v in TARGETS.items()},
+        "targets": {**{k: list(v) for k, v in TARGETS.items()},
+                    "density_g_cm3": list(density_target(comp.eo_li_ratio if comp.n_salt else None))},
     }
 
     # density from the NPT log
     blocks = (run.eq_progress or {}).get("blocks", [])
     try:
-        dens = density_summary(blocks, int(density_blocks or s.window_blocks))
+        dens = density_summary(blocks, int(density_blocks or s.window_blocks),
+                               target=tuple(result["targets"]["density_g_cm3"]))
         dens.update({"stage": (run.eq_progress or {}).get("stage"), "converged": (run.eq_progress or {}).get("converged"),
                      "production_box_density": (run.eq_progress or {}).get("density")})
         result["density"] = dens
@@ -240,7 +243,7 @@ def _checks(res: dict[str, Any]) -> dict[str, bool | None]:
     d = res.get("density", {})
     lo = res.get("li_o_ether", {})
     diff = res.get("diffusion", {})
-    out = {"density_in_target": _in(d.get("mean"), TARGETS["density_g_cm3"]),
+    out = {"density_in_target": _in(d.get("mean"), tuple(res["targets"]["density_g_cm3"])),
            "li_o_ether_peak_in_target": _in(lo.get("peak_r"), TARGETS["li_o_ether_peak_nm"]),
            "li_o_ether_cn_in_target": _in(lo.get("cn"), TARGETS["li_o_ether_cn"]),
            "total_charge_zero": res.get("charge", {}).get("neutral")}
@@ -265,12 +268,13 @@ def format_table(res: dict[str, Any]) -> str:
                      + (" (PARTIAL run)" if f["partial"] else ""))
     rows = []
     d = res["density"]
+    dlo, dhi = res["targets"]["density_g_cm3"]
     if d.get("available", True):
         rows.append(("density (last NPT blocks)", f"{d['mean']:.4f} +- {_fmt(d['std'], '.4f')} g/cm3 "
                      f"({d['n_blocks']} block{'s' if d['n_blocks'] > 1 else ''}, {d['window_ps'][0]:g}-{d['window_ps'][1]:g} ps of NPT)",
-                     "1.1-1.3", d["in_target"]))
+                     f"{dlo:g}-{dhi:g}", d["in_target"]))
     else:
-        rows.append(("density", d["reason"], "1.1-1.3", None))
+        rows.append(("density", d["reason"], f"{dlo:g}-{dhi:g}", None))
     for key, label in (("li_o_ether", "Li-O(ether)"), ("li_o_tfsi", "Li-O(TFSI)")):
         sh = res[key]
         if sh.get("available", True):
