@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 import openmm
-import openmm.unit as u
 import torch
 
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.reference.platforms import select_platform
+from cgsim.reference import md_cost
 from cgsim.rollout.engine import RolloutEngine, RolloutHook, RolloutState
 
 
@@ -149,14 +148,5 @@ class StepTimer(RolloutHook):
 
 def openmm_context(system: openmm.System, integrator: openmm.Integrator, platform: str = "CPU", threads: int = 1,
                    box: float | None = None, xyz: np.ndarray | None = None) -> openmm.Context:
-    """An OpenMM Context for ``system`` on ``platform`` with ``threads`` threads.
-
-    ``box`` (cubic edge, nm) and ``xyz`` (positions, shape (n_particles, 3), nm) are set when given.
-    """
-    plat, props, _ = select_platform(platform, threads)
-    ctx = openmm.Context(system, integrator, plat, props)
-    if box is not None:
-        ctx.setPeriodicBoxVectors(*(np.eye(3) * box))
-    if xyz is not None:
-        ctx.setPositions(xyz * u.nanometer)
-    return ctx
+    """An OpenMM Context for ``system`` (:func:`cgsim.reference.md_cost.openmm_context`)."""
+    return md_cost.openmm_context(system, integrator, platform, threads, box, xyz)

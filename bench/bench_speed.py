@@ -75,12 +75,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mdtraj as md
 import numpy as np
 import openmm
-import openmm.unit as u
 import torch
-from bench_common import StepTimer, openmm_context, refinement, refiner_calls, untrained_model
+from bench_common import StepTimer, refinement, refiner_calls, untrained_model
 from omegaconf import OmegaConf
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -89,9 +87,15 @@ from cgsim.data.load import load_systems
 from cgsim.data.windows import BeadTrajectory
 from cgsim.data.windows import history_positions as initial_history
 from cgsim.geometry import radius_graph
-from cgsim.metadata import read_sidecar
 from cgsim.model.batch import SystemGraph
 from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.reference.md_cost import (  # noqa: F401 - FineChain, time_openmm re-exported for tests
+    FineChain,
+    load_fine_chain,
+    openmm_chains,
+    openmm_electrolyte,
+    time_openmm,
+)
 from cgsim.rollout.engine import Member, RolloutEngine, member_seed
 from cgsim.rollout.hooks import StabilityGuard
 from cgsim.rollout.limits import guard_limits
@@ -103,110 +107,9 @@ DEFAULT_SIZES = [130, 300, 1000, 3000, 10_000, 30_000, 100_000]
 
 
 # ------------------------------------------------------------------------------------------
-# OpenMM side
+# OpenMM side: cgsim.reference.md_cost (time_openmm, load_fine_chain, openmm_chains,
+# openmm_electrolyte), shared with `cgsim demo`
 # ------------------------------------------------------------------------------------------
-def time_openmm(integrator: openmm.Integrator, dt: float, warmup_s: float, seconds: float) -> dict[str, float]:
-    """Steps of ``integrator`` in a timed window after a warm-up; rates in ``dt``'s unit per second.
-
-    Steps go in chunks sized to ~0.1 s, so the loop's overhead is negligible.
-    """
-    chunk, t0 = 10, time.perf_counter()
-    while True:  # warm-up, growing the chunk until one takes ~0.1 s
-        t1 = time.perf_counter()
-        integrator.step(chunk)
-        took = time.perf_counter() - t1
-        if took < 0.05:
-            chunk *= 2
-        if time.perf_counter() - t0 >= warmup_s:
-            break
-    steps, w0, c0 = 0, time.perf_counter(), time.process_time()
-    while steps == 0 or time.perf_counter() - w0 < seconds:
-        integrator.step(chunk)
-        steps += chunk
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return {"steps": steps, "wall_s": wall, "cpu_s": cpu, "steps_per_s": steps / wall,
-            "sim_per_s": steps * dt / wall, "sim_per_cpu_s": steps * dt / max(cpu, 1e-9)}
-
-
-@dataclass
-class FineChain:
-    """A reference chain as ``cgsim generate system=chain`` simulated it."""
-
-    name: str
-    n_beads: int
-    config: Any  # the run's system config (provenance)
-    sequence: str
-    last_frame: np.ndarray  # (n_beads, 3), nm
-
-
-def load_fine_chain(xtc: Path) -> FineChain:
-    """Sequence, run config and last frame of a chain trajectory written by ``cgsim generate``."""
-    meta = read_sidecar(xtc)
-    cfg = OmegaConf.create(meta.provenance["config"]["system"])
-    traj = md.load(str(xtc), top=str(xtc.with_suffix(".pdb")))
-    return FineChain(name=xtc.stem, n_beads=traj.n_atoms, config=cfg, sequence=str(meta.extra["sequence"]),
-                     last_frame=np.asarray(traj.xyz[-1], dtype=np.float64))
-
-
-def openmm_chains(chains: list[FineChain], threads: int, warmup_s: float, seconds: float, seed: int = 0,
-                  platform: str = "CPU") -> dict[str, Any]:
-    """Time the chains as one OpenMM System (one chain: alone), built as ``cgsim generate`` builds it."""
-    from cgsim.reference.chain import build_system, chain_topology, place_chains
-    from cgsim.reference.chain_generate import chain_model
-    from cgsim.units import LJUnits
-
-    sc = chains[0].config
-    for c in chains[1:]:
-        if OmegaConf.to_container(c.config) != OmegaConf.to_container(sc):
-            raise SystemExit(f"{c.name}: made by another `cgsim generate` run than {chains[0].name}; time them apart")
-    model = chain_model(sc)
-    lj = LJUnits(**{k: float(v) for k, v in sc.lj_units.items()})
-    tops = [chain_topology(c.sequence, model) for c in chains]
-    system = build_system(tops, model, lj)
-    pos = place_chains([c.last_frame - c.last_frame.mean(axis=0) for c in chains], float(sc.spacing) * lj.sigma)
-    dt_ps = float(sc.timestep) * lj.tau
-    integ = openmm.LangevinMiddleIntegrator(lj.to_md(float(sc.temperature), "temperature") * u.kelvin,
-                                            float(sc.friction) / lj.tau / u.picosecond, dt_ps * u.picosecond)
-    integ.setRandomNumberSeed(seed + 1)
-    ctx = openmm_context(system, integ, platform, threads, xyz=pos)
-    ctx.setVelocitiesToTemperature(lj.to_md(float(sc.temperature), "temperature") * u.kelvin, seed + 1)
-    res = time_openmm(integ, float(sc.timestep), warmup_s, seconds)  # rates in tau
-    res.update(n_chains=len(chains), beads=system.getNumParticles(), dt=float(sc.timestep),
-               aggregate_sim_per_s=res["sim_per_s"] * len(chains), aggregate_sim_per_cpu_s=res["sim_per_cpu_s"] * len(chains))
-    del ctx
-    return res
-
-
-def openmm_electrolyte(run_dir: Path, threads: int, warmup_s: float, seconds: float, hydrogen_mass: float | None,
-                       timestep: float | None, seed: int = 0, platform: str = "CPU") -> dict[str, Any]:
-    """Time the run's all-atom box with its production integrator (optionally other masses / step)."""
-    from cgsim.reference import electrolyte as el
-    from cgsim.reference.electrolyte_generate import ns_per_day
-    from cgsim.reference.electrolyte_validate import open_run, production_frames
-
-    run = open_run(run_dir)
-    s = run.settings
-    frames = production_frames(run)
-    top = el.build_topology(s.composition, box_length=frames.box_length)
-    kwargs = s.system_kwargs()
-    if hydrogen_mass is not None:
-        kwargs["hydrogen_mass"] = hydrogen_mass
-    dt = float(timestep if timestep is not None else s.timestep)
-    es = el.create_system(top, **kwargs)
-    integ = openmm.LangevinMiddleIntegrator(s.temperature * u.kelvin, s.production_friction / u.picosecond,
-                                            dt * u.picosecond)
-    integ.setRandomNumberSeed(seed + 1)
-    ctx = openmm_context(es.system, integ, platform, threads, box=frames.box_length, xyz=frames.xyz[-1])
-    ctx.setVelocitiesToTemperature(s.temperature * u.kelvin, seed + 1)
-    res = time_openmm(integ, dt, warmup_s, seconds)  # rates in ps
-    res.update(atoms=es.system.getNumParticles(), dt_ps=dt, hydrogen_mass=kwargs["hydrogen_mass"],
-               ns_per_day=ns_per_day(res["steps"] * dt, res["wall_s"]),
-               ns_per_cpu_day=ns_per_day(res["steps"] * dt, res["cpu_s"]), start=f"{frames.source}, last frame",
-               box_nm=frames.box_length, temperature_K=s.temperature, friction_per_ps=s.production_friction)
-    del ctx
-    return res
-
-
 # ------------------------------------------------------------------------------------------
 # learned side
 # ------------------------------------------------------------------------------------------

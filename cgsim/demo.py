@@ -12,7 +12,12 @@ the lines:
 Before the rollout it prints one line of the model's card (:class:`cgsim.model.card.ModelCard`:
 learned step, sampler, training data); the settings the model file recommends for rollouts come
 first in the rollout's overrides, the case's own ``rollout_overrides`` after them (they win).
-Then it prints the headline errors next to the MD-vs-MD noise floor and where the report is.
+Then it prints the headline errors next to the MD-vs-MD noise floor and where the report is,
+and the speed-up it achieved: the case's ``reference_md`` (the fine chains or the all-atom box
+the reference data came from) is rebuilt and timed with OpenMM's CPU platform for
+``speed_seconds`` right after the rollout, in the same process and with as many threads as the
+rollout's torch (:mod:`cgsim.reference.md_cost`), and the rollout's simulated time per second
+(all members) is divided by OpenMM's (``speed_seconds=0`` skips it).
 A case whose model file is missing is refused with one line (nothing is downloaded). Running
 the demo again continues (``resume=true``) what an earlier, possibly killed, run left in the
 same output and evaluates it again.
@@ -81,6 +86,49 @@ def headline(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
     return rows
 
 
+def reference_md_rate(reference_md: str, threads: int, seconds: float) -> dict[str, Any]:
+    """OpenMM's rate on a demo case's reference system, timed now (:mod:`cgsim.reference.md_cost`).
+
+    Parameters
+    ----------
+    reference_md : str
+        An electrolyte run directory (``cgsim generate system=electrolyte``), or a glob of chain
+        trajectories written by ``cgsim generate system=chain`` (timed as one System).
+    threads : int
+        OpenMM CPU threads.
+    seconds : float
+        Timed window, wall seconds (after a warm-up of a fifth of it).
+
+    Returns
+    -------
+    dict
+        ``members_time_per_second`` (simulated time of all chains / of the one box per wall
+        second, the rollout's unit), ``label`` (what was timed) and the raw timing.
+    """
+    from cgsim.data.load import expand_paths
+    from cgsim.reference import md_cost
+
+    path = Path(reference_md)
+    if path.is_dir() and (path / ".run" / "identity.json").is_file():
+        res = md_cost.openmm_electrolyte(path, threads, seconds / 5, seconds)
+        return {"members_time_per_second": res["sim_per_s"], "raw": res,
+                "label": f"OpenMM CPU, {res['atoms']} atoms, {res['dt_ps'] * 1000:g} fs steps, {threads} thread(s)"}
+    chains = [md_cost.load_fine_chain(Path(p)) for p in expand_paths([reference_md], "reference_md")]
+    res = md_cost.openmm_chains(chains, threads, seconds / 5, seconds)
+    return {"members_time_per_second": res["aggregate_sim_per_s"], "raw": res,
+            "label": f"OpenMM CPU, {res['n_chains']} chain(s) of {res['beads']} fine beads, {threads} thread(s)"}
+
+
+def speed_line(summary: dict[str, Any], md: dict[str, Any]) -> tuple[str, float]:
+    """The demo's speed-up line: the rollout's simulated time per second over OpenMM's, and the ratio."""
+    learned = float(summary["aggregate_simulated_time_per_second"])
+    ratio = learned / md["members_time_per_second"]
+    unit = summary["time_unit"]
+    return (f"speed: {learned:.4g} {unit}/s learned ({summary['calls_per_step']} network call(s) per step, all "
+            f"members) vs {md['members_time_per_second']:.4g} {unit}/s reference MD ({md['label']}, timed now): "
+            f"{ratio:.3g}x faster", ratio)
+
+
 def _check_cases(cfg: DictConfig) -> None:
     """Every case's model file, step and replica counts and initial systems, before the first case runs."""
     from cgsim.checks import positive_int
@@ -126,7 +174,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(f"{label:<40} {err:>10.4g} {floor:>10.4g}")
         print(f"report: {report}")
         results[name] = {"summary": summary, "report": str(report), "headline": rows}
-    cases = ", ".join(f"{n}: {r['summary']['steps']} steps, {r['summary']['n_stopped']} stopped" for n, r in results.items())
+        seconds = float(cfg.get("speed_seconds", 0) or 0)
+        if seconds > 0 and case.get("reference_md") and summary.get("steps_this_call"):
+            import torch
+
+            md = reference_md_rate(str(case.reference_md), int(threads or torch.get_num_threads()), seconds)
+            line, results[name]["speedup"] = speed_line(summary, md)
+            print(line, flush=True)
+        elif seconds > 0 and case.get("reference_md"):
+            print("speed: no steps in this call (continued a finished run); delete the output to time it again")
+    cases = ", ".join(f"{n}: {r['summary']['steps']} steps, {r['summary']['n_stopped']} stopped"
+                      + (f", {r['speedup']:.3g}x MD" if "speedup" in r else "") for n, r in results.items())
     print(f"\ndemo: {len(results)} case(s) in {time.perf_counter() - t0:.0f} s ({cases}); reports under {out.resolve()}")
     return results
 

@@ -8,8 +8,8 @@ from tests.conftest import ROOT
 from tests.conftest import run_cgsim as _cgsim
 
 #: what `cgsim demo` reads from its root config (it has no schema of its own), and from each case
-DEMO_KEYS = {"output", "progress", "num_threads", "cases"}
-DEMO_CASE_KEYS = {"description", "checkpoint", "initial", "reference", "steps", "replicas", "rollout_overrides",
+DEMO_KEYS = {"output", "progress", "num_threads", "speed_seconds", "cases"}
+DEMO_CASE_KEYS = {"description", "checkpoint", "initial", "reference", "reference_md", "steps", "replicas", "rollout_overrides",
                   "evaluate_overrides"}
 
 

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from cgsim.demo import case_overrides, headline, run
+from cgsim.demo import case_overrides, headline, reference_md_rate, run, speed_line
 from cgsim.errors import CgsimInputError
 
 
@@ -18,7 +18,8 @@ def _cfg(compose_cfg, out, *extra):
                                 "cases.chain.rollout_overrides=['refine.levels=6','guard.redraws=3']",
                                 "cases.chain.evaluate_overrides=['observables=[rdf,bond_lengths,rg]']",
                                 "cases.electrolyte.steps=6", "cases.electrolyte.replicas=1",
-                                "cases.electrolyte.evaluate_overrides=['observables=[rdf,msd]']", *extra])
+                                "cases.electrolyte.evaluate_overrides=['observables=[rdf,msd]']",
+                                "cases.chain.reference_md=data/chain/test/seq_000.xtc", "speed_seconds=0.5", *extra])
 
 
 def test_demo_rolls_out_evaluates_and_prints_the_commands(compose_cfg, tmp_path, capsys):
@@ -44,9 +45,25 @@ def test_demo_rolls_out_evaluates_and_prints_the_commands(compose_cfg, tmp_path,
     ely_metrics = json.loads((tmp_path / "demo" / "electrolyte" / "evaluate" / "metrics.json").read_text())
     assert {"rdf", "msd"} <= set(ely_metrics["observables"])
     assert "checkpoint=data/checkpoints/electrolyte.pt" in text
+    # the speed-up against the reference MD, timed in the same run, for each case
+    speed = [ln for ln in text.splitlines() if ln.startswith("speed: ")]
+    assert len(speed) == 2 and all("x faster" in ln for ln in speed)
+    assert res["speedup"] > 0 and ely["speedup"] > 0
+    assert f"{res['speedup']:.3g}x MD" in text.splitlines()[-1]
     # a second run continues the finished rollout (no error for the existing output) and re-evaluates
     again = run(_cfg(compose_cfg, tmp_path / "demo"))
     assert again["chain"]["summary"]["steps"] == 12 and again["chain"]["summary"]["steps_this_call"] == 0
+
+
+def test_speed_line_divides_member_time_rates():
+    summary = {"aggregate_simulated_time_per_second": 300.0, "time_unit": "ps", "calls_per_step": 3}
+    line, ratio = speed_line(summary, {"members_time_per_second": 0.5, "label": "OpenMM CPU"})
+    assert ratio == pytest.approx(600.0) and "600x faster" in line and "3 network call(s)" in line
+
+
+def test_reference_md_of_the_wrong_kind_is_named(tmp_path):
+    with pytest.raises(CgsimInputError, match="reference_md"):
+        reference_md_rate(str(tmp_path / "nothing*.xtc"), 1, 0.1)
 
 
 def test_missing_model_is_one_clear_line(compose_cfg, tmp_path):

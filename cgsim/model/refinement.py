@@ -38,6 +38,14 @@ the manifold of physical configurations. The refiner fixes that, as in Fu et al.
   (second order: the slope is averaged over both ends of the step), so the only noise after
   the first level is that of the Langevin correctors. Calls:
   ``2 (levels - 1) + levels * steps_per_level (+ 1)``.
+- **Sampling** (``sampler="student"``, few-jump; Luhman & Luhman 2021, Song et al. 2023). As
+  ``diffusion`` up to the top level; then at each level one jump to the clean positions,
+  ``x_hat = y - sigma_k * eps_hat(y, sigma_k)``, re-noised to the next level,
+  ``y <- x_hat + sigma_{k+1} z``; the last jump is the sample. Calls: ``levels (+ 1)``. With a
+  denoiser trained only by score matching, ``x_hat`` is a posterior *mean* (too smooth, too
+  little motion); a denoiser distilled from the ``ode`` sampler (:mod:`cgsim.train.distill`)
+  jumps to the ODE's end point instead. ``sigma_end`` sets the lowest level of the ladder
+  (default ``sigma_min``): a few-jump sampler's last level is chosen by measurement.
 
 The ladder of levels is geometric (``spacing="geometric"``, equal ratios) or the ``rho = 7``
 power law of Karras et al. 2022 (``spacing="karras"``: ``sigma^(1/7)`` evenly spaced, so the
