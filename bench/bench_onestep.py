@@ -102,6 +102,9 @@ def probe(ckpt_path: str, system: str, schedules: list[str], every: int, shell: 
                 topo = model.prior.topology(classes, b.bead_bonds, b.n_beads, b.pos.device, b.pos.dtype)
             new = learned_step(model, b, noise, prior_topology=topo).numpy()
             nxt = traj.positions[start + h * stride]
+            last = traj.positions[start + (h - 1) * stride]  # unwrapped frames: no minimum image
+            for frame, store in ((new, drawn), (nxt, true)):
+                store.setdefault("step2", []).append(((frame - last) ** 2).sum(-1))
             for frame, store in ((new, drawn), (nxt, true)):
                 for k, v in local_structure(frame, bonds, types, box, shell, li_li).items():
                     store.setdefault(k, []).append(v)
@@ -114,6 +117,9 @@ def probe(ckpt_path: str, system: str, schedules: list[str], every: int, shell: 
                "bond_mean": float(d["bond"].mean()), "bond_std": float(d["bond"].std()),
                "bond_max": float(d["bond"].max()), "true_bond_mean": float(t["bond"].mean()),
                "true_bond_std": float(t["bond"].std()), "bond_jsd": _jsd(d["bond"], t["bond"], edges)}
+        kinds = sorted(set(types))
+        row["step2_ratio"] = {k: float(d["step2"].reshape(-1, len(types))[:, types == k].mean()
+                                       / t["step2"].reshape(-1, len(types))[:, types == k].mean()) for k in kinds}
         if "cn" in d:
             row.update({"li_cn": float(d["cn"].mean()), "true_li_cn": float(t["cn"].mean()),
                         "li_li_close": float(d["li_close"].mean()), "true_li_li_close": float(t["li_close"].mean())})
