@@ -116,7 +116,7 @@ def reference_md_rate(reference_md: str, threads: int, seconds: float) -> dict[s
     chains = [md_cost.load_fine_chain(Path(p)) for p in expand_paths([reference_md], "reference_md")]
     res = md_cost.openmm_chains(chains, threads, seconds / 5, seconds)
     return {"members_time_per_second": res["aggregate_sim_per_s"], "raw": res,
-            "label": f"OpenMM CPU, {res['n_chains']} chain(s) of {res['beads']} fine beads, {threads} thread(s)"}
+            "label": f"OpenMM CPU, {res['n_chains']} chain(s), {res['beads']} fine beads in all, {threads} thread(s)"}
 
 
 def speed_line(summary: dict[str, Any], md: dict[str, Any]) -> tuple[str, float]:
