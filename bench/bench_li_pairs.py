@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rows = [li_pairs(Path(r), args.every, args.shell, args.li_li) for r in args.runs]
-    print("| run | Li+ | Li+ with a Li+ < %g nm | Li+ CN (PEO beads) | closest Li-Li, nm (median of frame minima) |" % args.li_li)
+    print(f"| run | Li+ | Li+ with a Li+ < {args.li_li:g} nm | Li+ CN (PEO beads) | closest Li-Li, nm (median of frame minima) |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['run']} | {r['n_li']} | {r['li_close_fraction']:.3f} | {r['li_cn_peo']:.2f} | "
