@@ -36,11 +36,7 @@ def li_pairs(run: Path, every: int, shell: float, li_li: float) -> dict[str, Any
         s = local_structure(x, no_bonds, types, box, shell, li_li)
         close.append(s["li_close"].mean())
         cn.append(s["cn"].mean())
-        d = x[li][:, None] - x[li][None]
-        d -= box * np.round(d / box)
-        r = np.linalg.norm(d, axis=-1)
-        np.fill_diagonal(r, np.inf)
-        closest.append(r.min())
+        closest.append(s["li_nearest"].min())
     return {"run": str(run), "n_li": int(li.size), "frames": len(close), "li_close_fraction": float(np.mean(close)),
             "li_cn_peo": float(np.mean(cn)), "closest_li_li_nm": float(np.min(closest)),
             "median_frame_closest_li_li_nm": float(np.median(closest))}

@@ -53,7 +53,11 @@ def _jsd(a: np.ndarray, b: np.ndarray, edges: np.ndarray) -> float:
 
 def local_structure(x: np.ndarray, bonds: np.ndarray, types: np.ndarray, box: np.ndarray | None, shell: float,
                     li_li: float) -> dict[str, np.ndarray]:
-    """Bond lengths (nm), per-Li+ coordination by polymer beads and per-Li+ closest Li+ of one frame (n, 3)."""
+    """Bond lengths (nm), per-Li+ coordination by polymer beads and per-Li+ closest Li+ of one frame (n, 3).
+
+    Keys: ``bond``; with Li+ beads also ``cn``, ``li_nearest`` (nm, to the closest other Li+) and
+    ``li_close`` (1.0 where ``li_nearest < li_li``).
+    """
     out = {"bond": np.linalg.norm(_min_image(x[bonds[0]] - x[bonds[1]], box), axis=-1)}
     li = np.flatnonzero(types == "LI")
     if len(li):
@@ -62,7 +66,8 @@ def local_structure(x: np.ndarray, bonds: np.ndarray, types: np.ndarray, box: np
         out["cn"] = (d < shell).sum(1).astype(float)
         dl = np.linalg.norm(_min_image(x[li][:, None] - x[li][None], box), axis=-1)
         np.fill_diagonal(dl, np.inf)
-        out["li_close"] = (dl.min(1) < li_li).astype(float)
+        out["li_nearest"] = dl.min(1)
+        out["li_close"] = (out["li_nearest"] < li_li).astype(float)
     return out
 
 
