@@ -18,6 +18,7 @@ from typing import Any
 
 import mdtraj as md
 import numpy as np
+from bench_common import write_json
 
 from cgsim.data.load import load_systems
 from cgsim.rollout.limits import closest_by_type_pair, closest_in_frames
@@ -76,8 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = closest_table(args.reference, args.rollouts, args.cutoff, args.scan_frames)
     print(markdown(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from bench_common import write_json
 
 from cgsim.data.load import expand_paths, load_systems
 from cgsim.data.windows import BeadTrajectory
@@ -182,8 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table = markdown(rows)
     print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     print(f"bench_collective: {len(trajs)} system(s) x {args.windows} windows x {args.draws} draws in "
           f"{time.perf_counter() - t0:.0f} s" + (f" -> {args.json}" if args.json else ""))
     return rows

@@ -8,6 +8,7 @@
   (``refine.levels=0 refine.steps_per_level=0 refine.final_denoise=false``: no refiner calls);
   :func:`refinement`: the same for a ``with`` block, restoring the schedule after it;
 - :class:`StepTimer`: a rollout hook that records the wall time of every engine step;
+- :func:`write_json`: a benchmark's ``--json`` output (parent folders made, indented JSON);
 - :func:`openmm_context`: an OpenMM Context on a platform chosen as the generators choose it
   (:func:`cgsim.reference.platforms.select_platform`), for the OpenMM side of the benchmarks.
 
@@ -18,8 +19,10 @@ import this module as ``bench_common``.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,6 +147,13 @@ class StepTimer(RolloutHook):
         self.step_s.append(now - self._last)
         self.active.append(len(state.active))
         self._last = time.perf_counter()
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
+    """Write ``data`` as indented JSON to ``path``, making its parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent))
 
 
 def openmm_context(system: openmm.System, integrator: openmm.Integrator, platform: str = "CPU", threads: int = 1,

@@ -22,6 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench_common import write_json
+
 from cgsim.report.markdown import median_over_keys
 
 #: (label, observable, error measure, target as a relative error; None = the noise floor)
@@ -96,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              else f", {result['exclusion_pairs_per_1000_steps']:.1f} pairs pushed apart per 1000 member-steps"))
     print(markdown(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import mdtraj as md
 import numpy as np
+from bench_common import write_json
 from bench_onestep import local_structure
 
 
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(f"| {r['run']} | {r['n_li']} | {r['li_close_fraction']:.3f} | {r['li_cn_peo']:.2f} | "
               f"{r['closest_li_li_nm']:.3f} ({r['median_frame_closest_li_li_nm']:.3f}) |")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     return rows
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from bench_common import write_json
 
 from cgsim.data.load import load_systems
 from cgsim.data.windows import history_positions
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     rows = probe(args.checkpoint, args.system, args.schedule, args.every, args.shell, args.li_li, args.seed)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     return rows
 
 

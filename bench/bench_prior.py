@@ -28,6 +28,7 @@ from typing import Any
 
 import mdtraj as md
 import numpy as np
+from bench_common import write_json
 from hydra import compose, initialize_config_dir
 
 from cgsim.cli import conf_dir, load_verb
@@ -123,8 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows.append(row)
         print(json.dumps(row))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows, indent=1)
     return rows
 
 

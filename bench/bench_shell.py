@@ -22,6 +22,7 @@ import mdtraj as md
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import write_json  # noqa: E402
 from bench_onestep import local_structure  # noqa: E402
 
 from cgsim.data.load import load_systems  # noqa: E402
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{row['li_cn_first_half']:.2f} -> {row['li_cn_second_half']:.2f}, Li-Li close {row['li_li_close']:.3f}, "
                   f"bond {row['bond_mean']:.3f}+-{row['bond_std']:.3f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
     return out
 
 
