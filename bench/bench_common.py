@@ -8,9 +8,9 @@
   (``refine.levels=0 refine.steps_per_level=0 refine.final_denoise=false``: no refiner calls);
   :func:`refinement`: the same for a ``with`` block, restoring the schedule after it;
 - :class:`StepTimer`: a rollout hook that records the wall time of every engine step;
-- :func:`write_json`: a benchmark's ``--json`` output (parent folders made, indented JSON);
-- :func:`openmm_context`: an OpenMM Context on a platform chosen as the generators choose it
-  (:func:`cgsim.reference.platforms.select_platform`), for the OpenMM side of the benchmarks.
+- :func:`write_json`: a benchmark's ``--json`` output (parent folders made, indented JSON).
+(the OpenMM side of the benchmarks lives in :mod:`cgsim.reference.md_cost`: ``openmm_context``,
+``time_openmm``, the chain and electrolyte systems.)
 
 The scripts are run as ``python bench/NAME.py``, so ``bench/`` is on ``sys.path`` and they
 import this module as ``bench_common``.
@@ -25,12 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import openmm
 import torch
 
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.reference import md_cost
 from cgsim.rollout.engine import RolloutEngine, RolloutHook, RolloutState
 
 
@@ -154,9 +151,3 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=indent))
-
-
-def openmm_context(system: openmm.System, integrator: openmm.Integrator, platform: str = "CPU", threads: int = 1,
-                   box: float | None = None, xyz: np.ndarray | None = None) -> openmm.Context:
-    """An OpenMM Context for ``system`` (:func:`cgsim.reference.md_cost.openmm_context`)."""
-    return md_cost.openmm_context(system, integrator, platform, threads, box, xyz)

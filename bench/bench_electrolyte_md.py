@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import openmm
 import openmm.unit as u
-from bench_common import openmm_context
 
 from cgsim.reference import electrolyte as el
 from cgsim.reference.electrolyte_generate import ns_per_day
 from cgsim.reference.electrolyte_validate import open_run, production_frames
+from cgsim.reference.md_cost import openmm_context
 
 
 def production_system(run_dir: Path) -> tuple[Any, Any, el.ElectrolyteSystem]:

@@ -15,7 +15,6 @@ import time
 import numpy as np
 import openmm
 import openmm.unit as u
-from bench_common import openmm_context
 
 from cgsim.reference.chain import (
     ChainModel,
@@ -24,6 +23,7 @@ from cgsim.reference.chain import (
     initial_conformation,
     place_chains,
 )
+from cgsim.reference.md_cost import openmm_context
 from cgsim.reference.platforms import minimize_energy
 from cgsim.reference.sequence import draw_sequences
 from cgsim.units import LJUnits
