@@ -165,6 +165,21 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
+def command_line_keys() -> frozenset[str]:
+    """The option keys set on the running ``cgsim`` command line (``guard.redraws=3`` ->
+    ``"guard.redraws"``; hydra's ``+``/``++``/``~`` prefixes dropped); empty outside hydra.
+
+    Lets a verb tell an option the user set to its default value from one left alone.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):
+        return frozenset()
+    return frozenset(o.split("=", 1)[0].lstrip("+~") for o in task)
+
+
 def command_line(verb: str, api: str) -> str:
     """The command that made a file, for provenance blocks.
 

@@ -38,6 +38,18 @@ def test_the_users_own_setting_wins_and_the_card_can_be_ignored(recommending):
     assert cfg.guard.redraws == 0 and cfg.guard.max_bond_factor == pytest.approx(1.5)
 
 
+def test_an_option_set_to_its_default_on_the_command_line_wins(recommending):
+    # guard.redraws=0 is the schema default: only the command line says the user chose it
+    cfg = with_recommended(_cfg(recommending, "guard.redraws=0"), given={"guard.redraws"})
+    assert cfg.guard.redraws == 0 and cfg.guard.max_bond_factor == pytest.approx(1.7)
+
+
+def test_command_line_keys_outside_hydra_are_empty():
+    from cgsim.metadata import command_line_keys
+
+    assert command_line_keys() == frozenset()
+
+
 def test_a_model_without_recommendations_changes_nothing():
     cfg = _cfg(CKPT)
     assert with_recommended(cfg) == cfg

@@ -21,16 +21,18 @@ permutation equivariance by message passing; periodic images by minimum-image di
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
-from cgsim.model.batch import BeadBatch
+from cgsim.model.batch import BeadBatch, SystemGraph
 from cgsim.model.blocks import BondMessageBlock, InteractionBlock
 from cgsim.model.coarse import CoarseLevel
 from cgsim.model.collective import CentreNoise, collective_noise
+from cgsim.model.composition import CompositionFeatures
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
@@ -152,12 +154,17 @@ class MultiScaleDynamics(nn.Module):
     collective : CentreNoise, optional
         A Gaussian over each molecule's centre step (:mod:`cgsim.model.collective`); ``None`` =
         independent bead noise.
+    composition : bool
+        Give every bead its system's fine-type number densities relative to the training mean
+        (:mod:`cgsim.model.composition`; periodic systems only), so one model can tell the
+        compositions it was trained on apart. Fit with :meth:`fit_composition`.
     """
 
     def __init__(self, n_atom_types: int, history: int, cutoff: float, hidden_dim: int = 128, fine_layers: int = 7,
                  bead_layers: int = 7, mlp_layers: int = 2, n_rbf: int = 16, target: str = "acceleration",
                  min_std: float = 1e-3, refinement: ScoreRefiner | None = None,
-                 coarse: CoarseLevel | None = None, collective: CentreNoise | None = None) -> None:
+                 coarse: CoarseLevel | None = None, collective: CentreNoise | None = None,
+                 composition: bool = False) -> None:
         super().__init__()
         if history < 2:
             raise ValueError(f"history must be >= 2 frames (one velocity), got {history}")
@@ -173,7 +180,9 @@ class MultiScaleDynamics(nn.Module):
         self.fine = ChemistryEmbedding(n_atom_types, hidden_dim, fine_layers, mlp_layers)
         self.edge_features = EdgeFeatures(cutoff, n_rbf)
         n_vel = history - 1
-        self.node_encoder = MLP(hidden_dim + 4 * n_vel, hidden_dim, hidden_dim, mlp_layers)
+        self.composition = CompositionFeatures(n_atom_types) if composition else None
+        n_comp = self.composition.dim if self.composition is not None else 0
+        self.node_encoder = MLP(hidden_dim + 4 * n_vel + n_comp, hidden_dim, hidden_dim, mlp_layers)
         self.edge_encoder = MLP(self.edge_features.dim, hidden_dim, hidden_dim, mlp_layers)
         self.processor = nn.ModuleList([InteractionBlock(hidden_dim, hidden_dim, hidden_dim, mlp_layers)
                                         for _ in range(bead_layers)])
@@ -195,6 +204,13 @@ class MultiScaleDynamics(nn.Module):
         vel = windows[:, 1:] - windows[:, :-1]
         self.velocity_scale.fill_(float(vel.pow(2).mean().sqrt().clamp_min(1e-12)))
         self.target_scale.fill_(float(self.target_from_positions(windows).pow(2).mean().sqrt().clamp_min(1e-12)))
+
+    @torch.no_grad()
+    def fit_composition(self, systems: Sequence[SystemGraph]) -> None:
+        """Set the composition features' reference densities from the training systems (no-op
+        for a model without them)."""
+        if self.composition is not None:
+            self.composition.fit(systems)
 
     def target_from_positions(self, window: torch.Tensor) -> torch.Tensor:
         """Target (N, 3) nm from positions (N, H+1, 3) whose last frame is the next one."""
@@ -240,7 +256,10 @@ class MultiScaleDynamics(nn.Module):
             Precomputed :meth:`chemistry` (rollouts compute it once).
         """
         pos, chem, vel = self.history_inputs(batch, chem)
-        node_in = torch.cat([chem, vel.flatten(1), vel.norm(dim=-1)], dim=-1)
+        parts = [chem, vel.flatten(1), vel.norm(dim=-1)]
+        if self.composition is not None:
+            parts.append(self.composition(batch))
+        node_in = torch.cat(parts, dim=-1)
         edge_index, vec, edge_type = self.edges(batch.with_pos(pos))
         h = self.node_encoder(node_in)
         e = self.edge_encoder(self.edge_features(vec, edge_type))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from cgsim.data.ranges import beyond_training_ranges, with_training_ranges
 from cgsim.data.windows import BeadTrajectory, history_positions
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import check_output_directory, write_json_atomic
-from cgsim.metadata import command_line, now_iso, read_sidecar
+from cgsim.metadata import command_line, command_line_keys, now_iso, read_sidecar
 from cgsim.model import checkpoint as model_checkpoint
 from cgsim.model.card import ModelCard
 from cgsim.model.sampling import apply_prior_overrides, apply_refine_overrides
@@ -148,14 +148,17 @@ def _check_options(cfg: DictConfig) -> None:
             raise CgsimInputError("evaluate_overrides", str(exc)) from None
 
 
-def with_recommended(cfg: DictConfig) -> DictConfig:
+def with_recommended(cfg: DictConfig, given: Collection[str] = ()) -> DictConfig:
     """``cfg`` with the model card's recommended settings in every option left at its default.
 
     A model is exported with the settings it is meant to run with (``--recommend``: guard,
     redraws, exclusion, temperature; :data:`cgsim.model.card.RECOMMENDABLE`), so that
     ``cgsim rollout checkpoint=... initial=... steps=...`` runs it as its model card says. An
-    option the user set to anything but the schema's default wins; ``use_recommended=false``
-    ignores the card's settings altogether. The settings used are printed once.
+    option the user set to anything but the schema's default wins, and so does one named in
+    ``given`` (the keys set on the command line, :func:`cgsim.metadata.command_line_keys`: an
+    explicit ``exclusion.enabled=false`` means off even when the card recommends it);
+    ``use_recommended=false`` ignores the card's settings altogether. The settings used are
+    printed once.
     """
     if not cfg.get("use_recommended", True) or cfg.get("checkpoint") in (None, "???"):
         return cfg
@@ -166,6 +169,8 @@ def with_recommended(cfg: DictConfig) -> DictConfig:
     out = cfg.copy()
     applied = []
     for key, value in card.recommended_rollout.items():
+        if key in given:
+            continue
         if OmegaConf.select(out, key) == OmegaConf.select(defaults, key) and value != OmegaConf.select(out, key):
             OmegaConf.update(out, key, value, merge=False)
             applied.append(f"{key}={value}")
@@ -374,7 +379,7 @@ def rollout(cfg: DictConfig, extra_hooks: Sequence[RolloutHook] = ()) -> dict[st
         without ``resume=true`` (or a resume with other settings).
     """
     required(cfg, ("checkpoint", "initial", "steps", "output"), "rollout")
-    cfg = with_recommended(cfg)
+    cfg = with_recommended(cfg, command_line_keys())
     _check_options(cfg)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))

@@ -328,6 +328,7 @@ def setup_run(cfg: DictConfig) -> TrainingRun:
     else:
         rng = np.random.default_rng(int(tc.seed))
         model.fit_normalization(ds_train.sample_windows(int(cfg.data.normalization_windows), rng).to(device))
+        model.fit_composition([t.graph for t in train_set.trajectories])
         if ema is not None:
             run.ema = EMA(model, float(oc.ema_decay))
     run.net = _LossModule(model)
