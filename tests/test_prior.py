@@ -252,3 +252,29 @@ def test_calibration_on_short_rollouts_changes_the_tables():
                for kind in prior.tables for k in prior.tables[kind]]
     assert any(changed)
     assert model.prior is new
+
+
+def test_export_calibrates_under_the_exported_schedule_when_asked(monkeypatch):
+    """``--prior calibrate=N`` draws with the refiner off by default; ``refine_off=false`` draws
+    under the ``--refine`` schedule the rollouts will use."""
+    from cgsim.data.load import load_systems
+    from cgsim.model.card import ModelCard
+    from cgsim.train import export
+    from cgsim.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(CHAIN_CKPT)
+    card = ModelCard.from_checkpoint(ckpt, CHAIN_CKPT)
+    systems = load_systems([CHAIN_INIT], "initial", list(card.atom_types)).trajectories
+    seen = []
+
+    def fake_calibrate(model, prior, *args, **kwargs):
+        seen.append(model.calls_per_step())
+        return prior, [0.0]
+
+    monkeypatch.setattr(export, "training_systems", lambda _card: systems)
+    monkeypatch.setattr(export, "calibrate_prior", fake_calibrate)
+    refine = {"sampler": "student", "levels": 2, "steps_per_level": 0, "final_denoise": False}
+    options = {"nb_cutoff": 2.0, "min_samples": 500, "calibrate": 1}
+    export._fitted_prior(ckpt, card, options, refine)
+    export._fitted_prior(ckpt, card, {**options, "refine_off": False}, refine)
+    assert seen == [1, 3]

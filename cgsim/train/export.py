@@ -22,8 +22,9 @@ systems (``data.train_systems`` of the checkpoint) and stores it under ``prior``
 apply it after every draw (no network call). Its keys: ``nb_cutoff`` (nm), ``steps``, ``tau``,
 ``strength``, ``anchor``, ``max_frames``, ``min_samples``, ``dr`` (:func:`cgsim.train.prior_fit.fit_prior`),
 and ``calibrate=N`` (iterations of :func:`cgsim.train.prior_fit.calibrate_prior` on the model's own
-draws, refiner off), ``windows``, ``damping``, ``rollout_steps`` (1 = one step from true
-histories; N = short N-step rollouts, their second half compared).
+draws, refiner off; ``refine_off=false``: under the ``--refine`` schedule), ``windows``,
+``damping``, ``rollout_steps`` (1 = one step from true histories; N = short N-step rollouts,
+their second half compared).
 
 ``--recommend`` records the ``cgsim rollout`` settings the model is meant to run with
 (``--recommend guard.redraws=3 exclusion.enabled=true``; the options of
@@ -109,7 +110,7 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
               "refine": dict(refine or {}), "date": now_iso()}
     fitted = None
     if prior:
-        fitted = _fitted_prior(ckpt, card, prior).to_dict()
+        fitted = _fitted_prior(ckpt, card, prior, refine).to_dict()
         record["prior"] = dict(prior)
     ranges = with_training_ranges(card).ranges if card.ranges is None else None
     slim = slim_checkpoint(ckpt, record, refine=refine, prior=fitted, recommended=recommend,
@@ -127,8 +128,11 @@ def _sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]) -> StructuralPrior:
-    """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``."""
+def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any],
+                  refine: dict[str, Any] | None = None) -> StructuralPrior:
+    """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``; the
+    calibration draws with the refiner off, or with ``refine_off=false`` under the exported
+    schedule ``refine`` (the sampler the prior will follow in rollouts)."""
     systems = training_systems(card)
     prior = fit_prior(card, options, systems)
     n_iter = int(options.get("calibrate", 0))
@@ -136,6 +140,8 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
         model = model_from_checkpoint(ckpt)
         if options.get("refine_off", True) and model.refiner is not None:
             model.refiner.set_schedule(levels=0, final_denoise=False)
+        elif refine:
+            apply_refine_overrides(model, refine, str(card.path))
         prior, errors = calibrate_prior(model, prior, systems, card.stride, n_iter,
                                         int(options.get("windows", 64)), float(options.get("damping", 0.5)),
                                         rollout_steps=int(options.get("rollout_steps", 1)))
