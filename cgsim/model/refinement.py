@@ -59,7 +59,7 @@ target, fitted from data), so one config serves systems whose steps differ in si
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -302,6 +302,26 @@ class ScoreRefiner(nn.Module):
         s = torch.full((y.shape[0],), float(sigma_rel), device=y.device, dtype=y.dtype)
         return y - sigma_rel * scale * self(batch, latent, y, s, scale)
 
+    def student_jumps(self, batch: BeadBatch, latent: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
+                      noise: NoiseFn, levels: Sequence[float], trace: list[torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+        """The student sampler's path (differentiable; :meth:`refine` runs it without gradients).
+
+        The sampled positions ``y`` (N, 3) nm are diffused to the top of ``levels`` (target-scale
+        units, largest first); at each level one jump to the estimated clean positions, then
+        re-noising to the next level. One network call per level. ``trace`` as in :meth:`refine`.
+        """
+        for k, sigma in enumerate(levels):
+            if k == 0:
+                y = y + sigma * scale * noise()
+            if trace is not None:
+                trace.append(y)
+            s = torch.full((y.shape[0],), sigma, device=y.device, dtype=y.dtype)
+            y = y - sigma * scale * self(batch, latent, y, s, scale)
+            if k + 1 < len(levels):
+                y = y + levels[k + 1] * scale * noise()
+        return y
+
     @torch.no_grad()
     def refine(self, batch: BeadBatch, latent: torch.Tensor, y: torch.Tensor, scale: torch.Tensor,
                noise: NoiseFn, trace: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -329,7 +349,10 @@ class ScoreRefiner(nn.Module):
         sampled = y
         previous = None
         levels = self.annealing_levels()
-        for k, sigma in enumerate(levels):
+        if self.sampler == "student":
+            y = self.student_jumps(batch, latent, y, scale, noise, levels, trace)
+            levels = []
+        for sigma in levels:
             s = torch.full((y.shape[0],), sigma, device=y.device, dtype=y.dtype)
             if self.sampler != "langevin":
                 if previous is None:  # diffuse the Gaussian sample to the top level
@@ -347,11 +370,6 @@ class ScoreRefiner(nn.Module):
                 previous = sigma
             if trace is not None:
                 trace.append(y)
-            if self.sampler == "student":  # jump to the clean positions; re-noise to the next level
-                y = y - sigma * scale * self(batch, latent, y, s, scale)
-                if k + 1 < len(levels):
-                    y = y + levels[k + 1] * scale * noise()
-                continue
             for _ in range(self.steps_per_level):
                 eps_hat = self(batch, latent, y, s, scale)
                 y = y - a * sigma * scale * eps_hat + math.sqrt(2.0 * a) * sigma * scale * noise()

@@ -1,0 +1,357 @@
+"""Fit a model's few-call sampler to true next frames with a proper scoring rule (energy score).
+
+A student sampler (``sampler="student"``: ``L`` jumps, ``L + 1`` network calls per learned step)
+whose denoiser was trained by denoising score matching, or distilled from a deterministic
+teacher, returns *posterior means*: each jump from a noise level to the clean positions averages
+over everything the noise hides, so a step moves beads less than MD does (the electrolyte model's
+3-call schedule: Li+ mean-square step 0.4-0.5x MD's and D(Li+) half of MD's; BENCHMARKS.md).
+Here the sampler itself is trained end to end, through its ``L`` jumps, on the true next frames.
+
+The loss is the energy score of a two-member ensemble (Gneiting & Raftery 2007, JASA 102:359):
+for two steps ``x_a, x_b`` drawn from the same history and the observed next frame ``y``,
+
+    ES(f) = (|f(x_a) - f(y)| + |f(x_b) - f(y)|) / 2 - |f(x_a) - f(x_b)| / 2,
+
+whose expectation is smallest only when ``f(x)`` has the true conditional distribution of
+``f(y)``; so, unlike a squared error, it does not reward shrinking the step to its mean. It is
+applied to
+
+- every bead's displacement over the step (a 3-vector, target-scale units): how far beads move;
+- every bead bond length and every non-bonded pair distance within ``pair_cutoff`` of the current
+  frame (scalars, same units): bonds, shells, close ion pairs.
+
+The dynamics network is frozen (its Gaussian draw and latent feed the sampler); only the refiner
+changes, started from the model's own. Training is resumable (``state.pt``, written atomically);
+the result is a model file with the new refiner and the student schedule it was trained for.
+
+Command line::
+
+    python -m cgsim.train.energy_score MODEL.pt OUT_DIR --steps 1500 --levels 2 --sigma-end 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cgsim.data.load import load_systems
+from cgsim.data.windows import BeadTrajectory, history_positions
+from cgsim.errors import CgsimInputError
+from cgsim.geometry.neighbors import radius_graph
+from cgsim.geometry.pbc import minimum_image
+from cgsim.io_utils import atomic_path, check_output_directory
+from cgsim.metadata import now_iso
+from cgsim.model.batch import BeadBatch, collate
+from cgsim.model.card import ModelCard
+from cgsim.model.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    slim_checkpoint,
+)
+from cgsim.model.refinement import ScoreRefiner
+from cgsim.model.sampling import generator_noise
+from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.train.prior_fit import training_systems
+
+__all__ = ["ScoreTerms", "energy_score_terms", "train_sampler", "main"]
+
+
+@dataclass
+class ScoreTerms:
+    """Energy-score terms of one batch (each a mean over beads, bonds or pairs; scalar tensors)."""
+
+    displacement: torch.Tensor
+    bond: torch.Tensor
+    pair: torch.Tensor
+
+    def total(self, bond_weight: float, pair_weight: float) -> torch.Tensor:
+        """``displacement + bond_weight * bond + pair_weight * pair``."""
+        return self.displacement + bond_weight * self.bond + pair_weight * self.pair
+
+
+def _es(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Two-member energy score per row; ``a, b, y`` shape (M, D) -> (M,)."""
+    return 0.5 * ((a - y).norm(dim=-1) + (b - y).norm(dim=-1)) - 0.5 * (a - b).norm(dim=-1)
+
+
+def _distances(x: torch.Tensor, pairs: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor) -> torch.Tensor:
+    """Minimum-image distances (P, 1) of ``pairs`` (2, P) in positions ``x`` (N, 3)."""
+    vec = x[pairs[0]] - x[pairs[1]]
+    if box is not None:
+        vec = minimum_image(vec, box[batch[pairs[1]]])
+    return vec.norm(dim=-1, keepdim=True)
+
+
+def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, batch: BeadBatch, scale: torch.Tensor,
+                       pair_cutoff: float) -> ScoreTerms:
+    """Energy scores of two drawn next frames against the true one.
+
+    Parameters
+    ----------
+    x_a, x_b : torch.Tensor
+        Two draws of the next positions from the same histories, shape (N, 3), nm.
+    y : torch.Tensor
+        The true next positions, shape (N, 3), nm.
+    batch : BeadBatch
+        The histories (``pos[:, -1]`` is the current frame), topology and boxes.
+    scale : torch.Tensor
+        The model's target scale, nm per unit: every term is in these units.
+    pair_cutoff : float
+        Non-bonded pairs closer than this in the current frame are scored, nm.
+    """
+    last = batch.pos[:, -1]
+    disp = _es((x_a - last) / scale, (x_b - last) / scale, (y - last) / scale).mean()
+    src, dst = batch.bead_bonds
+    bonds = batch.bead_bonds[:, src < dst]
+    zero = disp.new_zeros(())
+    bond = zero
+    if bonds.shape[1]:
+        bond = _es(*(_distances(x, bonds, batch.box, batch.batch) / scale for x in (x_a, x_b, y))).mean()
+    g = radius_graph(last, pair_cutoff, batch.box, batch.batch)
+    pairs = g.edge_index[:, g.edge_index[0] < g.edge_index[1]]
+    if bonds.shape[1] and pairs.shape[1]:  # leave out the bonded pairs (scored above)
+        n = last.shape[0]
+        bonded = torch.isin(pairs[0] * n + pairs[1], bonds[0] * n + bonds[1])
+        pairs = pairs[:, ~bonded]
+    pair = zero
+    if pairs.shape[1]:
+        pair = _es(*(_distances(x, pairs, batch.box, batch.batch) / scale for x in (x_a, x_b, y))).mean()
+    return ScoreTerms(displacement=disp, bond=bond, pair=pair)
+
+
+def _check_model(model: MultiScaleDynamics, source: str) -> ScoreRefiner:
+    if model.refiner is None:
+        raise CgsimInputError(source, "the model has no refiner: there is no sampler to train")
+    return model.refiner
+
+
+def _window_batch(model: MultiScaleDynamics, systems: list[BeadTrajectory], picks: list[tuple[int, int]], stride: int
+                  ) -> tuple[BeadBatch, BeadBatch, torch.Tensor]:
+    """The picked windows once and twice over (two draws in one batch), and their true next
+    frames (N, 3) nm."""
+    h = model.history
+    dtype = next(model.parameters()).dtype
+    hist = [history_positions(systems[k], h, stride, start).to(dtype) for k, start in picks]
+    nxt = [torch.from_numpy(np.ascontiguousarray(systems[k].positions[start + h * stride])) for k, start in picks]
+    graphs = [systems[k].graph for k, _ in picks]
+    return collate(graphs, hist), collate(graphs + graphs, hist + hist), torch.cat(nxt).to(dtype)
+
+
+def _draws(model: MultiScaleDynamics, refiner: ScoreRefiner, b: BeadBatch, levels: list[float],
+           gen: torch.Generator) -> torch.Tensor:
+    """Student-sampled next positions (N, 3) nm of batch ``b``, differentiable in ``refiner``'s weights."""
+    h = model.history
+    noise = generator_noise((b.n_beads, 3), gen, b.pos.device, b.pos.dtype)
+    with torch.no_grad():
+        pred = model(b)
+        y0 = model.positions_from_target(b.pos[:, -h:], pred.value(noise(), 1.0))
+    return refiner.student_jumps(b.with_pos(b.pos[:, -h:]), pred.latent, y0, pred.scale, noise, levels)
+
+
+def batch_terms(model: MultiScaleDynamics, refiner: ScoreRefiner, systems: list[BeadTrajectory],
+                picks: list[tuple[int, int]], stride: int, levels: list[float], gen: torch.Generator,
+                pair_cutoff: float) -> ScoreTerms:
+    """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``)."""
+    single, doubled, y = _window_batch(model, systems, picks, stride)
+    x = _draws(model, refiner, doubled, levels, gen)
+    n = single.n_beads
+    return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff)
+
+
+def _picks(systems: list[BeadTrajectory], span: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    usable = [k for k, t in enumerate(systems) if t.n_frames > span]
+    out = []
+    for _ in range(n):
+        k = int(rng.choice(usable))
+        out.append((k, int(rng.integers(0, systems[k].n_frames - span))))
+    return out
+
+
+def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stride: int, levels: int,
+                  sigma_start: float, sigma_end: float, steps: int, state_path: str | Path, lr: float = 1e-4,
+                  batch_windows: int = 4, bond_weight: float = 1.0, pair_weight: float = 1.0,
+                  pair_cutoff: float = 0.6, val_windows: int = 32, seed: int = 0, save_every: int = 50,
+                  progress: bool = True) -> tuple[ScoreRefiner, dict[str, Any]]:
+    """Train the model's refiner, as a ``levels``-jump student, by the energy score.
+
+    Parameters
+    ----------
+    model : MultiScaleDynamics
+        The model (its dynamics network is not changed; its refiner is the starting point).
+    systems : list of BeadTrajectory
+        Training systems (true histories and next frames).
+    stride : int
+        Recorded frames per learned step (the model's).
+    levels : int
+        Student jumps per step (network calls of the sampler).
+    sigma_start, sigma_end : float
+        Top and bottom noise levels of the jumps (target-scale units, geometric ladder).
+    steps : int
+        Optimiser steps (AdamW, cosine decay from ``lr``).
+    state_path : path-like
+        Resumable training state (refiner, optimiser, step, losses), written atomically every
+        ``save_every`` steps and at the end; a run finds it and continues. Windows and noise of
+        step ``s`` are seeded by ``(seed, s)``, so a resumed run draws what an unbroken one would.
+    batch_windows : int
+        Windows per step (two draws each).
+    bond_weight, pair_weight : float
+        Weights of the bond-length and pair-distance scores against the displacement score.
+    pair_cutoff : float
+        Non-bonded pairs within this distance (nm) of the current frame are scored.
+    val_windows : int
+        Held-out windows (drawn with seed ``seed + 1``) scored before and after training.
+
+    Returns
+    -------
+    refiner : ScoreRefiner
+        The trained refiner (schedule set to the student's).
+    report : dict
+        ``val_before`` / ``val_after`` (each term on the held-out windows), ``train_loss`` (mean
+        of the last 50 steps), ``steps``.
+    """
+    refiner = copy.deepcopy(_check_model(model, "model"))
+    refiner.set_schedule(sampler="student", levels=levels, steps_per_level=0, final_denoise=False,
+                         sigma_start=sigma_start, sigma_end=sigma_end)
+    ladder = refiner.annealing_levels()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
+    span = model.history * stride + 1
+    val = _picks(systems, span, val_windows, np.random.default_rng(seed + 1))
+
+    @torch.no_grad()
+    def validate() -> dict[str, float]:
+        refiner.eval()
+        acc = {"displacement": 0.0, "bond": 0.0, "pair": 0.0}
+        for i in range(0, len(val), batch_windows):
+            part = val[i:i + batch_windows]
+            t = batch_terms(model, refiner, systems, part, stride, ladder,
+                            torch.Generator().manual_seed(seed * 7919 + i), pair_cutoff)
+            for key in acc:
+                acc[key] += float(getattr(t, key)) * len(part) / len(val)
+        refiner.train()
+        return acc
+
+    step, losses, report = 0, [], {}
+    state_path = Path(state_path)
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        refiner.load_state_dict(state["refiner"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, losses, report = state["step"], state["losses"], state["report"]
+    if "val_before" not in report:
+        report["val_before"] = validate()
+
+    def save() -> None:
+        with atomic_path(state_path) as tmp:
+            torch.save({"refiner": refiner.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "step": step, "losses": losses, "report": report}, tmp)
+
+    refiner.train()
+    bar = tqdm(total=steps, initial=step, desc="energy-score sampler", unit="step", disable=not progress)
+    while step < steps:
+        rng = np.random.default_rng([seed, step])
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        t = batch_terms(model, refiner, systems, _picks(systems, span, batch_windows, rng), stride, ladder, gen,
+                        pair_cutoff)
+        loss = t.total(bond_weight, pair_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(refiner.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        losses.append([float(v.detach()) for v in (loss, t.displacement, t.bond, t.pair)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean([r[0] for r in losses[-50:]]):.4f}")
+        if step % save_every == 0 or step == steps:
+            save()
+    bar.close()
+    report["val_after"] = validate()
+    report["train_loss"] = float(np.mean([r[0] for r in losses[-50:]])) if losses else float("nan")
+    report["steps"] = step
+    save()
+    refiner.eval()
+    return refiner, report
+
+
+def sampler_checkpoint(ckpt: dict[str, Any], model: MultiScaleDynamics, refiner: ScoreRefiner,
+                       record: dict[str, Any]) -> dict[str, Any]:
+    """The model file of ``ckpt`` with ``refiner`` in place of its own and the student schedule."""
+    trained = copy.deepcopy(model)
+    trained.refiner.load_state_dict(refiner.state_dict())
+    refine = {k: v for k, v in refiner.schedule().items() if k != "keep_centres"}
+    return slim_checkpoint(ckpt, {"energy_score": record, "date": now_iso()}, refine=refine,
+                           weights=trained.state_dict())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry (module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="model file or training checkpoint with a refiner")
+    ap.add_argument("out", help="folder: training state, sampler.pt, energy_score.json")
+    ap.add_argument("--systems", nargs="*", default=None,
+                    help="mapped training systems (default: the model's own training systems)")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--levels", type=int, default=2, help="student jumps per step (calls = levels + 1)")
+    ap.add_argument("--sigma-start", type=float, default=1.0, help="top noise level, target-scale units")
+    ap.add_argument("--sigma-end", type=float, default=0.3, help="last noise level, target-scale units")
+    ap.add_argument("--batch", type=int, default=4, help="windows per step (two draws each)")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--bond-weight", type=float, default=1.0)
+    ap.add_argument("--pair-weight", type=float, default=1.0)
+    ap.add_argument("--pair-cutoff", type=float, default=0.6, help="nm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        out = check_output_directory(args.out, "out")
+        ckpt = load_checkpoint(args.model)
+        card = ModelCard.from_checkpoint(ckpt, args.model)
+        model = model_from_checkpoint(ckpt)
+        _check_model(model, args.model)
+        if args.systems:
+            systems = load_systems(args.systems, "--systems", list(card.atom_types)).trajectories
+        else:
+            systems = training_systems(card)
+        if args.levels < 1:
+            raise CgsimInputError("--levels", f"expected >= 1 jump, got {args.levels}")
+        refiner, report = train_sampler(model, systems, card.stride, args.levels, args.sigma_start, args.sigma_end,
+                                        args.steps, out / "state.pt", lr=args.lr, batch_windows=args.batch,
+                                        bond_weight=args.bond_weight, pair_weight=args.pair_weight,
+                                        pair_cutoff=args.pair_cutoff, seed=args.seed)
+    except CgsimInputError as exc:
+        print(f"energy_score: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:  # a schedule value out of the refiner's trained range
+        print(f"energy_score: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    record = {"model": str(args.model), "systems": [t.name for t in systems], **{k: v for k, v in vars(args).items()
+              if k not in ("model", "out", "systems")}, "report": report}
+    save_checkpoint(out / "sampler.pt", sampler_checkpoint(ckpt, model, refiner, record))
+    with atomic_path(out / "energy_score.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    b, a = report["val_before"], report["val_after"]
+    print(f"energy_score: {args.model} -> {out / 'sampler.pt'} ({args.levels + 1} calls per step); held-out "
+          f"energy score displacement {b['displacement']:.4f} -> {a['displacement']:.4f}, bond {b['bond']:.4f} -> "
+          f"{a['bond']:.4f}, pair {b['pair']:.4f} -> {a['pair']:.4f}")
+    if not all(math.isfinite(v) for v in a.values()):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
