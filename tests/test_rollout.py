@@ -346,6 +346,12 @@ def test_evaluate_after_rollout(compose_cfg, ckpt, tmp_path):
     assert index["molecules"][0]["files"][0]["trajectory"] == "seq_000/replica_000/rollout.h5"
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert metrics and summary["evaluate"]
+    # every replica is evaluated, pooled (not replica 0 alone)
+    out2 = tmp_path / "two"
+    rollout(rollout_cfg(compose_cfg, ckpt, out2, "evaluate=true", f"reference='{SEQ.parent / 'seq_00[0]'}'", "steps=8",
+                        "replicas=2", "guard.enabled=false",
+                        "evaluate_overrides=['figures=false','noise_floor=false','observables=[rdf]']"))
+    assert json.loads((out2 / "evaluate" / "metrics.json").read_text())["rollout"]["n_trajectories"] == 2
 
 
 def test_refine_schedule_override(compose_cfg, ckpt, ckpt_refined, tmp_path):

@@ -441,9 +441,11 @@ def _evaluate(cfg: DictConfig, out: Path) -> Any:
     from cgsim.cli import compose_verb, hydra_quoted, load_verb
 
     run_evaluate = load_verb("evaluate")
-    # paths are quoted so globs ('seq_00[0-5]') and odd characters survive hydra's override grammar
+    # paths are quoted so globs ('seq_00[0-5]') and odd characters survive hydra's override grammar;
+    # file_index=-1: every replica of the rollout (and every file of the reference) is pooled, as a
+    # user who asked for replicas expects (evaluate's own default, 0, would read replica 0 alone)
     overrides = [f"reference={hydra_quoted(cfg.reference)}", f"rollout={hydra_quoted(out)}",
-                 f"output={hydra_quoted(out / 'evaluate')}",
+                 f"output={hydra_quoted(out / 'evaluate')}", "file_index=-1",
                  f"progress={str(bool(cfg.progress)).lower()}", *cfg.evaluate_overrides]
     ecfg = compose_verb("evaluate", overrides)
     return run_evaluate(ecfg)
