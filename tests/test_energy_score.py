@@ -43,6 +43,31 @@ def test_scores_of_a_collapsed_ensemble_are_its_distance_from_the_truth():
     assert float(t.pair) == pytest.approx(abs(d_after - d_before) / 0.5 / 2)  # pairs 0-2 (moved) and 1-2 (not)
 
 
+def test_class_balance_weighs_each_class_alike():
+    values = torch.tensor([1.0, 1.0, 1.0, 4.0])
+    assert float(es._balanced_mean(values, torch.tensor([0, 0, 0, 1]))) == pytest.approx(2.5)
+    assert float(es._balanced_mean(values, None)) == pytest.approx(1.75)
+    g, hist = _three_beads()
+    b = collate([g], [hist])
+    y = hist[:, -1].clone()
+    x = y.clone()
+    x[0, 0] += 0.1
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    # bead 0 alone in class 0: its displacement counts half, not a third
+    t = es.energy_score_terms(x, x.clone(), y, b, scale, 0.8, bead_class=torch.tensor([0, 1, 1]))
+    assert float(t.displacement) == pytest.approx(0.1 / 0.5 / 2)
+    # pairs 0-2 (classes 0-1) and 1-2 (1-1) are different pair classes: the same plain mean here
+    d_before, d_after = float(np.hypot(0.3, 0.5)), float(np.hypot(0.2, 0.5))
+    assert float(t.pair) == pytest.approx(abs(d_after - d_before) / 0.5 / 2)
+
+
+def test_system_classes_share_indices_across_systems(chain_model):
+    _, card, systems = chain_model
+    classes = es.system_classes(systems + systems, list(card.atom_types))
+    assert torch.equal(classes[0], classes[1]) and classes[0].shape == (systems[0].graph.n_beads,)
+    assert int(classes[0].max()) >= 1  # the chain has beads of more than one fine composition
+
+
 def test_the_score_prefers_the_true_spread_to_a_shrunk_one():
     """A proper score: draws with the data's spread beat draws shrunk towards the mean (what a
     posterior-mean sampler produces), and beat draws spread too wide."""

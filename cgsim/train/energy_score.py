@@ -59,6 +59,7 @@ from cgsim.model.checkpoint import (
     save_checkpoint,
     slim_checkpoint,
 )
+from cgsim.model.prior_tables import bead_classes
 from cgsim.model.refinement import ScoreRefiner
 from cgsim.model.sampling import generator_noise
 from cgsim.model.simulator import MultiScaleDynamics
@@ -93,8 +94,19 @@ def _distances(x: torch.Tensor, pairs: torch.Tensor, box: torch.Tensor | None, b
     return vec.norm(dim=-1, keepdim=True)
 
 
+def _balanced_mean(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` (M,) over each group present in ``groups`` (M,) int64, then over groups
+    (the plain mean without groups)."""
+    if groups is None:
+        return values.mean()
+    present, inverse = torch.unique(groups, return_inverse=True)
+    sums = values.new_zeros(present.shape[0]).index_add(0, inverse, values)
+    counts = torch.bincount(inverse, minlength=present.shape[0]).to(values.dtype)
+    return (sums / counts).mean()
+
+
 def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, batch: BeadBatch, scale: torch.Tensor,
-                       pair_cutoff: float) -> ScoreTerms:
+                       pair_cutoff: float, bead_class: torch.Tensor | None = None) -> ScoreTerms:
     """Energy scores of two drawn next frames against the true one.
 
     Parameters
@@ -109,9 +121,13 @@ def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, ba
         The model's target scale, nm per unit: every term is in these units.
     pair_cutoff : float
         Non-bonded pairs closer than this in the current frame are scored, nm.
+    bead_class : torch.Tensor, optional
+        Class of each bead, shape (N,), int64 (e.g. its fine composition): the displacement term
+        is then averaged within each bead class and the pair term within each pair of classes
+        before averaging over classes, so that a few ions count as much as many polymer beads.
     """
     last = batch.pos[:, -1]
-    disp = _es((x_a - last) / scale, (x_b - last) / scale, (y - last) / scale).mean()
+    disp = _balanced_mean(_es((x_a - last) / scale, (x_b - last) / scale, (y - last) / scale), bead_class)
     src, dst = batch.bead_bonds
     bonds = batch.bead_bonds[:, src < dst]
     zero = disp.new_zeros(())
@@ -126,7 +142,13 @@ def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, ba
         pairs = pairs[:, ~bonded]
     pair = zero
     if pairs.shape[1]:
-        pair = _es(*(_distances(x, pairs, batch.box, batch.batch) / scale for x in (x_a, x_b, y))).mean()
+        groups = None
+        if bead_class is not None:
+            ci, cj = bead_class[pairs[0]], bead_class[pairs[1]]
+            k = int(bead_class.max()) + 1
+            groups = torch.minimum(ci, cj) * k + torch.maximum(ci, cj)
+        pair = _balanced_mean(_es(*(_distances(x, pairs, batch.box, batch.batch) / scale for x in (x_a, x_b, y))),
+                              groups)
     return ScoreTerms(displacement=disp, bond=bond, pair=pair)
 
 
@@ -134,6 +156,14 @@ def _check_model(model: MultiScaleDynamics, source: str) -> ScoreRefiner:
     if model.refiner is None:
         raise CgsimInputError(source, "the model has no refiner: there is no sampler to train")
     return model.refiner
+
+
+def system_classes(systems: list[BeadTrajectory], atom_types: list[str]) -> list[torch.Tensor]:
+    """Class index of every bead of each system, shape (n_beads,) int64: beads of the same fine
+    composition (:func:`cgsim.model.prior_tables.bead_classes`) share one, across systems."""
+    names = [bead_classes(t.graph.atom_type, t.graph.atom_to_bead, t.graph.n_beads, atom_types) for t in systems]
+    index = {c: i for i, c in enumerate(sorted({c for row in names for c in row}))}
+    return [torch.tensor([index[c] for c in row], dtype=torch.long) for row in names]
 
 
 def _window_batch(model: MultiScaleDynamics, systems: list[BeadTrajectory], picks: list[tuple[int, int]], stride: int
@@ -161,12 +191,14 @@ def _draws(model: MultiScaleDynamics, refiner: ScoreRefiner, b: BeadBatch, level
 
 def batch_terms(model: MultiScaleDynamics, refiner: ScoreRefiner, systems: list[BeadTrajectory],
                 picks: list[tuple[int, int]], stride: int, levels: list[float], gen: torch.Generator,
-                pair_cutoff: float) -> ScoreTerms:
-    """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``)."""
+                pair_cutoff: float, classes: list[torch.Tensor] | None = None) -> ScoreTerms:
+    """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``);
+    ``classes`` (:func:`system_classes`) balances the terms over bead classes."""
     single, doubled, y = _window_batch(model, systems, picks, stride)
     x = _draws(model, refiner, doubled, levels, gen)
     n = single.n_beads
-    return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff)
+    bead_class = torch.cat([classes[k] for k, _ in picks]) if classes is not None else None
+    return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff, bead_class)
 
 
 def _picks(systems: list[BeadTrajectory], span: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -182,7 +214,8 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
                   sigma_start: float, sigma_end: float, steps: int, state_path: str | Path, lr: float = 1e-4,
                   batch_windows: int = 4, bond_weight: float = 1.0, pair_weight: float = 1.0,
                   pair_cutoff: float = 0.6, val_windows: int = 32, seed: int = 0, save_every: int = 50,
-                  progress: bool = True) -> tuple[ScoreRefiner, dict[str, Any]]:
+                  progress: bool = True, atom_types: list[str] | None = None
+                  ) -> tuple[ScoreRefiner, dict[str, Any]]:
     """Train the model's refiner, as a ``levels``-jump student, by the energy score.
 
     Parameters
@@ -211,6 +244,9 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         Non-bonded pairs within this distance (nm) of the current frame are scored.
     val_windows : int
         Held-out windows (drawn with seed ``seed + 1``) scored before and after training.
+    atom_types : list of str, optional
+        The model's fine type vocabulary: given, the terms are balanced over bead classes
+        (:func:`energy_score_terms`); ``None``, plain means over beads and pairs.
 
     Returns
     -------
@@ -229,6 +265,7 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     span = model.history * stride + 1
+    classes = system_classes(systems, atom_types) if atom_types is not None else None
     val = _picks(systems, span, val_windows, np.random.default_rng(seed + 1))
 
     @torch.no_grad()
@@ -238,7 +275,7 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         for i in range(0, len(val), batch_windows):
             part = val[i:i + batch_windows]
             t = batch_terms(model, refiner, systems, part, stride, ladder,
-                            torch.Generator().manual_seed(seed * 7919 + i), pair_cutoff)
+                            torch.Generator().manual_seed(seed * 7919 + i), pair_cutoff, classes)
             for key in acc:
                 acc[key] += float(getattr(t, key)) * len(part) / len(val)
         refiner.train()
@@ -266,7 +303,7 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         rng = np.random.default_rng([seed, step])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         t = batch_terms(model, refiner, systems, _picks(systems, span, batch_windows, rng), stride, ladder, gen,
-                        pair_cutoff)
+                        pair_cutoff, classes)
         loss = t.total(bond_weight, pair_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -314,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bond-weight", type=float, default=1.0)
     ap.add_argument("--pair-weight", type=float, default=1.0)
     ap.add_argument("--pair-cutoff", type=float, default=0.6, help="nm")
+    ap.add_argument("--balance", action="store_true",
+                    help="average the displacement and pair scores over bead classes (ions count as much as polymer)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -333,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         refiner, report = train_sampler(model, systems, card.stride, args.levels, args.sigma_start, args.sigma_end,
                                         args.steps, out / "state.pt", lr=args.lr, batch_windows=args.batch,
                                         bond_weight=args.bond_weight, pair_weight=args.pair_weight,
-                                        pair_cutoff=args.pair_cutoff, seed=args.seed)
+                                        pair_cutoff=args.pair_cutoff, seed=args.seed,
+                                        atom_types=list(card.atom_types) if args.balance else None)
     except CgsimInputError as exc:
         print(f"energy_score: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
