@@ -166,23 +166,32 @@ def system_classes(systems: list[BeadTrajectory], atom_types: list[str]) -> list
     return [torch.tensor([index[c] for c in row], dtype=torch.long) for row in names]
 
 
-def _window_batch(model: MultiScaleDynamics, systems: list[BeadTrajectory], picks: list[tuple[int, int]], stride: int
-                  ) -> tuple[BeadBatch, BeadBatch, torch.Tensor]:
-    """The picked windows once and twice over (two draws in one batch), and their true next
-    frames (N, 3) nm."""
+def _window_batch(model: MultiScaleDynamics, systems: list[BeadTrajectory], picks: list[tuple[int, int]], stride: int,
+                  lead: int = 1) -> tuple[BeadBatch, BeadBatch, torch.Tensor]:
+    """The picked windows once and twice over (two draws in one batch), and their true frames
+    ``lead`` learned steps after the last history frame (N, 3) nm."""
     h = model.history
     dtype = next(model.parameters()).dtype
     hist = [history_positions(systems[k], h, stride, start).to(dtype) for k, start in picks]
-    nxt = [torch.from_numpy(np.ascontiguousarray(systems[k].positions[start + h * stride])) for k, start in picks]
+    later = [torch.from_numpy(np.ascontiguousarray(systems[k].positions[start + (h - 1 + lead) * stride]))
+             for k, start in picks]
     graphs = [systems[k].graph for k, _ in picks]
-    return collate(graphs, hist), collate(graphs + graphs, hist + hist), torch.cat(nxt).to(dtype)
+    return collate(graphs, hist), collate(graphs + graphs, hist + hist), torch.cat(later).to(dtype)
 
 
 def _draws(model: MultiScaleDynamics, refiner: ScoreRefiner, b: BeadBatch, levels: list[float],
-           gen: torch.Generator) -> torch.Tensor:
-    """Student-sampled next positions (N, 3) nm of batch ``b``, differentiable in ``refiner``'s weights."""
+           gen: torch.Generator, unroll: int = 0) -> torch.Tensor:
+    """Student-sampled positions (N, 3) nm ``unroll + 1`` learned steps after the history of batch
+    ``b``: ``unroll`` steps without gradients (each member on its own), then one differentiable
+    in ``refiner``'s weights."""
     h = model.history
     noise = generator_noise((b.n_beads, 3), gen, b.pos.device, b.pos.dtype)
+    for _ in range(unroll):
+        with torch.no_grad():
+            pred = model(b)
+            y0 = model.positions_from_target(b.pos[:, -h:], pred.value(noise(), 1.0))
+            x = refiner.student_jumps(b.with_pos(b.pos[:, -h:]), pred.latent, y0, pred.scale, noise, levels)
+            b = b.with_pos(torch.cat([b.pos[:, 1:], x[:, None]], dim=1))
     with torch.no_grad():
         pred = model(b)
         y0 = model.positions_from_target(b.pos[:, -h:], pred.value(noise(), 1.0))
@@ -191,11 +200,13 @@ def _draws(model: MultiScaleDynamics, refiner: ScoreRefiner, b: BeadBatch, level
 
 def batch_terms(model: MultiScaleDynamics, refiner: ScoreRefiner, systems: list[BeadTrajectory],
                 picks: list[tuple[int, int]], stride: int, levels: list[float], gen: torch.Generator,
-                pair_cutoff: float, classes: list[torch.Tensor] | None = None) -> ScoreTerms:
-    """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``);
+                pair_cutoff: float, classes: list[torch.Tensor] | None = None, unroll: int = 0) -> ScoreTerms:
+    """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``),
+    each ``unroll + 1`` steps ahead (the members unrolled apart), against the true frame as far
+    ahead; displacements and the scored pairs are taken from the last true history frame.
     ``classes`` (:func:`system_classes`) balances the terms over bead classes."""
-    single, doubled, y = _window_batch(model, systems, picks, stride)
-    x = _draws(model, refiner, doubled, levels, gen)
+    single, doubled, y = _window_batch(model, systems, picks, stride, lead=unroll + 1)
+    x = _draws(model, refiner, doubled, levels, gen, unroll)
     n = single.n_beads
     bead_class = torch.cat([classes[k] for k, _ in picks]) if classes is not None else None
     return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff, bead_class)
@@ -214,7 +225,7 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
                   sigma_start: float, sigma_end: float, steps: int, state_path: str | Path, lr: float = 1e-4,
                   batch_windows: int = 4, bond_weight: float = 1.0, pair_weight: float = 1.0,
                   pair_cutoff: float = 0.6, val_windows: int = 32, seed: int = 0, save_every: int = 50,
-                  progress: bool = True, atom_types: list[str] | None = None
+                  progress: bool = True, atom_types: list[str] | None = None, max_unroll: int = 0
                   ) -> tuple[ScoreRefiner, dict[str, Any]]:
     """Train the model's refiner, as a ``levels``-jump student, by the energy score.
 
@@ -247,6 +258,11 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
     atom_types : list of str, optional
         The model's fine type vocabulary: given, the terms are balanced over bead classes
         (:func:`energy_score_terms`); ``None``, plain means over beads and pairs.
+    max_unroll : int
+        Pushforward: each training step first rolls both draws ``k`` steps on their own, ``k``
+        uniform in ``0..max_unroll`` (no gradients), then scores the next draw against the true
+        frame ``k + 1`` steps ahead, so the sampler learns from states it produced itself
+        (validation: one step, as without it).
 
     Returns
     -------
@@ -264,7 +280,7 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         p.requires_grad_(False)
     opt = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
-    span = model.history * stride + 1
+    span = (model.history + max_unroll) * stride + 1
     classes = system_classes(systems, atom_types) if atom_types is not None else None
     val = _picks(systems, span, val_windows, np.random.default_rng(seed + 1))
 
@@ -302,8 +318,9 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
     while step < steps:
         rng = np.random.default_rng([seed, step])
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        unroll = int(rng.integers(0, max_unroll + 1))
         t = batch_terms(model, refiner, systems, _picks(systems, span, batch_windows, rng), stride, ladder, gen,
-                        pair_cutoff, classes)
+                        pair_cutoff, classes, unroll)
         loss = t.total(bond_weight, pair_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -351,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bond-weight", type=float, default=1.0)
     ap.add_argument("--pair-weight", type=float, default=1.0)
     ap.add_argument("--pair-cutoff", type=float, default=0.6, help="nm")
+    ap.add_argument("--unroll", type=int, default=0,
+                    help="pushforward: score draws up to this many extra self-made steps ahead")
     ap.add_argument("--balance", action="store_true",
                     help="average the displacement and pair scores over bead classes (ions count as much as polymer)")
     ap.add_argument("--seed", type=int, default=0)
@@ -373,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
                                         args.steps, out / "state.pt", lr=args.lr, batch_windows=args.batch,
                                         bond_weight=args.bond_weight, pair_weight=args.pair_weight,
                                         pair_cutoff=args.pair_cutoff, seed=args.seed,
-                                        atom_types=list(card.atom_types) if args.balance else None)
+                                        atom_types=list(card.atom_types) if args.balance else None,
+                                        max_unroll=args.unroll)
     except CgsimInputError as exc:
         print(f"energy_score: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
