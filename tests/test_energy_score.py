@@ -61,6 +61,20 @@ def test_class_balance_weighs_each_class_alike():
     assert float(t.pair) == pytest.approx(abs(d_after - d_before) / 0.5 / 2)
 
 
+def test_centre_term_scores_each_molecules_mean_displacement():
+    g, hist = _three_beads()
+    b = collate([g], [hist])
+    y = hist[:, -1].clone()
+    x = y.clone()
+    x[0, 0] += 0.1  # molecule 0 = beads 0-1 (bonded): centre moves 0.05 nm; molecule 1 = bead 2: still
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    t = es.energy_score_terms(x, x.clone(), y, b, scale, 0.8, molecule=torch.tensor([0, 0, 1]))
+    assert float(t.centre) == pytest.approx(0.05 / 0.5 / 2)
+    assert float(es.energy_score_terms(x, x.clone(), y, b, scale, 0.8).centre) == 0.0
+    mols = es.system_molecules([type("T", (), {"graph": g})()])
+    assert mols[0].tolist() == [0, 0, 1]
+
+
 def test_system_classes_share_indices_across_systems(chain_model):
     _, card, systems = chain_model
     classes = es.system_classes(systems + systems, list(card.atom_types))

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch_geometric.utils import scatter
 from tqdm.auto import tqdm
 
 from cgsim.data.load import load_systems
@@ -59,6 +60,7 @@ from cgsim.model.checkpoint import (
     save_checkpoint,
     slim_checkpoint,
 )
+from cgsim.model.graph import molecule_index
 from cgsim.model.prior_tables import bead_classes
 from cgsim.model.refinement import ScoreRefiner
 from cgsim.model.sampling import generator_noise
@@ -70,15 +72,18 @@ __all__ = ["ScoreTerms", "energy_score_terms", "train_sampler", "main"]
 
 @dataclass
 class ScoreTerms:
-    """Energy-score terms of one batch (each a mean over beads, bonds or pairs; scalar tensors)."""
+    """Energy-score terms of one batch (each a mean over beads, bonds, pairs or molecules; scalar
+    tensors)."""
 
     displacement: torch.Tensor
     bond: torch.Tensor
     pair: torch.Tensor
+    centre: torch.Tensor
 
-    def total(self, bond_weight: float, pair_weight: float) -> torch.Tensor:
-        """``displacement + bond_weight * bond + pair_weight * pair``."""
-        return self.displacement + bond_weight * self.bond + pair_weight * self.pair
+    def total(self, bond_weight: float, pair_weight: float, centre_weight: float = 0.0) -> torch.Tensor:
+        """``displacement + bond_weight * bond + pair_weight * pair + centre_weight * centre``."""
+        return (self.displacement + bond_weight * self.bond + pair_weight * self.pair
+                + centre_weight * self.centre)
 
 
 def _es(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,8 @@ def _balanced_mean(values: torch.Tensor, groups: torch.Tensor | None) -> torch.T
 
 
 def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, batch: BeadBatch, scale: torch.Tensor,
-                       pair_cutoff: float, bead_class: torch.Tensor | None = None) -> ScoreTerms:
+                       pair_cutoff: float, bead_class: torch.Tensor | None = None,
+                       molecule: torch.Tensor | None = None) -> ScoreTerms:
     """Energy scores of two drawn next frames against the true one.
 
     Parameters
@@ -125,6 +131,9 @@ def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, ba
         Class of each bead, shape (N,), int64 (e.g. its fine composition): the displacement term
         is then averaged within each bead class and the pair term within each pair of classes
         before averaging over classes, so that a few ions count as much as many polymer beads.
+    molecule : torch.Tensor, optional
+        Molecule of each bead, shape (N,), int64, 0..M-1: adds the score of each molecule's
+        centre displacement (what self-diffusion measures); without it that term is 0.
     """
     last = batch.pos[:, -1]
     disp = _balanced_mean(_es((x_a - last) / scale, (x_b - last) / scale, (y - last) / scale), bead_class)
@@ -149,7 +158,12 @@ def energy_score_terms(x_a: torch.Tensor, x_b: torch.Tensor, y: torch.Tensor, ba
             groups = torch.minimum(ci, cj) * k + torch.maximum(ci, cj)
         pair = _balanced_mean(_es(*(_distances(x, pairs, batch.box, batch.batch) / scale for x in (x_a, x_b, y))),
                               groups)
-    return ScoreTerms(displacement=disp, bond=bond, pair=pair)
+    centre = zero
+    if molecule is not None:
+        m = int(molecule.max()) + 1
+        shift = [scatter((x - last) / scale, molecule, dim=0, dim_size=m, reduce="mean") for x in (x_a, x_b, y)]
+        centre = _es(*shift).mean()
+    return ScoreTerms(displacement=disp, bond=bond, pair=pair, centre=centre)
 
 
 def _check_model(model: MultiScaleDynamics, source: str) -> ScoreRefiner:
@@ -164,6 +178,11 @@ def system_classes(systems: list[BeadTrajectory], atom_types: list[str]) -> list
     names = [bead_classes(t.graph.atom_type, t.graph.atom_to_bead, t.graph.n_beads, atom_types) for t in systems]
     index = {c: i for i, c in enumerate(sorted({c for row in names for c in row}))}
     return [torch.tensor([index[c] for c in row], dtype=torch.long) for row in names]
+
+
+def system_molecules(systems: list[BeadTrajectory]) -> list[torch.Tensor]:
+    """Molecule of every bead of each system (connected components of its bead bonds), (n_beads,) int64."""
+    return [torch.from_numpy(molecule_index(t.graph.n_beads, t.graph.bead_bonds.numpy())) for t in systems]
 
 
 def _window_batch(model: MultiScaleDynamics, systems: list[BeadTrajectory], picks: list[tuple[int, int]], stride: int,
@@ -200,16 +219,25 @@ def _draws(model: MultiScaleDynamics, refiner: ScoreRefiner, b: BeadBatch, level
 
 def batch_terms(model: MultiScaleDynamics, refiner: ScoreRefiner, systems: list[BeadTrajectory],
                 picks: list[tuple[int, int]], stride: int, levels: list[float], gen: torch.Generator,
-                pair_cutoff: float, classes: list[torch.Tensor] | None = None, unroll: int = 0) -> ScoreTerms:
+                pair_cutoff: float, classes: list[torch.Tensor] | None = None, unroll: int = 0,
+                molecules: list[torch.Tensor] | None = None) -> ScoreTerms:
     """:func:`energy_score_terms` of two student draws per picked window (``(system, start)``),
     each ``unroll + 1`` steps ahead (the members unrolled apart), against the true frame as far
     ahead; displacements and the scored pairs are taken from the last true history frame.
-    ``classes`` (:func:`system_classes`) balances the terms over bead classes."""
+    ``classes`` (:func:`system_classes`) balances the terms over bead classes; ``molecules``
+    (:func:`system_molecules`) adds the molecule-centre term."""
     single, doubled, y = _window_batch(model, systems, picks, stride, lead=unroll + 1)
     x = _draws(model, refiner, doubled, levels, gen, unroll)
     n = single.n_beads
     bead_class = torch.cat([classes[k] for k, _ in picks]) if classes is not None else None
-    return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff, bead_class)
+    molecule = None
+    if molecules is not None:
+        parts, offset = [], 0
+        for k, _ in picks:
+            parts.append(molecules[k] + offset)
+            offset += int(molecules[k].max()) + 1
+        molecule = torch.cat(parts)
+    return energy_score_terms(x[:n], x[n:], y, single, model.target_scale, pair_cutoff, bead_class, molecule)
 
 
 def _picks(systems: list[BeadTrajectory], span: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -225,8 +253,8 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
                   sigma_start: float, sigma_end: float, steps: int, state_path: str | Path, lr: float = 1e-4,
                   batch_windows: int = 4, bond_weight: float = 1.0, pair_weight: float = 1.0,
                   pair_cutoff: float = 0.6, val_windows: int = 32, seed: int = 0, save_every: int = 50,
-                  progress: bool = True, atom_types: list[str] | None = None, max_unroll: int = 0
-                  ) -> tuple[ScoreRefiner, dict[str, Any]]:
+                  progress: bool = True, atom_types: list[str] | None = None, max_unroll: int = 0,
+                  centre_weight: float = 0.0) -> tuple[ScoreRefiner, dict[str, Any]]:
     """Train the model's refiner, as a ``levels``-jump student, by the energy score.
 
     Parameters
@@ -263,6 +291,8 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         uniform in ``0..max_unroll`` (no gradients), then scores the next draw against the true
         frame ``k + 1`` steps ahead, so the sampler learns from states it produced itself
         (validation: one step, as without it).
+    centre_weight : float
+        Weight of the molecule-centre displacement score (0: not computed).
 
     Returns
     -------
@@ -282,16 +312,18 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=lr * 0.05)
     span = (model.history + max_unroll) * stride + 1
     classes = system_classes(systems, atom_types) if atom_types is not None else None
+    molecules = system_molecules(systems) if centre_weight > 0 else None
     val = _picks(systems, span, val_windows, np.random.default_rng(seed + 1))
 
     @torch.no_grad()
     def validate() -> dict[str, float]:
         refiner.eval()
-        acc = {"displacement": 0.0, "bond": 0.0, "pair": 0.0}
+        acc = {"displacement": 0.0, "bond": 0.0, "pair": 0.0, "centre": 0.0}
         for i in range(0, len(val), batch_windows):
             part = val[i:i + batch_windows]
             t = batch_terms(model, refiner, systems, part, stride, ladder,
-                            torch.Generator().manual_seed(seed * 7919 + i), pair_cutoff, classes)
+                            torch.Generator().manual_seed(seed * 7919 + i), pair_cutoff, classes,
+                            molecules=molecules)
             for key in acc:
                 acc[key] += float(getattr(t, key)) * len(part) / len(val)
         refiner.train()
@@ -320,15 +352,15 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         unroll = int(rng.integers(0, max_unroll + 1))
         t = batch_terms(model, refiner, systems, _picks(systems, span, batch_windows, rng), stride, ladder, gen,
-                        pair_cutoff, classes, unroll)
-        loss = t.total(bond_weight, pair_weight)
+                        pair_cutoff, classes, unroll, molecules)
+        loss = t.total(bond_weight, pair_weight, centre_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(refiner.parameters(), 1.0)
         opt.step()
         sched.step()
         step += 1
-        losses.append([float(v.detach()) for v in (loss, t.displacement, t.bond, t.pair)])
+        losses.append([float(v.detach()) for v in (loss, t.displacement, t.bond, t.pair, t.centre)])
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean([r[0] for r in losses[-50:]]):.4f}")
         if step % save_every == 0 or step == steps:
@@ -368,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bond-weight", type=float, default=1.0)
     ap.add_argument("--pair-weight", type=float, default=1.0)
     ap.add_argument("--pair-cutoff", type=float, default=0.6, help="nm")
+    ap.add_argument("--centre-weight", type=float, default=0.0,
+                    help="weight of each molecule's centre displacement score (self-diffusion)")
     ap.add_argument("--unroll", type=int, default=0,
                     help="pushforward: score draws up to this many extra self-made steps ahead")
     ap.add_argument("--balance", action="store_true",
@@ -393,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
                                         bond_weight=args.bond_weight, pair_weight=args.pair_weight,
                                         pair_cutoff=args.pair_cutoff, seed=args.seed,
                                         atom_types=list(card.atom_types) if args.balance else None,
-                                        max_unroll=args.unroll)
+                                        max_unroll=args.unroll, centre_weight=args.centre_weight)
     except CgsimInputError as exc:
         print(f"energy_score: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
