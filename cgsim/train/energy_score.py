@@ -442,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     b, a = report["val_before"], report["val_after"]
     print(f"energy_score: {args.model} -> {out / 'sampler.pt'} ({args.levels + 1} calls per step); held-out "
           f"energy score displacement {b['displacement']:.4f} -> {a['displacement']:.4f}, bond {b['bond']:.4f} -> "
-          f"{a['bond']:.4f}, pair {b['pair']:.4f} -> {a['pair']:.4f}")
+          f"{a['bond']:.4f}, pair {b['pair']:.4f} -> {a['pair']:.4f}, molecule centre {b['centre']:.4f} -> "
+          f"{a['centre']:.4f}")
     if not all(math.isfinite(v) for v in a.values()):
         raise SystemExit(1)
 
