@@ -67,7 +67,8 @@ from cgsim.model.sampling import generator_noise
 from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.train.prior_fit import training_systems
 
-__all__ = ["ScoreTerms", "energy_score_terms", "train_sampler", "main"]
+__all__ = ["ScoreTerms", "batch_terms", "energy_score_terms", "main", "sampler_checkpoint", "system_classes", "system_molecules",
+           "train_sampler"]
 
 
 @dataclass
