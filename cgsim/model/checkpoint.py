@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from cgsim.checks import finite_weights
 from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path
+from cgsim.model.card import ModelCard
 from cgsim.model.prior import StructuralPrior
 from cgsim.model.simulator import MultiScaleDynamics
 
@@ -104,6 +105,20 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     if ckpt.get("prior") is not None:
         model.prior = StructuralPrior.from_dict(ckpt["prior"])
     return model.to(device).eval()
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
+                    ) -> tuple[dict[str, Any], ModelCard, MultiScaleDynamics]:
+    """A training checkpoint or model file: the loaded dict, its :class:`ModelCard` and the model
+    (:func:`model_from_checkpoint`).
+
+    Raises
+    ------
+    CgsimInputError
+        If ``path`` is missing, truncated or not a cgsim checkpoint (:func:`load_checkpoint`).
+    """
+    ckpt = load_checkpoint(path)
+    return ckpt, ModelCard.from_checkpoint(ckpt, str(path)), model_from_checkpoint(ckpt, device, use_ema)
 
 
 #: entries of a training checkpoint an exported model file keeps (weights are chosen separately)

@@ -181,9 +181,7 @@ def with_recommended(cfg: DictConfig, given: Collection[str] = ()) -> DictConfig
 
 def load_model(cfg: DictConfig, device: torch.device) -> tuple[ModelCard, torch.nn.Module]:
     """The checkpoint's card and its model, with the ``refine.*`` / ``prior.*`` schedule overrides applied."""
-    ckpt = model_checkpoint.load_checkpoint(cfg.checkpoint)
-    card = ModelCard.from_checkpoint(ckpt, cfg.checkpoint)
-    model = model_checkpoint.model_from_checkpoint(ckpt, device=device, use_ema=bool(cfg.use_ema))
+    _, card, model = model_checkpoint.load_model_file(cfg.checkpoint, device=device, use_ema=bool(cfg.use_ema))
     apply_refine_overrides(model, cfg.get("refine") or {}, card.path)
     apply_prior_overrides(model, cfg.get("prior") or {}, card.path)
     return card, model

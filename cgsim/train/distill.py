@@ -47,10 +47,8 @@ from cgsim.errors import CgsimInputError
 from cgsim.io_utils import atomic_path, check_output_directory
 from cgsim.metadata import now_iso
 from cgsim.model.batch import collate
-from cgsim.model.card import ModelCard
 from cgsim.model.checkpoint import (
-    load_checkpoint,
-    model_from_checkpoint,
+    load_model_file,
     save_checkpoint,
     slim_checkpoint,
 )
@@ -312,9 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     try:
         out = check_output_directory(args.out, "out")
-        ckpt = load_checkpoint(args.teacher)
-        card = ModelCard.from_checkpoint(ckpt, args.teacher)
-        model = model_from_checkpoint(ckpt)
+        ckpt, card, model = load_model_file(args.teacher)
         _check_teacher(model, args.teacher)
         systems = training_systems(card)
         stride = card.stride

@@ -53,10 +53,8 @@ from cgsim.geometry.pbc import minimum_image
 from cgsim.io_utils import atomic_path, check_output_directory
 from cgsim.metadata import now_iso
 from cgsim.model.batch import BeadBatch, collate
-from cgsim.model.card import ModelCard
 from cgsim.model.checkpoint import (
-    load_checkpoint,
-    model_from_checkpoint,
+    load_model_file,
     save_checkpoint,
     slim_checkpoint,
 )
@@ -413,9 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     try:
         out = check_output_directory(args.out, "out")
-        ckpt = load_checkpoint(args.model)
-        card = ModelCard.from_checkpoint(ckpt, args.model)
-        model = model_from_checkpoint(ckpt)
+        ckpt, card, model = load_model_file(args.model)
         _check_model(model, args.model)
         if args.systems:
             systems = load_systems(args.systems, "--systems", list(card.atom_types)).trajectories
