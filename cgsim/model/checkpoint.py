@@ -107,6 +107,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     return model.to(device).eval()
 
 
+def with_refiner(ckpt: dict[str, Any], model: MultiScaleDynamics, refiner: torch.nn.Module, refine: dict[str, Any],
+                 exported: dict[str, Any]) -> dict[str, Any]:
+    """The model file (:func:`slim_checkpoint`) of ``ckpt`` with ``refiner``'s weights in place of
+    ``model``'s refiner and the sampling schedule ``refine`` (a distilled or otherwise retrained
+    sampler); ``model`` itself is not changed."""
+    trained = copy.deepcopy(model)
+    trained.refiner.load_state_dict(refiner.state_dict())
+    return slim_checkpoint(ckpt, exported, refine=refine, weights=trained.state_dict())
+
+
 def load_model_file(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
                     ) -> tuple[dict[str, Any], ModelCard, MultiScaleDynamics]:
     """A training checkpoint or model file: the loaded dict, its :class:`ModelCard` and the model

@@ -50,7 +50,7 @@ from cgsim.model.batch import collate
 from cgsim.model.checkpoint import (
     load_model_file,
     save_checkpoint,
-    slim_checkpoint,
+    with_refiner,
 )
 from cgsim.model.refinement import ScoreRefiner
 from cgsim.model.sampling import generator_noise
@@ -286,11 +286,8 @@ def student_checkpoint(teacher_ckpt: dict[str, Any], model: MultiScaleDynamics, 
                        record: dict[str, Any]) -> dict[str, Any]:
     """The model file of the teacher with the student in its refiner's place, sampled
     ``sampler=student`` in ``levels`` jumps (calls), no final denoising."""
-    distilled = copy.deepcopy(model)
-    distilled.refiner.load_state_dict(student.state_dict())
     refine = {"sampler": "student", "levels": int(levels), "final_denoise": False, "steps_per_level": 0}
-    return slim_checkpoint(teacher_ckpt, {"distilled": record, "date": now_iso()}, refine=refine,
-                           weights=distilled.state_dict())
+    return with_refiner(teacher_ckpt, model, student, refine, {"distilled": record, "date": now_iso()})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,7 +56,7 @@ from cgsim.model.batch import BeadBatch, collate
 from cgsim.model.checkpoint import (
     load_model_file,
     save_checkpoint,
-    slim_checkpoint,
+    with_refiner,
 )
 from cgsim.model.graph import molecule_index
 from cgsim.model.prior_tables import bead_classes
@@ -376,11 +376,8 @@ def train_sampler(model: MultiScaleDynamics, systems: list[BeadTrajectory], stri
 def sampler_checkpoint(ckpt: dict[str, Any], model: MultiScaleDynamics, refiner: ScoreRefiner,
                        record: dict[str, Any]) -> dict[str, Any]:
     """The model file of ``ckpt`` with ``refiner`` in place of its own and the student schedule."""
-    trained = copy.deepcopy(model)
-    trained.refiner.load_state_dict(refiner.state_dict())
     refine = {k: v for k, v in refiner.schedule().items() if k != "keep_centres"}
-    return slim_checkpoint(ckpt, {"energy_score": record, "date": now_iso()}, refine=refine,
-                           weights=trained.state_dict())
+    return with_refiner(ckpt, model, refiner, refine, {"energy_score": record, "date": now_iso()})
 
 
 def main(argv: list[str] | None = None) -> None:
