@@ -397,12 +397,16 @@ class ModelSymmetryTests:
 
     @staticmethod
     def outputs(model: MultiScaleDynamics, batch: BeadBatch, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-bead (``mean``, ``std``, ``latent``, ``eps_hat``) and per-molecule (``centre_std``) outputs."""
+        """Per-bead (``mean``, ``std``, ``latent``, ``eps_hat``, bond-tree ``coupling``) and per-molecule
+        (``centre_std``) outputs."""
         pred = model(batch)
         out = {"mean": pred.mean, "std": pred.std, "latent": pred.latent}
         if pred.centre_std is not None:
             assert pred.centre_std.shape == (pred.n_molecules,)
             out["centre_std"] = pred.centre_std
+        if pred.tree is not None:
+            out["coupling"] = pred.tree.coupling
+            out["link_std"] = pred.tree.std
         if model.refiner is not None:
             sigma = torch.full((batch.n_beads,), 0.1, dtype=y.dtype)
             out["eps_hat"] = model.refiner(batch, pred.latent, y, sigma, model.target_scale)

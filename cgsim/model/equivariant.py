@@ -261,4 +261,4 @@ class EquivariantDynamics(MultiScaleDynamics):
         out = self.decoder(s)
         mean = (out[:, :self.vector_dim, None] * v).sum(dim=1)
         std = (nn.functional.softplus(out[:, self.vector_dim:]) + self.min_std).repeat(1, 3)
-        return self.gaussian(mean, std, s, batch)
+        return self.gaussian(mean, std, s, batch, (edge_index, vec, edge_type))

@@ -38,6 +38,7 @@ from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
+from cgsim.model.tree import TreeNoise, TreeParams, marginal_std, tree_nll, tree_noise
 
 TARGETS = ("acceleration", "displacement")
 
@@ -61,6 +62,10 @@ class GaussianStep:
         With collective noise (:class:`~cgsim.model.collective.CentreNoise`): the molecule of
         each bead (N,), their number M and the std of each molecule's centre step (M,),
         normalised units; ``None`` = independent bead noise.
+    tree : TreeParams or None
+        With bond-tree noise (:class:`~cgsim.model.tree.TreeNoise`): the correlated Gaussian's
+        trees and parameters, which replace ``std`` (``centre_std`` is then each molecule's
+        root std).
     """
 
     mean: torch.Tensor
@@ -70,21 +75,33 @@ class GaussianStep:
     molecule: torch.Tensor | None = None
     n_molecules: int = 0
     centre_std: torch.Tensor | None = None
+    tree: TreeParams | None = None
 
     def nll(self, target: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood per bead and dimension of ``target`` (N, 3) in nm."""
+        """Mean negative log-likelihood per bead and dimension of ``target`` (N, 3) in nm (the
+        exact joint one under bond-tree noise, :func:`~cgsim.model.tree.tree_nll`)."""
         z = target / self.scale
+        if self.tree is not None:
+            return tree_nll(z - self.mean, self.tree)
         return (0.5 * ((z - self.mean) / self.std) ** 2 + torch.log(self.std) + 0.5 * math.log(2 * math.pi)).mean()
 
     def value(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """The step (N, 3) in nm for a standard-normal draw ``eps`` (N, 3); ``temperature`` scales
         the noise (0 = the mean). With collective noise the draw is split into molecule-centre
         and internal parts (:func:`~cgsim.model.collective.collective_noise`)."""
-        if self.centre_std is None or self.molecule is None:
+        if self.tree is not None:
+            noise = tree_noise(eps, self.tree)
+        elif self.centre_std is None or self.molecule is None:
             noise = self.std * eps
         else:
             noise = collective_noise(eps, self.std, self.molecule, self.n_molecules, self.centre_std)
         return (self.mean + temperature * noise) * self.scale
+
+    def marginal_std(self) -> torch.Tensor:
+        """Each bead's own marginal std (N, 3), normalised units (``std`` without tree noise)."""
+        if self.tree is not None:
+            return marginal_std(self.tree)
+        return self.std
 
     def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """A sample in nm, shape (N, 3); ``temperature`` scales the std (0 = the mean)."""
@@ -269,13 +286,19 @@ class MultiScaleDynamics(nn.Module):
             h = self.coarse(h, batch.with_pos(pos))
         out = self.decoder(h)
         std = nn.functional.softplus(out[:, 3:]) + self.min_std
-        return self.gaussian(out[:, :3], std, h, batch)
+        return self.gaussian(out[:, :3], std, h, batch, (edge_index, vec, edge_type))
 
-    def gaussian(self, mean: torch.Tensor, std: torch.Tensor, h: torch.Tensor, batch: BeadBatch) -> GaussianStep:
+    def gaussian(self, mean: torch.Tensor, std: torch.Tensor, h: torch.Tensor, batch: BeadBatch,
+                 edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> GaussianStep:
         """The :class:`GaussianStep` of decoded ``mean``/``std`` (N, 3) and latent ``h`` (with the
-        molecule-centre std when the model has collective noise)."""
+        molecule-centre std when the model has collective noise, the trees with bond-tree noise,
+        whose contacts read ``edges``, the current frame's :meth:`edges`)."""
         if self.collective is None:
             return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h)
+        if isinstance(self.collective, TreeNoise):
+            params = self.collective.tree_forward(h, batch, edges)
+            return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h, molecule=params.tree.molecule,
+                                n_molecules=params.tree.n_molecules, centre_std=params.root_std, tree=params)
         mol, n_mol, centre_std = self.collective(h, batch)
         return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h, molecule=mol, n_molecules=n_mol,
                             centre_std=centre_std)
@@ -292,7 +315,7 @@ class MultiScaleDynamics(nn.Module):
         ``{"centre_nll": ...}`` (molecule-centre steps) when it has collective noise."""
         pred = self(batch)
         terms = {"nll": self.nll(batch, next_pos, pred)}
-        if pred.centre_std is not None:
+        if pred.centre_std is not None and pred.tree is None:
             window = torch.cat([batch.pos[:, -self.history:], next_pos[:, None]], dim=1)
             z = self.target_from_positions(window) / pred.scale
             terms["centre_nll"] = CentreNoise.nll(z, pred.mean, pred.molecule, pred.n_molecules, pred.centre_std)
@@ -335,9 +358,9 @@ class MultiScaleDynamics(nn.Module):
             return new_pos
         hist = batch.pos[:, -self.history:]
         mean = self.positions_from_target(hist, pred.mean * pred.scale)
-        std = pred.std * pred.scale
+        std = pred.marginal_std() * pred.scale
         molecule = None
-        if pred.centre_std is not None and pred.molecule is not None:
+        if pred.centre_std is not None and pred.molecule is not None and pred.tree is None:
             molecule = pred.molecule
             counts = torch.bincount(molecule, minlength=pred.n_molecules)
             single = (counts[molecule] == 1)[:, None]

@@ -1,0 +1,400 @@
+"""Bond-tree noise: a correlated Gaussian step whose bonded beads move together.
+
+With independent per-bead noise (or :class:`~cgsim.model.collective.CentreNoise`, which adds a
+molecule-centre term) two bonded beads each get their own random step, so over one large time
+step their separation changes by ``sqrt(sigma_i^2 + sigma_j^2)``: a bead's step is about a bond
+length over 5 tau of the chain, and a drawn step stretches or breaks bonds unless a refiner (23
+network calls) repairs it (BENCHMARKS.md "Score-based refinement", "One-call step").
+
+:class:`TreeNoise` draws the step along a spanning tree of each molecule's bead-bond graph,
+rooted at the tree's centre (fewest hops to every bead), as a Gaussian Markov chain down it:
+
+- the root moves by ``s_m eps_root`` (``s_m``: the molecule's std, read like the centre std of
+  :class:`~cgsim.model.collective.CentreNoise` from the mean of a head over its bead latents);
+- every other bead ``i`` moves by ``n_i = rho_i n_parent(i) + innovation_i``: a coupling
+  ``rho_i`` in (0, 1) to its parent's noise plus its own Gaussian innovation with one std
+  *along* the current link ``x_i - x_parent`` and one *across* it (stretching a bond and turning
+  it are different motions; a per-axis std could not tell them apart). ``rho``, both stds are
+  read from ``[h_i, h_parent, |link|]``.
+
+The map from the independent innovations to the noise is unit lower-triangular in tree order, so
+the exact negative log-likelihood of a true step is that of the innovations ``d_i = r_i - rho_i
+r_parent(i)`` (``r = z - mean``; ``d_root = r_root``): as cheap as the diagonal one, and a draw is
+two index sums over the ancestor pairs (:func:`tree_noise`). The whole molecule shares its root's
+noise, so molecules move together as in MD; a single bead (an ion) is its own root, or, with
+``contact_cutoff``, hangs onto its nearest contact of a larger molecule
+(:func:`attach_single_beads`).
+
+The bond trees depend on the bonds only (computed once per topology, :class:`TreeCache`); the
+engine's per-member noise streams, batching and resume are untouched (one standard-normal draw
+(N, 3) per step, as before).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix, csr_matrix
+from torch_geometric.utils import scatter
+
+from cgsim.model.batch import BeadBatch
+from cgsim.model.collective import CentreNoise
+from cgsim.geometry.pbc import minimum_image
+from cgsim.model.graph import molecule_index
+from cgsim.model.mlp import MLP
+
+
+@dataclass(frozen=True)
+class BondTree:
+    """Spanning trees of the molecules of a batch.
+
+    Attributes
+    ----------
+    parent : torch.Tensor
+        Parent of every bead, shape (N,), int64; a root is its own parent.
+    root : torch.Tensor
+        Whether the bead is its molecule's root, shape (N,), bool.
+    molecule : torch.Tensor
+        Molecule of every bead, shape (N,), int64, 0..M-1.
+    n_molecules : int
+        M.
+    ancestor_row, ancestor_col : torch.Tensor
+        The ancestor matrix's nonzeros, shape (P,) each, int64: bead ``row`` receives the own
+        noise of bead ``col`` (every bead with itself and each of its ancestors up to the root).
+    depth : int
+        Largest number of bonds between a root and a bead of its tree.
+    """
+
+    parent: torch.Tensor
+    root: torch.Tensor
+    molecule: torch.Tensor
+    n_molecules: int
+    ancestor_row: torch.Tensor
+    ancestor_col: torch.Tensor
+    depth: int
+
+
+def _bfs(adj: csr_matrix, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hops from the nearest of ``sources`` (one per component) and the BFS parent of every bead.
+
+    Unreached beads get hop -1 and parent -1; a source is its own parent. Ties (two parents at
+    the same hop) go to the first in the frontier's order, so the result is deterministic.
+    """
+    n = adj.shape[0]
+    hops = np.full(n, -1, dtype=np.int64)
+    parent = np.full(n, -1, dtype=np.int64)
+    hops[sources] = 0
+    parent[sources] = sources
+    frontier = np.asarray(sources, dtype=np.int64)
+    level = 0
+    while frontier.size:
+        level += 1
+        sub = adj[frontier].tocoo()
+        fresh = hops[sub.col] < 0
+        cand, first = np.unique(sub.col[fresh], return_index=True)
+        if cand.size == 0:
+            break
+        hops[cand] = level
+        parent[cand] = frontier[sub.row[fresh][first]]
+        frontier = cand
+    return hops, parent
+
+
+def _farthest(hops: np.ndarray, comp: np.ndarray, n_comp: int) -> np.ndarray:
+    """Per component, the bead with the most hops (the first such bead on ties), shape (n_comp,)."""
+    order = np.lexsort((np.arange(hops.size), -hops, comp))
+    starts = np.searchsorted(comp[order], np.arange(n_comp))
+    return order[starts]
+
+
+def bond_tree(n_beads: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A spanning tree of every molecule (connected component of the bonds), rooted at its centre.
+
+    Parameters
+    ----------
+    n_beads : int
+        Number of beads N.
+    bonds : numpy.ndarray
+        Bead bonds, shape (2, E), int (either or both directions).
+
+    Returns
+    -------
+    parent : numpy.ndarray
+        Parent of each bead, shape (N,), int64 (a root is its own parent).
+    molecule : numpy.ndarray
+        Molecule of each bead, shape (N,), int64 (:func:`cgsim.model.graph.molecule_index`).
+
+    Notes
+    -----
+    The root is the middle bead of a longest shortest path found by two breadth-first searches
+    (exactly a centre for a tree, close to one for a molecule with rings), so a chain of n beads
+    has depth ~n/2; the tree is the breadth-first tree from that root.
+    """
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(2, -1)
+    comp = molecule_index(n_beads, bonds)
+    n_comp = int(comp.max()) + 1 if n_beads else 0
+    if n_beads == 0:
+        return np.zeros(0, dtype=np.int64), comp
+    adj = coo_matrix((np.ones(2 * bonds.shape[1]), (np.r_[bonds[0], bonds[1]], np.r_[bonds[1], bonds[0]])),
+                     shape=(n_beads, n_beads)).tocsr()
+    first = np.zeros(n_comp, dtype=np.int64)
+    first[comp[::-1]] = np.arange(n_beads)[::-1]
+    hops, _ = _bfs(adj, first)
+    u = _farthest(hops, comp, n_comp)
+    hops_u, parent_u = _bfs(adj, u)
+    v = _farthest(hops_u, comp, n_comp)
+    centre = v.copy()
+    walk = hops_u[v] - hops_u[v] // 2          # steps from v towards u to the path's middle
+    for _ in range(int(walk.max()) if walk.size else 0):
+        move = walk > 0
+        centre[move] = parent_u[centre[move]]
+        walk = walk - move
+    _, parent = _bfs(adj, centre)
+    return parent, comp
+
+
+def ancestor_pairs(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Nonzeros (row, col) of the ancestor matrix of a forest given by ``parent`` and its depth."""
+    idx = np.arange(parent.size, dtype=np.int64)
+    cur = idx.copy()
+    rows, cols = [idx], [cur]
+    depth = 0
+    while True:
+        up = parent[cur] != cur
+        idx, cur = idx[up], parent[cur[up]]
+        if idx.size == 0:
+            break
+        depth += 1
+        rows.append(idx)
+        cols.append(cur)
+    return np.concatenate(rows), np.concatenate(cols), depth
+
+
+class TreeCache:
+    """:class:`BondTree` of a batch's bonds, computed once per topology (the last ``size`` kept).
+
+    Keyed like :class:`cgsim.model.graph.TopologyCache`: the number of beads and a digest of the
+    bond tensor's bytes, never its address.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self._cache: OrderedDict[tuple, BondTree] = OrderedDict()
+
+    def __call__(self, batch: BeadBatch) -> BondTree:
+        """The batch's :class:`BondTree` (tensors on the bonds' device)."""
+        bonds = batch.bead_bonds
+        host = bonds.detach().cpu().numpy()
+        key = (int(batch.n_beads), str(bonds.dtype), tuple(bonds.shape), str(bonds.device),
+               hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        parent, mol = bond_tree(batch.n_beads, host)
+        row, col, depth = ancestor_pairs(parent)
+        dev = bonds.device
+        tree = BondTree(parent=torch.from_numpy(parent).to(dev), root=torch.from_numpy(parent == np.arange(parent.size)).to(dev),
+                        molecule=torch.from_numpy(mol).to(dev), n_molecules=int(mol.max()) + 1 if mol.size else 0,
+                        ancestor_row=torch.from_numpy(row).to(dev), ancestor_col=torch.from_numpy(col).to(dev), depth=depth)
+        self._cache[key] = tree
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return tree
+
+
+def attach_single_beads(tree: BondTree, batch: BeadBatch, edge_index: torch.Tensor, vec: torch.Tensor,
+                        edge_type: torch.Tensor, cutoff: float) -> BondTree:
+    """``tree`` with every single-bead molecule (an ion) hung onto its nearest contact.
+
+    A single bead whose nearest radius-edge neighbour closer than ``cutoff`` nm belongs to a
+    molecule of *more fine particles* than its own gets that bead as parent (Li+ onto a TFSI- or
+    a PEO bead, TFSI- onto PEO), so the ion's step is drawn relative to its partner's instead of
+    independently: close pairs move together as in MD. Ranking by fine-particle count keeps the
+    result a forest (a bead never hangs onto a molecule of its own size or smaller). The trees
+    depend on the current frame, which the step is conditioned on, so the likelihood stays
+    exact. Ties in distance go to the lower bead index.
+    """
+    from cgsim.model.graph import RADIUS_EDGE
+
+    n = tree.parent.numel()
+    dev = tree.parent.device
+    atom_mol = tree.molecule[batch.atom_to_bead]
+    size = torch.zeros(tree.n_molecules, dtype=torch.long, device=dev).index_add_(0, atom_mol, torch.ones_like(atom_mol))
+    bead_size = size[tree.molecule]
+    single = torch.bincount(tree.molecule, minlength=tree.n_molecules)[tree.molecule] == 1
+    src, dst = edge_index
+    dist = vec.norm(dim=-1)
+    # edges run source -> target; hang the target (an ion) onto the source
+    ok = (edge_type == RADIUS_EDGE) & (dist < cutoff) & single[dst] & (bead_size[src] > bead_size[dst])
+    if not bool(ok.any()):
+        return tree
+    src, dst, dist = src[ok], dst[ok], dist[ok]
+    key = torch.argsort(src, stable=True)
+    src, dst, dist = src[key], dst[key], dist[key]
+    key = torch.argsort(dist, stable=True)
+    src, dst, dist = src[key], dst[key], dist[key]
+    key = torch.argsort(dst, stable=True)   # by ion, then distance, then partner index
+    src, dst = src[key], dst[key]
+    first = torch.ones_like(dst, dtype=torch.bool)
+    first[1:] = dst[1:] != dst[:-1]
+    parent = tree.parent.clone()
+    parent[dst[first]] = src[first]
+    host = parent.cpu().numpy()
+    row, col, depth = ancestor_pairs(host)
+    return BondTree(parent=parent, root=parent == torch.arange(n, device=dev), molecule=tree.molecule,
+                    n_molecules=tree.n_molecules, ancestor_row=torch.from_numpy(row).to(dev),
+                    ancestor_col=torch.from_numpy(col).to(dev), depth=depth)
+
+
+@dataclass(frozen=True)
+class TreeParams:
+    """The bond-tree Gaussian of one step (normalised units).
+
+    Attributes
+    ----------
+    tree : BondTree
+        The batch's trees (contacts included).
+    root_std : torch.Tensor
+        Std of each molecule's root step, shape (M,), isotropic.
+    std : torch.Tensor
+        Std of each bead's innovation along and across its link to its parent, shape (N, 2)
+        (unused at roots).
+    coupling : torch.Tensor
+        Each bead's coupling ``rho`` to its parent's noise, shape (N,), in (0, 1) (unused at roots).
+    direction : torch.Tensor
+        Unit vector from each bead's parent to the bead in the current frame (minimum image),
+        shape (N, 3); zero at roots.
+    """
+
+    tree: BondTree
+    root_std: torch.Tensor
+    std: torch.Tensor
+    coupling: torch.Tensor
+    direction: torch.Tensor
+
+
+def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
+    """Vectors (N, 3) nm from each bead's parent to the bead in frame ``x`` (N, 3), minimum image
+    (``box`` (B, 3) per system, ``batch`` (N,) the system of each bead); zero at roots."""
+    vec = x - x[tree.parent]
+    if box is not None:
+        vec = minimum_image(vec, box[batch])
+    return vec
+
+
+def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """Each bead's own noise (N, 3): the innovation in its link frame, or its root's isotropic step."""
+    u = p.direction
+    along, across = p.std[:, :1], p.std[:, 1:]
+    innovation = across * eps + (along - across) * (eps * u).sum(-1, keepdim=True) * u
+    return torch.where(p.tree.root[:, None], p.root_std[p.tree.molecule][:, None] * eps, innovation)
+
+
+def _path_decay(p: TreeParams) -> torch.Tensor:
+    """Per ancestor pair (P,): the product of ``rho`` over the tree edges from the ancestor
+    (column) down to the bead (row), 1 for a bead with itself."""
+    t = p.tree
+    log_rho = torch.where(t.root, torch.zeros_like(p.coupling), torch.log(p.coupling))
+    depth_sum = torch.zeros_like(log_rho).index_add(0, t.ancestor_row, log_rho[t.ancestor_col])
+    return torch.exp(depth_sum[t.ancestor_row] - depth_sum[t.ancestor_col])
+
+
+def tree_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """Correlated noise (N, 3): ``n_i = rho_i n_parent(i) + innovation_i`` down every tree.
+
+    Parameters
+    ----------
+    eps : torch.Tensor
+        Standard-normal draw, shape (N, 3).
+    p : TreeParams
+        The step's trees and parameters.
+    """
+    t = p.tree
+    terms = _own_noise(eps, p)[t.ancestor_col] * _path_decay(p)[:, None]
+    return torch.zeros_like(eps).index_add(0, t.ancestor_row, terms)
+
+
+def tree_nll(residual: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """Exact NLL of the step residual ``z - mean`` (N, 3), per bead and dimension (a mean).
+
+    The innovations ``d_i = r_i - rho_i r_parent(i)`` (a root's own residual) are independent
+    Gaussians (along/across its link, or isotropic at a root); the map from them to the
+    residuals is unit triangular, so the NLL is theirs.
+    """
+    t = p.tree
+    up = p.coupling[:, None] * residual[t.parent]
+    d = residual - torch.where(t.root[:, None], torch.zeros_like(residual), up)
+    sq = (d * d).sum(-1)
+    along = (d * p.direction).sum(-1)
+    w_along, w_across = p.std[:, 0], p.std[:, 1]
+    inner = 0.5 * along ** 2 / w_along ** 2 + 0.5 * (sq - along ** 2) / w_across ** 2 \
+        + torch.log(w_along) + 2 * torch.log(w_across)
+    s = p.root_std[t.molecule]
+    rooted = 0.5 * sq / s ** 2 + 3 * torch.log(s)
+    return (torch.where(t.root, rooted, inner).sum() / residual.numel()) + 0.5 * math.log(2 * math.pi)
+
+
+def marginal_std(p: TreeParams) -> torch.Tensor:
+    """Each bead's marginal std per axis (N, 3) under the tree noise."""
+    t = p.tree
+    u = p.direction
+    along, across = p.std[:, :1] ** 2, p.std[:, 1:] ** 2
+    own_var = torch.where(t.root[:, None], (p.root_std[t.molecule] ** 2)[:, None].expand_as(u),
+                          across + (along - across) * u * u)
+    terms = own_var[t.ancestor_col] * _path_decay(p)[:, None] ** 2
+    return torch.zeros_like(u).index_add(0, t.ancestor_row, terms).sqrt()
+
+
+class TreeNoise(CentreNoise):
+    """Bond-tree noise: each bead's step is its parent's noise times a coupling plus an innovation
+    along/across their link, and a molecule std (read as
+    :class:`~cgsim.model.collective.CentreNoise` reads its centre std) moves the root and with it
+    the whole molecule.
+
+    Parameters
+    ----------
+    dim, mlp_layers, min_std : int, int, float
+        As :class:`~cgsim.model.collective.CentreNoise` (its head gives the root std).
+    contact_cutoff : float
+        nm; > 0 hangs each single-bead molecule onto its nearest bead of a larger molecule within
+        it (:func:`attach_single_beads`); 0 = bonds only.
+    """
+
+    def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0) -> None:
+        super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
+        if contact_cutoff < 0:
+            raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
+        self.trees = TreeCache()
+        # [h_i, h_parent, |link| / cutoff-free length] -> innovation std along, across, coupling
+        self.link_head = MLP(2 * dim + 1, dim, 3, mlp_layers, layer_norm=False)
+        self.contact_cutoff = float(contact_cutoff)
+
+    def tree_forward(self, h: torch.Tensor, batch: BeadBatch,
+                     edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> TreeParams:
+        """The step's :class:`TreeParams` from latents (N, dim) and the batch's current frame.
+
+        With ``contact_cutoff > 0`` the model's edges of the current frame (``edge_index`` (2, E),
+        ``vec`` (E, 3) nm, ``edge_type`` (E,)) hang single beads onto their contacts
+        (:func:`attach_single_beads`)."""
+        tree = self.trees(batch)
+        if self.contact_cutoff > 0:
+            if edges is None:
+                raise ValueError("contact_cutoff > 0 needs the model's edges of the current frame")
+            tree = attach_single_beads(tree, batch, *edges, self.contact_cutoff)
+        raw = scatter(self.head(h)[:, 0], tree.molecule, dim=0, dim_size=tree.n_molecules, reduce="mean")
+        vec = link_vectors(batch.pos[:, -1], tree, batch.batch, batch.box)
+        length = vec.norm(dim=-1, keepdim=True)
+        direction = torch.where(tree.root[:, None], torch.zeros_like(vec), vec / length.clamp_min(1e-9))
+        out = self.link_head(torch.cat([h, h[tree.parent], length.to(h.dtype)], dim=-1))
+        std = torch.nn.functional.softplus(out[:, :2]) + self.min_std
+        coupling = torch.sigmoid(out[:, 2]).clamp(1e-4, 1.0)
+        return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
+                          coupling=coupling, direction=direction.to(h.dtype))

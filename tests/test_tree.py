@@ -1,0 +1,247 @@
+"""Bond-tree noise: the trees, the correlated draw against a dense Gaussian, the model with it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cgsim.model import MultiScaleDynamics, collate
+from cgsim.model.tree import (
+    BondTree,
+    TreeCache,
+    TreeNoise,
+    ancestor_pairs,
+    bond_tree,
+    marginal_std,
+    TreeParams,
+    link_vectors,
+    tree_nll,
+    tree_noise,
+)
+from tests.conftest import BOX, H, ModelSymmetryTests, both_directions, chain_system, tiny_model
+
+
+def _tree(n: int, bonds: np.ndarray) -> BondTree:
+    parent, mol = bond_tree(n, bonds)
+    row, col, depth = ancestor_pairs(parent)
+    t = torch.from_numpy
+    return BondTree(t(parent), t(parent == np.arange(n)), t(mol), int(mol.max()) + 1, t(row), t(col), depth)
+
+
+def _case():
+    """A 7-bead chain (0-6), an ion (7), a branched molecule 8-9-10 with 11 on 9, a 4-ring 12-15."""
+    bonds = both_directions([(i, i + 1) for i in range(6)] + [(8, 9), (9, 10), (9, 11), (12, 13), (13, 14),
+                                                               (14, 15), (15, 12)])
+    return 16, bonds
+
+
+def test_trees_are_rooted_at_the_centre_and_span_every_molecule():
+    n, bonds = _case()
+    parent, mol = bond_tree(n, bonds)
+    roots = np.flatnonzero(parent == np.arange(n))
+    assert roots[:3].tolist() == [3, 7, 9] and 12 <= roots[3] <= 15
+    np.testing.assert_array_equal(parent[:7], [1, 2, 3, 3, 3, 4, 5])  # the chain hangs from its middle bead
+    np.testing.assert_array_equal(parent[[8, 10, 11]], [9, 9, 9])
+    # every tree edge is a bond, and each molecule has one root
+    edges = {(int(a), int(b)) for a, b in bonds.T}
+    assert all((i, int(parent[i])) in edges for i in range(n) if parent[i] != i)
+    assert np.bincount(mol[roots]).max() == 1 and len(roots) == mol.max() + 1
+    row, col, depth = ancestor_pairs(parent)
+    assert depth == 3  # the 7-chain: root 3 to the ends 0 and 6
+    # bead 0's ancestors: itself, 1, 2 and the root 3
+    assert sorted(col[row == 0].tolist()) == [0, 1, 2, 3]
+
+
+def test_trees_of_beads_without_bonds_are_single_roots():
+    parent, mol = bond_tree(3, np.zeros((2, 0), dtype=np.int64))
+    np.testing.assert_array_equal(parent, [0, 1, 2])
+    np.testing.assert_array_equal(mol, [0, 1, 2])
+
+
+def _params(tree: BondTree, seed=0) -> tuple[torch.Generator, TreeParams]:
+    g = torch.Generator().manual_seed(seed)
+    n = tree.parent.numel()
+    std = 0.2 + torch.rand(n, 2, generator=g, dtype=torch.float64)
+    root_std = 0.5 + torch.rand(tree.n_molecules, generator=g, dtype=torch.float64)
+    rho = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    vec = link_vectors(x, tree, torch.zeros(n, dtype=torch.long), None)
+    u = torch.where(tree.root[:, None], torch.zeros_like(vec), vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return g, TreeParams(tree=tree, root_std=root_std, std=std, coupling=rho, direction=u)
+
+
+def _dense_factor(p: TreeParams) -> torch.Tensor:
+    """L (3N, 3N) with noise.flatten() = L eps.flatten(), built bead by bead from the recursion
+    n_i = rho_i n_parent + B_i eps_i, B_i = w_across I + (w_along - w_across) u u^T (an
+    independent construction of the same Gaussian)."""
+    t = p.tree
+    n = t.parent.numel()
+    parent = t.parent.tolist()
+    rows: dict[int, torch.Tensor] = {}
+    eye = torch.eye(3, dtype=torch.float64)
+
+    def block(i):
+        if i not in rows:
+            r = torch.zeros(3, 3 * n, dtype=torch.float64)
+            if parent[i] == i:
+                r[:, 3 * i:3 * i + 3] = p.root_std[t.molecule[i]] * eye
+            else:
+                u = p.direction[i]
+                r[:, 3 * i:3 * i + 3] = p.std[i, 1] * eye + (p.std[i, 0] - p.std[i, 1]) * torch.outer(u, u)
+                r = r + p.coupling[i] * block(parent[i])
+            rows[i] = r
+        return rows[i]
+
+    return torch.cat([block(i) for i in range(n)])
+
+
+def test_draw_and_likelihood_are_those_of_one_dense_gaussian():
+    n, bonds = _case()
+    tree = _tree(n, bonds)
+    g, p = _params(tree)
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    L = _dense_factor(p)
+    torch.testing.assert_close(tree_noise(eps, p).reshape(-1), L @ eps.reshape(-1))
+    cov = L @ L.T
+    torch.testing.assert_close(marginal_std(p).reshape(-1), cov.diagonal().sqrt())
+    r = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    dense = torch.distributions.MultivariateNormal(torch.zeros(3 * n, dtype=torch.float64), cov)
+    torch.testing.assert_close(tree_nll(r, p), -dense.log_prob(r.reshape(-1)) / (3 * n))
+
+
+def test_bonded_beads_move_together_and_an_ion_alone():
+    n, bonds = _case()
+    tree = _tree(n, bonds)
+    g, p = _params(tree, 1)
+    p = TreeParams(tree=tree, root_std=torch.ones_like(p.root_std), std=torch.tensor([0.02, 0.2]).double().expand(n, 2),
+                   coupling=torch.full_like(p.coupling, 0.99), direction=p.direction)
+    eps = torch.randn(4000, n, 3, generator=g, dtype=torch.float64)
+    noise = torch.stack([tree_noise(e, p) for e in eps])
+    rel = noise[:, 0] - noise[:, 1]
+    along = (rel * p.direction[0]).sum(-1)
+    assert along.std() < 0.05 and (rel - along[:, None] * p.direction[0]).norm(dim=-1).mean() > 0.2
+    assert (noise[:, 0].std(0) > 0.8).all()
+    torch.testing.assert_close(noise[:, 7], p.root_std[1] * eps[:, 7])  # the ion is its own root
+
+
+def test_tree_cache_recomputes_for_a_new_topology_only():
+    cache = TreeCache(size=2)
+    a = collate(*zip(chain_system(9, BOX, 0)))
+    b = collate(*zip(chain_system(5, BOX, 0)))
+    ta = cache(a)
+    assert cache(a) is ta
+    tb = cache(b)
+    assert tb is not ta and tb.parent.numel() == 5
+    assert int(ta.root.sum()) == 1 and int(ta.parent[ta.root].item()) == 4
+
+
+class TestTreeNoiseSymmetries(ModelSymmetryTests):
+    """Translation, relabelling, batching, periodic images: mean, stds and the tree coupling."""
+
+    def make_model(self) -> MultiScaleDynamics:
+        torch.manual_seed(0)
+        return tiny_model(collective=TreeNoise(16, min_std=1e-3).double())
+
+
+def test_model_trains_on_the_tree_likelihood_and_draws_along_it():
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3).double())
+    sys_, pos = chain_system(20, BOX, 5)
+    batch = collate([sys_], [pos])
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    m.train()
+    loss = m.loss(batch, nxt)
+    loss.backward()
+    grads = [p.grad for p in m.collective.parameters()]
+    assert all(gr is not None and gr.abs().sum() > 0 for gr in grads)  # root std and coupling heads learn
+    m.eval()
+    pred = m(batch)
+    assert pred.tree is not None and pred.tree.coupling.shape == (20,) and pred.tree.std.shape == (20, 2)
+    assert ((pred.tree.coupling > 0) & (pred.tree.coupling < 1)).all()
+    eps = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    want = tree_noise(eps, pred.tree)
+    torch.testing.assert_close(pred.value(eps), (pred.mean + want) * pred.scale)
+    # the model's NLL is the tree likelihood of the target (no separate centre term)
+    z = m.target_from_positions(torch.cat([pos, nxt[:, None]], dim=1)) / pred.scale
+    assert "centre_nll" not in m.loss_terms(batch, nxt)
+    torch.testing.assert_close(m.nll(batch, nxt, pred), tree_nll(z - pred.mean, pred.tree))
+    assert math.isfinite(loss.item())
+
+
+# -- ions hung onto their contacts ------------------------------------------------------------------
+
+def _ion_system(box: torch.Tensor | None) -> tuple:
+    """A 4-bead chain (2 fine particles per bead) along x, then: a 1-particle ion 0.3 nm from chain
+    bead 1 (and 0.5 nm from bead 2), a 3-particle ion 0.4 nm from chain bead 3, a 1-particle ion
+    0.25 nm from the 3-particle ion (and > 0.6 nm from the chain; no distance near the model cutoff), a far 1-particle ion and a
+    1-particle ion 0.3 nm from that one (same size: neither hangs onto the other)."""
+    from cgsim.model.batch import SystemGraph
+
+    chain = [[0.0, 0, 0], [0.4, 0, 0], [0.8, 0, 0], [1.2, 0, 0]]
+    ions = [[0.4, 0.3, 0], [1.2, -0.4, 0], [1.2, -0.65, 0.0], [3.0, 3.0, 3.0], [3.0, 3.3, 3.0]]
+    x = torch.tensor(chain + ions, dtype=torch.float64) + 1.0
+    sizes = [2, 2, 2, 2, 1, 3, 1, 1, 1]
+    atom_to_bead = torch.repeat_interleave(torch.arange(9), torch.tensor(sizes))
+    a = torch.arange(7)
+    atom_bonds = torch.cat([torch.stack([a, a + 1]), torch.stack([a + 1, a])], dim=1)
+    atom_bonds = torch.cat([atom_bonds, torch.tensor([[9, 10, 10, 11], [10, 9, 11, 10]])], dim=1)  # the 3-particle ion
+    b = torch.arange(3)
+    bead_bonds = torch.cat([torch.stack([b, b + 1]), torch.stack([b + 1, b])], dim=1)
+    sys_ = SystemGraph(atom_type=torch.zeros(len(atom_to_bead), dtype=torch.long), atom_bonds=atom_bonds,
+                       atom_to_bead=atom_to_bead, bead_bonds=bead_bonds, n_beads=9, box=box)
+    g = torch.Generator().manual_seed(0)
+    hist = torch.stack([x + 0.01 * k * torch.randn(9, 3, generator=g, dtype=torch.float64) for k in range(H)], dim=1)
+    hist[:, -1] = x
+    return sys_, hist
+
+
+def _contact_model(cutoff=0.45):
+    torch.manual_seed(0)
+    return tiny_model(collective=TreeNoise(16, min_std=1e-3, contact_cutoff=cutoff).double())
+
+
+@pytest.mark.parametrize("box", [None, BOX], ids=["open", "periodic"])
+def test_ions_hang_onto_the_nearest_bead_of_a_larger_molecule(box):
+    model = _contact_model()
+    sys_, hist = _ion_system(box)
+    pred = model(collate([sys_], [hist]))
+    parent = pred.tree.tree.parent.tolist()
+    assert parent[:4] == [1, 1, 1, 2] or parent[:4] == [1, 2, 2, 2]  # the chain's own tree
+    assert parent[4] == 1            # 0.3 nm from chain bead 1 (bead 2 is further)
+    assert parent[5] == 3            # the 3-particle ion onto the chain
+    assert parent[6] == 5            # the small ion onto the 3-particle ion, not onto a smaller or equal one
+    assert parent[7] == 7 and parent[8] == 8  # equal sizes: both stay roots
+    assert pred.tree.tree.depth >= 3      # chain root -> bead 3 -> 3-particle ion -> small ion
+    # the draw: the small ion moves with its partner (a shared ancestor noise)
+    eps = torch.zeros(9, 3, dtype=torch.float64)
+    eps[3] = 1.0                     # only chain bead 3's own noise
+    noise = pred.value(eps) / pred.scale - pred.mean
+    assert (noise[5].abs() > 0).all() and (noise[6].abs() > 0).all() and (noise[4] == 0).all()
+
+
+def test_contacts_beyond_the_cutoff_leave_ions_free():
+    model = _contact_model(cutoff=0.15)
+    pred = model(collate(*zip(_ion_system(BOX))))
+    assert pred.tree.tree.parent.tolist()[4:] == [4, 5, 6, 7, 8]
+
+
+def test_contact_trees_move_with_the_system_and_batch_per_system():
+    model = _contact_model()
+    sys_, hist = _ion_system(BOX)
+    a = model(collate([sys_], [hist]))
+    shift = torch.tensor([2.5, -7.0, 0.3], dtype=torch.float64)
+    images = torch.randint(-1, 2, (9, 1, 3), generator=torch.Generator().manual_seed(3)).double() * BOX
+    for moved in (hist + shift, hist + images):
+        b = model(collate([sys_], [moved]))
+        assert torch.equal(b.tree.tree.parent, a.tree.tree.parent)
+        torch.testing.assert_close(b.tree.coupling, a.tree.coupling, **{"rtol": 1e-9, "atol": 1e-10})
+    other, oh = chain_system(7, BOX, 1)
+    both = model(collate([other, sys_], [oh, hist]))
+    torch.testing.assert_close(both.tree.tree.parent[7:] - 7, a.tree.tree.parent)
+    torch.testing.assert_close(both.mean[7:], a.mean, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(both.tree.coupling[7:], a.tree.coupling, rtol=1e-9, atol=1e-10)
+
+
+def test_contact_cutoff_is_checked():
+    with pytest.raises(ValueError, match="contact_cutoff"):
+        TreeNoise(16, contact_cutoff=-1.0)
