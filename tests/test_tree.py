@@ -15,6 +15,8 @@ from cgsim.model.tree import (
     bond_tree,
     marginal_std,
     TreeParams,
+    bend,
+    unbend,
     link_vectors,
     tree_nll,
     tree_noise,
@@ -245,3 +247,75 @@ def test_contact_trees_move_with_the_system_and_batch_per_system():
 def test_contact_cutoff_is_checked():
     with pytest.raises(ValueError, match="contact_cutoff"):
         TreeNoise(16, contact_cutoff=-1.0)
+
+
+# -- links that turn instead of stretching ------------------------------------------------------------
+
+def _bend_params(seed=0) -> tuple[torch.Generator, TreeParams]:
+    n, bonds = _case()
+    tree = _tree(n, bonds)
+    g, p = _params(tree, seed)
+    x = 2.0 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    links = link_vectors(x, tree, torch.zeros(n, dtype=torch.long), None)
+    u = torch.where(tree.root[:, None], torch.zeros_like(links), links / links.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return g, TreeParams(tree=tree, root_std=p.root_std, std=p.std, coupling=p.coupling, direction=u, links=links)
+
+
+def test_bend_turns_links_keeps_their_length_change_and_inverts():
+    g, p = _bend_params()
+    t = p.tree
+    n = t.parent.numel()
+    step = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    out = bend(step, p)
+    nonroot = ~t.root
+    r = p.links.norm(dim=-1)
+    new_links = (out - out[t.parent] + p.links)[nonroot]
+    change = (step - step[t.parent])[nonroot]
+    # the new link's length is the old one plus the change's component along it, exactly
+    torch.testing.assert_close(new_links.norm(dim=-1), r[nonroot] + (change * p.direction[nonroot]).sum(-1))
+    # and turned by |across| / r
+    across = change - (change * p.direction[nonroot]).sum(-1, keepdim=True) * p.direction[nonroot]
+    cos = (new_links * p.links[nonroot]).sum(-1) / (new_links.norm(dim=-1) * r[nonroot])
+    torch.testing.assert_close(torch.arccos(cos.clamp(-1, 1)), across.norm(dim=-1) / r[nonroot])
+    torch.testing.assert_close(out[t.root], step[t.root])  # roots move as drawn
+    back, _ = unbend(out, p)
+    torch.testing.assert_close(back, step)
+
+
+def test_bend_log_determinant_is_that_of_its_jacobian():
+    g, p = _bend_params(1)
+    n = p.tree.parent.numel()
+    step = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda s: bend(s.reshape(n, 3), p).reshape(-1), step.reshape(-1))
+    _, logdet = unbend(bend(step, p), p)
+    torch.testing.assert_close(logdet, torch.linalg.slogdet(jac)[1])
+
+
+def test_bent_model_likelihood_is_the_change_of_variables_of_the_gaussian():
+    from cgsim.model.simulator import GaussianStep
+
+    g, p = _bend_params(2)
+    n = p.tree.parent.numel()
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    mean = 0.2 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    lin = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale,
+                       tree=TreeParams(**{**p.__dict__, "links": None}))
+    bent = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p)
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = lin.value(eps)
+    torch.testing.assert_close(bent.value(eps), bend(y, p))
+    jac = torch.autograd.functional.jacobian(lambda s: bend(s.reshape(n, 3), p).reshape(-1), y.reshape(-1))
+    # -log p(bent) = -log p(linear) - log|det d bent / d linear|
+    want = lin.nll(y) * y.numel() - torch.linalg.slogdet(jac)[1]
+    torch.testing.assert_close(bent.nll(bent.value(eps)) * y.numel(), want)
+
+
+def test_bend_needs_the_displacement_target():
+    with pytest.raises(ValueError, match="displacement"):
+        tiny_model(collective=TreeNoise(16, bend=True).double(), target="acceleration")
+    m = tiny_model(collective=TreeNoise(16, bend=True).double(), target="displacement")
+    sys_, pos = chain_system(12, BOX, 4)
+    pred = m(collate([sys_], [pos]))
+    assert pred.tree.links is not None
+    step = pred.value(torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    assert torch.isfinite(step).all() and torch.isfinite(pred.nll(step))

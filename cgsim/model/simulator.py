@@ -38,7 +38,7 @@ from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
-from cgsim.model.tree import TreeNoise, TreeParams, marginal_std, tree_nll, tree_noise
+from cgsim.model.tree import TreeNoise, TreeParams, bend, marginal_std, tree_nll, tree_noise, unbend
 
 TARGETS = ("acceleration", "displacement")
 
@@ -80,9 +80,12 @@ class GaussianStep:
     def nll(self, target: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood per bead and dimension of ``target`` (N, 3) in nm (the
         exact joint one under bond-tree noise, :func:`~cgsim.model.tree.tree_nll`)."""
-        z = target / self.scale
         if self.tree is not None:
-            return tree_nll(z - self.mean, self.tree)
+            if self.tree.links is None:
+                return tree_nll(target / self.scale - self.mean, self.tree)
+            linear, logdet = unbend(target, self.tree)
+            return tree_nll(linear / self.scale - self.mean, self.tree) - logdet / target.numel()
+        z = target / self.scale
         return (0.5 * ((z - self.mean) / self.std) ** 2 + torch.log(self.std) + 0.5 * math.log(2 * math.pi)).mean()
 
     def value(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -90,8 +93,9 @@ class GaussianStep:
         the noise (0 = the mean). With collective noise the draw is split into molecule-centre
         and internal parts (:func:`~cgsim.model.collective.collective_noise`)."""
         if self.tree is not None:
-            noise = tree_noise(eps, self.tree)
-        elif self.centre_std is None or self.molecule is None:
+            step = (self.mean + temperature * tree_noise(eps, self.tree)) * self.scale
+            return step if self.tree.links is None else bend(step, self.tree)
+        if self.centre_std is None or self.molecule is None:
             noise = self.std * eps
         else:
             noise = collective_noise(eps, self.std, self.molecule, self.n_molecules, self.centre_std)
@@ -209,6 +213,8 @@ class MultiScaleDynamics(nn.Module):
         #: checkpoint, not trained, so not a submodule
         self.prior: StructuralPrior | None = None
         self.coarse = coarse
+        if isinstance(collective, TreeNoise) and collective.bend and target != "displacement":
+            raise ValueError(f"bond-tree noise with bend=true needs target='displacement', got {target!r}")
         self.collective = collective
         # normalisation, set from data by fit_normalization(); saved with the weights
         self.register_buffer("velocity_scale", torch.tensor(1.0))

@@ -272,6 +272,9 @@ class TreeParams:
     direction : torch.Tensor
         Unit vector from each bead's parent to the bead in the current frame (minimum image),
         shape (N, 3); zero at roots.
+    links : torch.Tensor or None
+        With ``bend``: the current links ``x_i - x_parent`` themselves, shape (N, 3), nm (zero at
+        roots), which :func:`bend` turns instead of stretching.
     """
 
     tree: BondTree
@@ -279,6 +282,7 @@ class TreeParams:
     std: torch.Tensor
     coupling: torch.Tensor
     direction: torch.Tensor
+    links: torch.Tensor | None = None
 
 
 def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
@@ -353,6 +357,70 @@ def marginal_std(p: TreeParams) -> torch.Tensor:
     return torch.zeros_like(u).index_add(0, t.ancestor_row, terms).sqrt()
 
 
+def _safe_norm(v: torch.Tensor) -> torch.Tensor:
+    return (v * v).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
+
+
+def _turn(link: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new link (E, 3) for a link (E, 3) and a linear change (E, 3) of it, and log|det| (E,).
+
+    The change's component along the link changes its length (``r' = r + a_par``); its
+    component across the link turns it, by the angle ``|a_perp| / r`` towards ``a_perp``
+    (the exponential map of the sphere of radius ``r``), instead of adding to its length.
+    ``log|det d link' / d change| = 2 log(r' / r) + log(sin(alpha) / alpha)``.
+    """
+    r = _safe_norm(link)
+    u = link / r
+    along = (change * u).sum(-1, keepdim=True)
+    across = change - along * u
+    alpha = _safe_norm(across) / r
+    sinc = torch.sinc(alpha / math.pi)
+    r_new = r + along
+    new = r_new * (torch.cos(alpha) * u + sinc * across / r)
+    logdet = 2 * torch.log(r_new.abs() / r) + torch.log(sinc)
+    return new, logdet[:, 0]
+
+
+def _unturn(link: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`_turn`: the linear change (E, 3) that turns ``link`` into ``new``, and
+    the forward map's log|det| (E,) there."""
+    r = _safe_norm(link)
+    u = link / r
+    r_new = _safe_norm(new)
+    cos_part = (new * u).sum(-1, keepdim=True)
+    perp = new - cos_part * u
+    alpha = torch.atan2(_safe_norm(perp), cos_part)
+    change = (r_new - r) * u + r * alpha * perp / _safe_norm(perp)
+    sinc = torch.sinc(alpha / math.pi)
+    logdet = 2 * torch.log(r_new / r) + torch.log(sinc)
+    return change, logdet[:, 0]
+
+
+def bend(step: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """Displacements (N, 3) nm whose links turn instead of stretch, from linear ones (N, 3) nm.
+
+    Each link's linear change ``a_i = d_i - d_parent(i)`` becomes the turned link of
+    :func:`_turn`; a bead then moves by its root's displacement plus the turned changes down its
+    path. Triangular in tree order, so its Jacobian is the product of the links' (:func:`unbend`).
+    """
+    t = p.tree
+    change = step - torch.where(t.root[:, None], step, step[t.parent])
+    new, _ = _turn(p.links, change)
+    turned = torch.where(t.root[:, None], step, new - p.links)
+    return torch.zeros_like(step).index_add(0, t.ancestor_row, turned[t.ancestor_col])
+
+
+def unbend(step: torch.Tensor, p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`bend`: the linear displacements (N, 3) nm of true ones, and the sum over
+    links of :func:`bend`'s log|det| there (a scalar)."""
+    t = p.tree
+    new = step - torch.where(t.root[:, None], step, step[t.parent]) + p.links
+    change, logdet = _unturn(p.links, new)
+    linear = torch.where(t.root[:, None], step, change)
+    out = torch.zeros_like(step).index_add(0, t.ancestor_row, linear[t.ancestor_col])
+    return out, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
+
+
 class TreeNoise(CentreNoise):
     """Bond-tree noise: each bead's step is its parent's noise times a coupling plus an innovation
     along/across their link, and a molecule std (read as
@@ -366,10 +434,15 @@ class TreeNoise(CentreNoise):
     contact_cutoff : float
         nm; > 0 hangs each single-bead molecule onto its nearest bead of a larger molecule within
         it (:func:`attach_single_beads`); 0 = bonds only.
+    bend : bool
+        Turn links instead of stretching them (:func:`bend`, an invertible map after the
+        Gaussian: exact likelihood; the model's target must be the displacement).
     """
 
-    def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0) -> None:
+    def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
+                 bend: bool = False) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
+        self.bend = bool(bend)
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
         self.trees = TreeCache()
@@ -397,4 +470,4 @@ class TreeNoise(CentreNoise):
         std = torch.nn.functional.softplus(out[:, :2]) + self.min_std
         coupling = torch.sigmoid(out[:, 2]).clamp(1e-4, 1.0)
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
-                          coupling=coupling, direction=direction.to(h.dtype))
+                          coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None)
