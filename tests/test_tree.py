@@ -15,6 +15,7 @@ from cgsim.model.tree import (
     bond_tree,
     marginal_std,
     TreeParams,
+    make_tree,
     bend,
     unbend,
     link_vectors,
@@ -28,7 +29,7 @@ def _tree(n: int, bonds: np.ndarray) -> BondTree:
     parent, mol = bond_tree(n, bonds)
     row, col, depth = ancestor_pairs(parent)
     t = torch.from_numpy
-    return BondTree(t(parent), t(parent == np.arange(n)), t(mol), int(mol.max()) + 1, t(row), t(col), depth)
+    return make_tree(parent, t(mol), int(mol.max()) + 1)
 
 
 def _case():
@@ -51,6 +52,11 @@ def test_trees_are_rooted_at_the_centre_and_span_every_molecule():
     assert np.bincount(mol[roots]).max() == 1 and len(roots) == mol.max() + 1
     row, col, depth = ancestor_pairs(parent)
     assert depth == 3  # the 7-chain: root 3 to the ends 0 and 6
+    tree = _tree(n, bonds)
+    hops = np.bincount(row, minlength=n) - 1  # ancestors of each bead
+    assert [sorted(lv.tolist()) for lv in tree.levels] == [np.flatnonzero(hops == k).tolist() for k in (1, 2, 3)]
+    assert sorted(torch.cat(tree.levels).tolist()) == sorted(np.flatnonzero(parent != np.arange(n)).tolist())
+    assert tree.levels[0].tolist()[:2] == [2, 4]  # the chain's beads one link below bead 3
     # bead 0's ancestors: itself, 1, 2 and the root 3
     assert sorted(col[row == 0].tolist()) == [0, 1, 2, 3]
 
@@ -270,7 +276,7 @@ def test_bend_turns_links_keeps_their_length_change_and_inverts():
     nonroot = ~t.root
     r = p.links.norm(dim=-1)
     new_links = (out - out[t.parent] + p.links)[nonroot]
-    change = (step - step[t.parent])[nonroot]
+    change = (step - out[t.parent])[nonroot]  # relative to the parent's bent displacement
     # the new link's length is the old one plus the change's component along it, exactly
     torch.testing.assert_close(new_links.norm(dim=-1), r[nonroot] + (change * p.direction[nonroot]).sum(-1))
     # and turned by |across| / r
@@ -278,6 +284,9 @@ def test_bend_turns_links_keeps_their_length_change_and_inverts():
     cos = (new_links * p.links[nonroot]).sum(-1) / (new_links.norm(dim=-1) * r[nonroot])
     torch.testing.assert_close(torch.arccos(cos.clamp(-1, 1)), across.norm(dim=-1) / r[nonroot])
     torch.testing.assert_close(out[t.root], step[t.root])  # roots move as drawn
+    # a bead moves off its own linear draw by its link's second-order turn term only, not by a
+    # sum of its ancestors' (|a|^2 / r per link, here < 0.3^2 * 6 / 1.2)
+    assert (out - step).norm(dim=-1).max() < 0.5 * (step - out[t.parent]).norm(dim=-1).max()
     back, _ = unbend(out, p)
     torch.testing.assert_close(back, step)
 

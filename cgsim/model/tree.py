@@ -68,6 +68,9 @@ class BondTree:
         noise of bead ``col`` (every bead with itself and each of its ancestors up to the root).
     depth : int
         Largest number of bonds between a root and a bead of its tree.
+    levels : tuple of torch.Tensor
+        The beads ``k`` links below their root, for ``k = 1 .. depth`` (int64 each): the order in
+        which :func:`bend` places them.
     """
 
     parent: torch.Tensor
@@ -77,6 +80,7 @@ class BondTree:
     ancestor_row: torch.Tensor
     ancestor_col: torch.Tensor
     depth: int
+    levels: tuple[torch.Tensor, ...] = ()
 
 
 def _bfs(adj: csr_matrix, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +179,21 @@ def ancestor_pairs(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return np.concatenate(rows), np.concatenate(cols), depth
 
 
+def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> BondTree:
+    """The :class:`BondTree` of a forest given by ``parent`` (N,) (a root is its own parent), its
+    tensors on ``molecule``'s device."""
+    dev = molecule.device
+    row, col, depth = ancestor_pairs(parent)
+    hops = np.bincount(row, minlength=parent.size) - 1
+    order = np.argsort(hops, kind="stable")
+    bounds = np.searchsorted(hops[order], np.arange(1, depth + 2))
+    levels = tuple(torch.from_numpy(order[bounds[k]:bounds[k + 1]]).to(dev) for k in range(depth))
+    t = torch.from_numpy
+    return BondTree(parent=t(parent).to(dev), root=t(parent == np.arange(parent.size)).to(dev), molecule=molecule,
+                    n_molecules=n_molecules, ancestor_row=t(row).to(dev), ancestor_col=t(col).to(dev), depth=depth,
+                    levels=levels)
+
+
 class TreeCache:
     """:class:`BondTree` of a batch's bonds, computed once per topology (the last ``size`` kept).
 
@@ -199,11 +218,8 @@ class TreeCache:
             self._cache.move_to_end(key)
             return hit
         parent, mol = bond_tree(batch.n_beads, host)
-        row, col, depth = ancestor_pairs(parent)
-        dev = bonds.device
-        tree = BondTree(parent=torch.from_numpy(parent).to(dev), root=torch.from_numpy(parent == np.arange(parent.size)).to(dev),
-                        molecule=torch.from_numpy(mol).to(dev), n_molecules=int(mol.max()) + 1 if mol.size else 0,
-                        ancestor_row=torch.from_numpy(row).to(dev), ancestor_col=torch.from_numpy(col).to(dev), depth=depth)
+        mol_t = torch.from_numpy(mol).to(bonds.device)
+        tree = make_tree(parent, mol_t, int(mol.max()) + 1 if mol.size else 0)
         self._cache[key] = tree
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)
@@ -247,11 +263,7 @@ def attach_single_beads(tree: BondTree, batch: BeadBatch, edge_index: torch.Tens
     first[1:] = dst[1:] != dst[:-1]
     parent = tree.parent.clone()
     parent[dst[first]] = src[first]
-    host = parent.cpu().numpy()
-    row, col, depth = ancestor_pairs(host)
-    return BondTree(parent=parent, root=parent == torch.arange(n, device=dev), molecule=tree.molecule,
-                    n_molecules=tree.n_molecules, ancestor_row=torch.from_numpy(row).to(dev),
-                    ancestor_col=torch.from_numpy(col).to(dev), depth=depth)
+    return make_tree(parent.cpu().numpy(), tree.molecule, tree.n_molecules)
 
 
 @dataclass(frozen=True)
@@ -399,26 +411,30 @@ def _unturn(link: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.
 def bend(step: torch.Tensor, p: TreeParams) -> torch.Tensor:
     """Displacements (N, 3) nm whose links turn instead of stretch, from linear ones (N, 3) nm.
 
-    Each link's linear change ``a_i = d_i - d_parent(i)`` becomes the turned link of
-    :func:`_turn`; a bead then moves by its root's displacement plus the turned changes down its
-    path. Triangular in tree order, so its Jacobian is the product of the links' (:func:`unbend`).
+    Down each tree, level by level: a bead's link change relative to its parent's *bent*
+    displacement, ``a_i = d_i - d'_parent(i)``, becomes the turned link of :func:`_turn`, and
+    the bead goes there: ``d'_i = d'_parent + turn(l_i, a_i) - l_i``. A bead stays near its own
+    linear draw (``d'_i - d_i`` is the turn's second-order term alone, not a sum down the tree);
+    its link to its parent has length ``r + a_par`` exactly. Triangular in tree order, with the
+    diagonal blocks of :func:`_turn` (:func:`unbend` inverts it in parallel).
     """
     t = p.tree
-    change = step - torch.where(t.root[:, None], step, step[t.parent])
-    new, _ = _turn(p.links, change)
-    turned = torch.where(t.root[:, None], step, new - p.links)
-    return torch.zeros_like(step).index_add(0, t.ancestor_row, turned[t.ancestor_col])
+    out = step
+    for idx in t.levels:
+        par = out[t.parent[idx]]
+        new, _ = _turn(p.links[idx], step[idx] - par)
+        out = out.index_copy(0, idx, par + new - p.links[idx])
+    return out
 
 
 def unbend(step: torch.Tensor, p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`bend`: the linear displacements (N, 3) nm of true ones, and the sum over
-    links of :func:`bend`'s log|det| there (a scalar)."""
+    links of :func:`bend`'s log|det| there (a scalar). Every link at once (no level loop)."""
     t = p.tree
-    new = step - torch.where(t.root[:, None], step, step[t.parent]) + p.links
-    change, logdet = _unturn(p.links, new)
-    linear = torch.where(t.root[:, None], step, change)
-    out = torch.zeros_like(step).index_add(0, t.ancestor_row, linear[t.ancestor_col])
-    return out, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
+    par = step[t.parent]
+    change, logdet = _unturn(p.links, step - par + p.links)
+    linear = torch.where(t.root[:, None], step, par + change)
+    return linear, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
 
 
 class TreeNoise(CentreNoise):
