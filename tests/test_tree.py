@@ -16,8 +16,8 @@ from cgsim.model.tree import (
     marginal_std,
     TreeParams,
     make_tree,
-    bend,
-    unbend,
+    bent_draw,
+    bent_innovations,
     link_vectors,
     tree_nll,
     tree_noise,
@@ -267,56 +267,90 @@ def _bend_params(seed=0) -> tuple[torch.Generator, TreeParams]:
     return g, TreeParams(tree=tree, root_std=p.root_std, std=p.std, coupling=p.coupling, direction=u, links=links)
 
 
-def test_bend_turns_links_keeps_their_length_change_and_inverts():
+def test_bent_draw_turns_links_keeps_their_length_change_and_inverts():
     g, p = _bend_params()
     t = p.tree
     n = t.parent.numel()
-    step = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    out = bend(step, p)
+    scale = torch.tensor(0.8, dtype=torch.float64)
+    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    out = bent_draw(eps, mean, scale, p)
     nonroot = ~t.root
-    r = p.links.norm(dim=-1)
+    # each bead's linear displacement: conditional mean given its parent's drawn one + innovation
+    own = torch.where(t.root[:, None], p.root_std[t.molecule][:, None] * eps,
+                      p.std[:, 1:] * eps + (p.std[:, :1] - p.std[:, 1:]) * (eps * p.direction).sum(-1, keepdim=True) * p.direction)
+    lin = (mean + p.coupling[:, None] * (out[t.parent] / scale - mean[t.parent]) + own) * scale
+    change = (lin - out[t.parent])[nonroot]
+    u, r = p.direction[nonroot], p.links.norm(dim=-1)[nonroot]
     new_links = (out - out[t.parent] + p.links)[nonroot]
-    change = (step - out[t.parent])[nonroot]  # relative to the parent's bent displacement
     # the new link's length is the old one plus the change's component along it, exactly
-    torch.testing.assert_close(new_links.norm(dim=-1), r[nonroot] + (change * p.direction[nonroot]).sum(-1))
-    # and turned by |across| / r
-    across = change - (change * p.direction[nonroot]).sum(-1, keepdim=True) * p.direction[nonroot]
-    cos = (new_links * p.links[nonroot]).sum(-1) / (new_links.norm(dim=-1) * r[nonroot])
-    torch.testing.assert_close(torch.arccos(cos.clamp(-1, 1)), across.norm(dim=-1) / r[nonroot])
-    torch.testing.assert_close(out[t.root], step[t.root])  # roots move as drawn
-    # a bead moves off its own linear draw by its link's second-order turn term only, not by a
-    # sum of its ancestors' (|a|^2 / r per link, here < 0.3^2 * 6 / 1.2)
-    assert (out - step).norm(dim=-1).max() < 0.5 * (step - out[t.parent]).norm(dim=-1).max()
-    back, _ = unbend(out, p)
-    torch.testing.assert_close(back, step)
+    torch.testing.assert_close(new_links.norm(dim=-1), r + (change * u).sum(-1))
+    # and it is turned by |across| / r (radians) towards the change's across part
+    across = change - (change * u).sum(-1, keepdim=True) * u
+    cos = (new_links * p.links[nonroot]).sum(-1) / (new_links.norm(dim=-1) * r)
+    torch.testing.assert_close(torch.arccos(cos.clamp(-1, 1)), across.norm(dim=-1) / r)
+    torch.testing.assert_close(out[t.root], ((mean + own) * scale)[t.root])  # roots move as drawn
+    d, _ = bent_innovations(out, mean, scale, p)
+    torch.testing.assert_close(d, own)  # the inverse recovers the innovations
+    # temperature 0: every bead at its conditional mean, turned
+    torch.testing.assert_close(bent_draw(eps, mean, scale, p, temperature=0.0),
+                               bent_draw(torch.zeros_like(eps), mean, scale, p))
 
 
-def test_bend_log_determinant_is_that_of_its_jacobian():
-    g, p = _bend_params(1)
-    n = p.tree.parent.numel()
-    step = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda s: bend(s.reshape(n, 3), p).reshape(-1), step.reshape(-1))
-    _, logdet = unbend(bend(step, p), p)
-    torch.testing.assert_close(logdet, torch.linalg.slogdet(jac)[1])
-
-
-def test_bent_model_likelihood_is_the_change_of_variables_of_the_gaussian():
+def test_bent_likelihood_is_normalised():
+    """A bonded bead's conditional density (its root held), integrated over a grid of its new
+    link, is 1: the turn's Jacobian enters the NLL with the right sign (an independent check)."""
     from cgsim.model.simulator import GaussianStep
 
-    g, p = _bend_params(2)
-    n = p.tree.parent.numel()
-    scale = torch.tensor(0.7, dtype=torch.float64)
-    mean = 0.2 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    lin = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale,
-                       tree=TreeParams(**{**p.__dict__, "links": None}))
-    bent = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p)
-    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = lin.value(eps)
-    torch.testing.assert_close(bent.value(eps), bend(y, p))
-    jac = torch.autograd.functional.jacobian(lambda s: bend(s.reshape(n, 3), p).reshape(-1), y.reshape(-1))
-    # -log p(bent) = -log p(linear) - log|det d bent / d linear|
-    want = lin.nll(y) * y.numel() - torch.linalg.slogdet(jac)[1]
-    torch.testing.assert_close(bent.nll(bent.value(eps)) * y.numel(), want)
+    m = 4000  # copies of a 2-bead molecule (root 0, child 1), one grid point each
+    grid_h = 0.1
+    # cell centres, never on the x axis: the density has integrable singularities at r' = 0 and
+    # alpha = pi (every change of one length / one angle maps there), far out in the tails here
+    ax = torch.arange(-2.0, 3.0, grid_h, dtype=torch.float64) + grid_h / 2
+    grid = torch.stack(torch.meshgrid(ax, ax - 0.5, ax - 0.5, indexing="ij"), -1).reshape(-1, 3)
+    w = torch.tensor([0.2, 0.35], dtype=torch.float64)
+    link = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    mean = torch.tensor([[0.1, -0.05, 0.0], [0.05, 0.1, 0.02]], dtype=torch.float64)
+    root_d = torch.tensor([0.2, 0.1, -0.1], dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    total = 0.0
+    for chunk in grid.split(m):
+        k = chunk.shape[0]
+        parent = np.repeat(np.arange(k) * 2, 2)
+        tree = make_tree(parent, torch.arange(k).repeat_interleave(2), k)
+        links = torch.zeros(2 * k, 3, dtype=torch.float64)
+        links[1::2] = link
+        p = TreeParams(tree=tree, root_std=torch.full((k,), 0.5, dtype=torch.float64), std=w.expand(2 * k, 2),
+                       coupling=torch.full((2 * k,), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
+        target = torch.zeros(2 * k, 3, dtype=torch.float64)
+        target[0::2] = root_d
+        target[1::2] = root_d + chunk - link          # the child's new link is the grid point
+        d, _ = bent_innovations(target, mean.repeat(k, 1), scale, p)
+        dc = d[1::2]
+        along = dc[:, 0]
+        gauss = 0.5 * (along / w[0]) ** 2 + 0.5 * (dc[:, 1:] ** 2).sum(-1) / w[1] ** 2 + torch.log(w[0]) \
+            + 2 * torch.log(w[1]) + 1.5 * math.log(2 * math.pi)
+        # the turn's log|det| from spherical coordinates: (r'/r)^2 sin(alpha)/alpha, r = 1
+        r = chunk.norm(dim=-1)
+        alpha = torch.atan2(chunk[:, 1:].norm(dim=-1), chunk[:, 0])
+        logdet = 2 * torch.log(r) + torch.log(torch.sinc(alpha / math.pi))
+        total += float(torch.exp(-(gauss + logdet)).sum()) * grid_h ** 3
+    assert abs(total - 1.0) < 0.01, total
+    # and the model's NLL is exactly that: root + child terms, per dimension
+    tree = make_tree(np.array([0, 0]), torch.zeros(2, dtype=torch.long), 1)
+    links = torch.stack([torch.zeros(3, dtype=torch.float64), link])
+    p = TreeParams(tree=tree, root_std=torch.tensor([0.5], dtype=torch.float64), std=w.expand(2, 2),
+                   coupling=torch.full((2,), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
+    c = torch.tensor([1.2, 0.4, -0.3], dtype=torch.float64)
+    target = torch.stack([root_d, root_d + c - link])
+    step = GaussianStep(mean=mean, std=torch.ones(2, 3, dtype=torch.float64), scale=scale, tree=p)
+    d, _ = bent_innovations(target, mean, scale, p)
+    root_nll = 0.5 * (((root_d - mean[0]) / 0.5) ** 2).sum() + 3 * math.log(0.5) + 1.5 * math.log(2 * math.pi)
+    child = 0.5 * (d[1, 0] / w[0]) ** 2 + 0.5 * (d[1, 1:] ** 2).sum() / w[1] ** 2 + torch.log(w[0]) + 2 * torch.log(w[1]) \
+        + 1.5 * math.log(2 * math.pi)
+    alpha = torch.atan2(c[1:].norm(), c[0])
+    child = child + 2 * torch.log(c.norm()) + torch.log(torch.sinc(alpha / math.pi))
+    torch.testing.assert_close(step.nll(target) * 6, root_nll + child)
 
 
 def test_bend_needs_the_displacement_target():

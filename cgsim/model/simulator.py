@@ -38,7 +38,16 @@ from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
-from cgsim.model.tree import TreeNoise, TreeParams, bend, marginal_std, tree_nll, tree_noise, unbend
+from cgsim.model.tree import (
+    TreeNoise,
+    TreeParams,
+    bent_draw,
+    bent_innovations,
+    innovation_nll,
+    marginal_std,
+    tree_nll,
+    tree_noise,
+)
 
 TARGETS = ("acceleration", "displacement")
 
@@ -83,8 +92,8 @@ class GaussianStep:
         if self.tree is not None:
             if self.tree.links is None:
                 return tree_nll(target / self.scale - self.mean, self.tree)
-            linear, logdet = unbend(target, self.tree)
-            return tree_nll(linear / self.scale - self.mean, self.tree) - logdet / target.numel()
+            d, logdet = bent_innovations(target, self.mean, self.scale, self.tree)
+            return innovation_nll(d, self.tree) + logdet / target.numel()
         z = target / self.scale
         return (0.5 * ((z - self.mean) / self.std) ** 2 + torch.log(self.std) + 0.5 * math.log(2 * math.pi)).mean()
 
@@ -93,8 +102,9 @@ class GaussianStep:
         the noise (0 = the mean). With collective noise the draw is split into molecule-centre
         and internal parts (:func:`~cgsim.model.collective.collective_noise`)."""
         if self.tree is not None:
-            step = (self.mean + temperature * tree_noise(eps, self.tree)) * self.scale
-            return step if self.tree.links is None else bend(step, self.tree)
+            if self.tree.links is not None:
+                return bent_draw(eps, self.mean, self.scale, self.tree, temperature)
+            return (self.mean + temperature * tree_noise(eps, self.tree)) * self.scale
         if self.centre_std is None or self.molecule is None:
             noise = self.std * eps
         else:

@@ -70,7 +70,7 @@ class BondTree:
         Largest number of bonds between a root and a bead of its tree.
     levels : tuple of torch.Tensor
         The beads ``k`` links below their root, for ``k = 1 .. depth`` (int64 each): the order in
-        which :func:`bend` places them.
+        which :func:`bent_draw` places them.
     """
 
     parent: torch.Tensor
@@ -286,7 +286,7 @@ class TreeParams:
         shape (N, 3); zero at roots.
     links : torch.Tensor or None
         With ``bend``: the current links ``x_i - x_parent`` themselves, shape (N, 3), nm (zero at
-        roots), which :func:`bend` turns instead of stretching.
+        roots), which :func:`bent_draw` turns instead of stretching.
     """
 
     tree: BondTree
@@ -347,7 +347,13 @@ def tree_nll(residual: torch.Tensor, p: TreeParams) -> torch.Tensor:
     """
     t = p.tree
     up = p.coupling[:, None] * residual[t.parent]
-    d = residual - torch.where(t.root[:, None], torch.zeros_like(residual), up)
+    return innovation_nll(residual - torch.where(t.root[:, None], torch.zeros_like(residual), up), p)
+
+
+def innovation_nll(d: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """NLL (a mean per bead and dimension) of innovations ``d`` (N, 3): along/across each bead's
+    link with :attr:`TreeParams.std`, isotropic with the root std at roots."""
+    t = p.tree
     sq = (d * d).sum(-1)
     along = (d * p.direction).sum(-1)
     w_along, w_across = p.std[:, 0], p.std[:, 1]
@@ -355,7 +361,7 @@ def tree_nll(residual: torch.Tensor, p: TreeParams) -> torch.Tensor:
         + torch.log(w_along) + 2 * torch.log(w_across)
     s = p.root_std[t.molecule]
     rooted = 0.5 * sq / s ** 2 + 3 * torch.log(s)
-    return (torch.where(t.root, rooted, inner).sum() / residual.numel()) + 0.5 * math.log(2 * math.pi)
+    return (torch.where(t.root, rooted, inner).sum() / d.numel()) + 0.5 * math.log(2 * math.pi)
 
 
 def marginal_std(p: TreeParams) -> torch.Tensor:
@@ -408,33 +414,56 @@ def _unturn(link: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.
     return change, logdet[:, 0]
 
 
-def bend(step: torch.Tensor, p: TreeParams) -> torch.Tensor:
-    """Displacements (N, 3) nm whose links turn instead of stretch, from linear ones (N, 3) nm.
+def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: TreeParams,
+              temperature: float = 1.0) -> torch.Tensor:
+    """A step (N, 3) nm drawn down each tree with its links turned, not stretched.
 
-    Down each tree, level by level: a bead's link change relative to its parent's *bent*
-    displacement, ``a_i = d_i - d'_parent(i)``, becomes the turned link of :func:`_turn`, and
-    the bead goes there: ``d'_i = d'_parent + turn(l_i, a_i) - l_i``. A bead stays near its own
-    linear draw (``d'_i - d_i`` is the turn's second-order term alone, not a sum down the tree);
-    its link to its parent has length ``r + a_par`` exactly. Triangular in tree order, with the
-    diagonal blocks of :func:`_turn` (:func:`unbend` inverts it in parallel).
+    Level by level from the roots: bead ``i``'s linear displacement is Gaussian around
+    ``mean_i + rho_i (d'_parent / scale - mean_parent)`` (conditioned on its parent's *drawn*
+    displacement ``d'_parent``) with its own innovation (:attr:`TreeParams.std` along/across
+    its link, ``temperature`` times ``eps``); its link change ``a_i = d_i - d'_parent`` is then
+    turned (:func:`_turn`): ``d'_i = d'_parent + turn(l_i, a_i) - l_i``, so the link's new
+    length is ``r + a_par`` exactly and a large sideways change turns the link instead of
+    stretching it. Roots move by ``mean + root_std eps``. An autoregressive flow: its exact
+    likelihood is :func:`bent_innovations` (every bead at once).
+
+    Parameters
+    ----------
+    eps : torch.Tensor
+        Standard-normal draw (N, 3).
+    mean : torch.Tensor
+        Mean displacement (N, 3), normalised units.
+    scale : torch.Tensor
+        nm per normalised unit (scalar).
+    p : TreeParams
+        The step's trees and parameters (``links`` set).
+    temperature : float
+        Scale of the innovations (0 = each bead at its conditional mean, turned).
     """
     t = p.tree
-    out = step
+    own = temperature * _own_noise(eps, p)
+    out = (mean + own) * scale
     for idx in t.levels:
-        par = out[t.parent[idx]]
-        new, _ = _turn(p.links[idx], step[idx] - par)
+        par_idx = t.parent[idx]
+        par = out[par_idx]
+        lin = (mean[idx] + p.coupling[idx, None] * (par / scale - mean[par_idx]) + own[idx]) * scale
+        new, _ = _turn(p.links[idx], lin - par)
         out = out.index_copy(0, idx, par + new - p.links[idx])
     return out
 
 
-def unbend(step: torch.Tensor, p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`bend`: the linear displacements (N, 3) nm of true ones, and the sum over
-    links of :func:`bend`'s log|det| there (a scalar). Every link at once (no level loop)."""
+def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                     p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`bent_draw` for a true step (N, 3) nm: the innovations (N, 3)
+    (normalised units; :func:`innovation_nll` scores them) and the sum over links of the turns'
+    log|det| (a scalar). The step's density is the innovations' divided by the turns' Jacobian
+    determinants, so its NLL is the innovations' *plus* that sum. Every bead at once."""
     t = p.tree
     par = step[t.parent]
     change, logdet = _unturn(p.links, step - par + p.links)
-    linear = torch.where(t.root[:, None], step, par + change)
-    return linear, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
+    cond = mean + p.coupling[:, None] * (par / scale - mean[t.parent])
+    d = torch.where(t.root[:, None], step / scale - mean, (par + change) / scale - cond)
+    return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
 
 
 class TreeNoise(CentreNoise):
@@ -451,8 +480,8 @@ class TreeNoise(CentreNoise):
         nm; > 0 hangs each single-bead molecule onto its nearest bead of a larger molecule within
         it (:func:`attach_single_beads`); 0 = bonds only.
     bend : bool
-        Turn links instead of stretching them (:func:`bend`, an invertible map after the
-        Gaussian: exact likelihood; the model's target must be the displacement).
+        Turn links instead of stretching them (:func:`bent_draw`, an autoregressive flow down
+        each tree: exact likelihood; the model's target must be the displacement).
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
