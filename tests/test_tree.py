@@ -72,7 +72,7 @@ def _params(tree: BondTree, seed=0) -> tuple[torch.Generator, TreeParams]:
     n = tree.parent.numel()
     std = 0.2 + torch.rand(n, 2, generator=g, dtype=torch.float64)
     root_std = 0.5 + torch.rand(tree.n_molecules, generator=g, dtype=torch.float64)
-    rho = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
+    rho = 0.05 + 0.9 * torch.rand(n, 2, generator=g, dtype=torch.float64)
     x = torch.randn(n, 3, generator=g, dtype=torch.float64)
     vec = link_vectors(x, tree, torch.zeros(n, dtype=torch.long), None)
     u = torch.where(tree.root[:, None], torch.zeros_like(vec), vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
@@ -81,8 +81,8 @@ def _params(tree: BondTree, seed=0) -> tuple[torch.Generator, TreeParams]:
 
 def _dense_factor(p: TreeParams) -> torch.Tensor:
     """L (3N, 3N) with noise.flatten() = L eps.flatten(), built bead by bead from the recursion
-    n_i = rho_i n_parent + B_i eps_i, B_i = w_across I + (w_along - w_across) u u^T (an
-    independent construction of the same Gaussian)."""
+    n_i = A_i n_parent + B_i eps_i, B_i = w_across I + (w_along - w_across) u u^T, A_i likewise
+    from the couplings (an independent construction of the same Gaussian)."""
     t = p.tree
     n = t.parent.numel()
     parent = t.parent.tolist()
@@ -97,7 +97,8 @@ def _dense_factor(p: TreeParams) -> torch.Tensor:
             else:
                 u = p.direction[i]
                 r[:, 3 * i:3 * i + 3] = p.std[i, 1] * eye + (p.std[i, 0] - p.std[i, 1]) * torch.outer(u, u)
-                r = r + p.coupling[i] * block(parent[i])
+                a = p.coupling[i, 1] * eye + (p.coupling[i, 0] - p.coupling[i, 1]) * torch.outer(u, u)
+                r = r + a @ block(parent[i])
             rows[i] = r
         return rows[i]
 
@@ -164,7 +165,7 @@ def test_model_trains_on_the_tree_likelihood_and_draws_along_it():
     assert all(gr is not None and gr.abs().sum() > 0 for gr in grads)  # root std and coupling heads learn
     m.eval()
     pred = m(batch)
-    assert pred.tree is not None and pred.tree.coupling.shape == (20,) and pred.tree.std.shape == (20, 2)
+    assert pred.tree is not None and pred.tree.coupling.shape == (20, 2) and pred.tree.std.shape == (20, 2)
     assert ((pred.tree.coupling > 0) & (pred.tree.coupling < 1)).all()
     eps = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     want = tree_noise(eps, pred.tree)
@@ -279,7 +280,10 @@ def test_bent_draw_turns_links_keeps_their_length_change_and_inverts():
     # each bead's linear displacement: conditional mean given its parent's drawn one + innovation
     own = torch.where(t.root[:, None], p.root_std[t.molecule][:, None] * eps,
                       p.std[:, 1:] * eps + (p.std[:, :1] - p.std[:, 1:]) * (eps * p.direction).sum(-1, keepdim=True) * p.direction)
-    lin = (mean + p.coupling[:, None] * (out[t.parent] / scale - mean[t.parent]) + own) * scale
+    par = out[t.parent] / scale - mean[t.parent]
+    along_c, across_c = p.coupling[:, :1], p.coupling[:, 1:]
+    lin = (mean + across_c * par + (along_c - across_c) * (par * p.direction).sum(-1, keepdim=True) * p.direction
+           + own) * scale
     change = (lin - out[t.parent])[nonroot]
     u, r = p.direction[nonroot], p.links.norm(dim=-1)[nonroot]
     new_links = (out - out[t.parent] + p.links)[nonroot]
@@ -321,7 +325,7 @@ def test_bent_likelihood_is_normalised():
         links = torch.zeros(2 * k, 3, dtype=torch.float64)
         links[1::2] = link
         p = TreeParams(tree=tree, root_std=torch.full((k,), 0.5, dtype=torch.float64), std=w.expand(2 * k, 2),
-                       coupling=torch.full((2 * k,), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
+                       coupling=torch.full((2 * k, 2), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
         target = torch.zeros(2 * k, 3, dtype=torch.float64)
         target[0::2] = root_d
         target[1::2] = root_d + chunk - link          # the child's new link is the grid point
@@ -340,7 +344,7 @@ def test_bent_likelihood_is_normalised():
     tree = make_tree(np.array([0, 0]), torch.zeros(2, dtype=torch.long), 1)
     links = torch.stack([torch.zeros(3, dtype=torch.float64), link])
     p = TreeParams(tree=tree, root_std=torch.tensor([0.5], dtype=torch.float64), std=w.expand(2, 2),
-                   coupling=torch.full((2,), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
+                   coupling=torch.tensor([[0.8, 0.3]] * 2, dtype=torch.float64), direction=links.clone(), links=links)
     c = torch.tensor([1.2, 0.4, -0.3], dtype=torch.float64)
     target = torch.stack([root_d, root_d + c - link])
     step = GaussianStep(mean=mean, std=torch.ones(2, 3, dtype=torch.float64), scale=scale, tree=p)

@@ -11,18 +11,22 @@ rooted at the tree's centre (fewest hops to every bead), as a Gaussian Markov ch
 
 - the root moves by ``s_m eps_root`` (``s_m``: the molecule's std, read like the centre std of
   :class:`~cgsim.model.collective.CentreNoise` from the mean of a head over its bead latents);
-- every other bead ``i`` moves by ``n_i = rho_i n_parent(i) + innovation_i``: a coupling
-  ``rho_i`` in (0, 1) to its parent's noise plus its own Gaussian innovation with one std
-  *along* the current link ``x_i - x_parent`` and one *across* it (stretching a bond and turning
-  it are different motions; a per-axis std could not tell them apart). ``rho``, both stds are
-  read from ``[h_i, h_parent, |link|]``.
+- every other bead ``i`` moves by ``n_i = A_i n_parent(i) + innovation_i``: a coupling to its
+  parent's noise, ``A_i = rho_across I + (rho_along - rho_across) u u^T`` (``u`` the current
+  link ``x_i - x_parent``, normalised), plus its own Gaussian innovation with one std *along*
+  the link and one *across* it (stretching a bond and turning it are different motions; a
+  per-axis std could not tell them apart, and one coupling for all directions fits the
+  along-link one, ~0.95, and makes sideways motion pile up down the tree: measured, 2x the
+  MD step). The couplings and stds are read from ``[h_i, h_parent, |link|]``.
 
 The map from the independent innovations to the noise is unit lower-triangular in tree order, so
-the exact negative log-likelihood of a true step is that of the innovations ``d_i = r_i - rho_i
-r_parent(i)`` (``r = z - mean``; ``d_root = r_root``): as cheap as the diagonal one, and a draw is
-two index sums over the ancestor pairs (:func:`tree_noise`). The whole molecule shares its root's
-noise, so molecules move together as in MD; a single bead (an ion) is its own root, or, with
-``contact_cutoff``, hangs onto its nearest contact of a larger molecule
+the exact negative log-likelihood of a true step is that of the innovations ``d_i = r_i - A_i
+r_parent(i)`` (``r = z - mean``; ``d_root = r_root``): as cheap as the diagonal one, every bead
+at once; a draw goes down the trees level by level (depth ~ half the longest chain,
+:func:`tree_noise`). With ``bend`` each link's change turns the link instead of stretching it
+(:func:`bent_draw`, an autoregressive flow with an exact likelihood). The whole molecule shares
+its root's noise, so molecules move together as in MD; a single bead (an ion) is its own root,
+or, with ``contact_cutoff``, hangs onto its nearest contact of a larger molecule
 (:func:`attach_single_beads`).
 
 The bond trees depend on the bonds only (computed once per topology, :class:`TreeCache`); the
@@ -63,9 +67,6 @@ class BondTree:
         Molecule of every bead, shape (N,), int64, 0..M-1.
     n_molecules : int
         M.
-    ancestor_row, ancestor_col : torch.Tensor
-        The ancestor matrix's nonzeros, shape (P,) each, int64: bead ``row`` receives the own
-        noise of bead ``col`` (every bead with itself and each of its ancestors up to the root).
     depth : int
         Largest number of bonds between a root and a bead of its tree.
     levels : tuple of torch.Tensor
@@ -77,8 +78,6 @@ class BondTree:
     root: torch.Tensor
     molecule: torch.Tensor
     n_molecules: int
-    ancestor_row: torch.Tensor
-    ancestor_col: torch.Tensor
     depth: int
     levels: tuple[torch.Tensor, ...] = ()
 
@@ -190,7 +189,7 @@ def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> B
     levels = tuple(torch.from_numpy(order[bounds[k]:bounds[k + 1]]).to(dev) for k in range(depth))
     t = torch.from_numpy
     return BondTree(parent=t(parent).to(dev), root=t(parent == np.arange(parent.size)).to(dev), molecule=molecule,
-                    n_molecules=n_molecules, ancestor_row=t(row).to(dev), ancestor_col=t(col).to(dev), depth=depth,
+                    n_molecules=n_molecules, depth=depth,
                     levels=levels)
 
 
@@ -280,7 +279,8 @@ class TreeParams:
         Std of each bead's innovation along and across its link to its parent, shape (N, 2)
         (unused at roots).
     coupling : torch.Tensor
-        Each bead's coupling ``rho`` to its parent's noise, shape (N,), in (0, 1) (unused at roots).
+        Each bead's coupling to its parent's noise along and across their link, shape (N, 2), in
+        (0, 1) (unused at roots): ``A_i = rho_across I + (rho_along - rho_across) u u^T``.
     direction : torch.Tensor
         Unit vector from each bead's parent to the bead in the current frame (minimum image),
         shape (N, 3); zero at roots.
@@ -314,17 +314,15 @@ def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
     return torch.where(p.tree.root[:, None], p.root_std[p.tree.molecule][:, None] * eps, innovation)
 
 
-def _path_decay(p: TreeParams) -> torch.Tensor:
-    """Per ancestor pair (P,): the product of ``rho`` over the tree edges from the ancestor
-    (column) down to the bead (row), 1 for a bead with itself."""
-    t = p.tree
-    log_rho = torch.where(t.root, torch.zeros_like(p.coupling), torch.log(p.coupling))
-    depth_sum = torch.zeros_like(log_rho).index_add(0, t.ancestor_row, log_rho[t.ancestor_col])
-    return torch.exp(depth_sum[t.ancestor_row] - depth_sum[t.ancestor_col])
+def _couple(v: torch.Tensor, coupling: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``A v`` for vectors ``v`` (K, 3): coupling (K, 2) along/across the unit links ``u`` (K, 3)."""
+    along, across = coupling[:, :1], coupling[:, 1:]
+    return across * v + (along - across) * (v * u).sum(-1, keepdim=True) * u
 
 
 def tree_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
-    """Correlated noise (N, 3): ``n_i = rho_i n_parent(i) + innovation_i`` down every tree.
+    """Correlated noise (N, 3): ``n_i = A_i n_parent(i) + innovation_i`` down every tree, level by
+    level (``A_i``: the coupling along/across bead ``i``'s link).
 
     Parameters
     ----------
@@ -334,19 +332,22 @@ def tree_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
         The step's trees and parameters.
     """
     t = p.tree
-    terms = _own_noise(eps, p)[t.ancestor_col] * _path_decay(p)[:, None]
-    return torch.zeros_like(eps).index_add(0, t.ancestor_row, terms)
+    own = _own_noise(eps, p)
+    out = own
+    for idx in t.levels:
+        out = out.index_copy(0, idx, own[idx] + _couple(out[t.parent[idx]], p.coupling[idx], p.direction[idx]))
+    return out
 
 
 def tree_nll(residual: torch.Tensor, p: TreeParams) -> torch.Tensor:
     """Exact NLL of the step residual ``z - mean`` (N, 3), per bead and dimension (a mean).
 
-    The innovations ``d_i = r_i - rho_i r_parent(i)`` (a root's own residual) are independent
+    The innovations ``d_i = r_i - A_i r_parent(i)`` (a root's own residual) are independent
     Gaussians (along/across its link, or isotropic at a root); the map from them to the
     residuals is unit triangular, so the NLL is theirs.
     """
     t = p.tree
-    up = p.coupling[:, None] * residual[t.parent]
+    up = _couple(residual[t.parent], p.coupling, p.direction)
     return innovation_nll(residual - torch.where(t.root[:, None], torch.zeros_like(residual), up), p)
 
 
@@ -365,14 +366,21 @@ def innovation_nll(d: torch.Tensor, p: TreeParams) -> torch.Tensor:
 
 
 def marginal_std(p: TreeParams) -> torch.Tensor:
-    """Each bead's marginal std per axis (N, 3) under the tree noise."""
+    """Each bead's marginal std per axis (N, 3) under the (linear) tree noise: the covariance
+    ``S_i = A_i S_parent A_i^T + C_i`` down the trees, ``C_i`` the innovation's."""
     t = p.tree
     u = p.direction
-    along, across = p.std[:, :1] ** 2, p.std[:, 1:] ** 2
-    own_var = torch.where(t.root[:, None], (p.root_std[t.molecule] ** 2)[:, None].expand_as(u),
-                          across + (along - across) * u * u)
-    terms = own_var[t.ancestor_col] * _path_decay(p)[:, None] ** 2
-    return torch.zeros_like(u).index_add(0, t.ancestor_row, terms).sqrt()
+    eye = torch.eye(3, dtype=u.dtype, device=u.device)
+    uu = u[:, :, None] * u[:, None, :]
+    along, across = p.std[:, :1, None] ** 2, p.std[:, 1:, None] ** 2
+    own = torch.where(t.root[:, None, None], (p.root_std[t.molecule] ** 2)[:, None, None] * eye,
+                      across * eye + (along - across) * uu)
+    a = p.coupling[:, 1:, None] * eye + (p.coupling[:, :1, None] - p.coupling[:, 1:, None]) * uu
+    cov = own
+    for idx in t.levels:
+        ai = a[idx]
+        cov = cov.index_copy(0, idx, own[idx] + ai @ cov[t.parent[idx]] @ ai.transpose(1, 2))
+    return cov.diagonal(dim1=1, dim2=2).sqrt()
 
 
 def _safe_norm(v: torch.Tensor) -> torch.Tensor:
@@ -419,7 +427,7 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     """A step (N, 3) nm drawn down each tree with its links turned, not stretched.
 
     Level by level from the roots: bead ``i``'s linear displacement is Gaussian around
-    ``mean_i + rho_i (d'_parent / scale - mean_parent)`` (conditioned on its parent's *drawn*
+    ``mean_i + A_i (d'_parent / scale - mean_parent)`` (conditioned on its parent's *drawn*
     displacement ``d'_parent``) with its own innovation (:attr:`TreeParams.std` along/across
     its link, ``temperature`` times ``eps``); its link change ``a_i = d_i - d'_parent`` is then
     turned (:func:`_turn`): ``d'_i = d'_parent + turn(l_i, a_i) - l_i``, so the link's new
@@ -446,7 +454,7 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     for idx in t.levels:
         par_idx = t.parent[idx]
         par = out[par_idx]
-        lin = (mean[idx] + p.coupling[idx, None] * (par / scale - mean[par_idx]) + own[idx]) * scale
+        lin = (mean[idx] + _couple(par / scale - mean[par_idx], p.coupling[idx], p.direction[idx]) + own[idx]) * scale
         new, _ = _turn(p.links[idx], lin - par)
         out = out.index_copy(0, idx, par + new - p.links[idx])
     return out
@@ -461,7 +469,7 @@ def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     t = p.tree
     par = step[t.parent]
     change, logdet = _unturn(p.links, step - par + p.links)
-    cond = mean + p.coupling[:, None] * (par / scale - mean[t.parent])
+    cond = mean + _couple(par / scale - mean[t.parent], p.coupling, p.direction)
     d = torch.where(t.root[:, None], step / scale - mean, (par + change) / scale - cond)
     return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
 
@@ -491,8 +499,8 @@ class TreeNoise(CentreNoise):
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
         self.trees = TreeCache()
-        # [h_i, h_parent, |link| / cutoff-free length] -> innovation std along, across, coupling
-        self.link_head = MLP(2 * dim + 1, dim, 3, mlp_layers, layer_norm=False)
+        # [h_i, h_parent, |link| nm] -> innovation std along, across; coupling along, across
+        self.link_head = MLP(2 * dim + 1, dim, 4, mlp_layers, layer_norm=False)
         self.contact_cutoff = float(contact_cutoff)
 
     def tree_forward(self, h: torch.Tensor, batch: BeadBatch,
@@ -513,6 +521,6 @@ class TreeNoise(CentreNoise):
         direction = torch.where(tree.root[:, None], torch.zeros_like(vec), vec / length.clamp_min(1e-9))
         out = self.link_head(torch.cat([h, h[tree.parent], length.to(h.dtype)], dim=-1))
         std = torch.nn.functional.softplus(out[:, :2]) + self.min_std
-        coupling = torch.sigmoid(out[:, 2]).clamp(1e-4, 1.0)
+        coupling = torch.sigmoid(out[:, 2:4])
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
                           coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None)
