@@ -301,7 +301,8 @@ def test_bent_draw_turns_links_keeps_their_length_change_and_inverts():
                                bent_draw(torch.zeros_like(eps), mean, scale, p))
 
 
-def test_bent_likelihood_is_normalised():
+@pytest.mark.parametrize("radial", ["linear", "log"])
+def test_bent_likelihood_is_normalised(radial):
     """A bonded bead's conditional density (its root held), integrated over a grid of its new
     link, is 1: the turn's Jacobian enters the NLL with the right sign (an independent check)."""
     from cgsim.model.simulator import GaussianStep
@@ -325,7 +326,8 @@ def test_bent_likelihood_is_normalised():
         links = torch.zeros(2 * k, 3, dtype=torch.float64)
         links[1::2] = link
         p = TreeParams(tree=tree, root_std=torch.full((k,), 0.5, dtype=torch.float64), std=w.expand(2 * k, 2),
-                       coupling=torch.full((2 * k, 2), 0.6, dtype=torch.float64), direction=links.clone(), links=links)
+                       coupling=torch.full((2 * k, 2), 0.6, dtype=torch.float64), direction=links.clone(), links=links,
+                       radial=radial)
         target = torch.zeros(2 * k, 3, dtype=torch.float64)
         target[0::2] = root_d
         target[1::2] = root_d + chunk - link          # the child's new link is the grid point
@@ -334,17 +336,19 @@ def test_bent_likelihood_is_normalised():
         along = dc[:, 0]
         gauss = 0.5 * (along / w[0]) ** 2 + 0.5 * (dc[:, 1:] ** 2).sum(-1) / w[1] ** 2 + torch.log(w[0]) \
             + 2 * torch.log(w[1]) + 1.5 * math.log(2 * math.pi)
-        # the turn's log|det| from spherical coordinates: (r'/r)^2 sin(alpha)/alpha, r = 1
+        # the turn's log|det| from spherical coordinates, r = 1: (r')^2 sin(alpha)/alpha, times
+        # dr'/da = r' for the log radial map
         r = chunk.norm(dim=-1)
         alpha = torch.atan2(chunk[:, 1:].norm(dim=-1), chunk[:, 0])
-        logdet = 2 * torch.log(r) + torch.log(torch.sinc(alpha / math.pi))
+        logdet = (2 if radial == "linear" else 3) * torch.log(r) + torch.log(torch.sinc(alpha / math.pi))
         total += float(torch.exp(-(gauss + logdet)).sum()) * grid_h ** 3
     assert abs(total - 1.0) < 0.01, total
     # and the model's NLL is exactly that: root + child terms, per dimension
     tree = make_tree(np.array([0, 0]), torch.zeros(2, dtype=torch.long), 1)
     links = torch.stack([torch.zeros(3, dtype=torch.float64), link])
     p = TreeParams(tree=tree, root_std=torch.tensor([0.5], dtype=torch.float64), std=w.expand(2, 2),
-                   coupling=torch.tensor([[0.8, 0.3]] * 2, dtype=torch.float64), direction=links.clone(), links=links)
+                   coupling=torch.tensor([[0.8, 0.3]] * 2, dtype=torch.float64), direction=links.clone(), links=links,
+                   radial=radial)
     c = torch.tensor([1.2, 0.4, -0.3], dtype=torch.float64)
     target = torch.stack([root_d, root_d + c - link])
     step = GaussianStep(mean=mean, std=torch.ones(2, 3, dtype=torch.float64), scale=scale, tree=p)
@@ -353,8 +357,27 @@ def test_bent_likelihood_is_normalised():
     child = 0.5 * (d[1, 0] / w[0]) ** 2 + 0.5 * (d[1, 1:] ** 2).sum() / w[1] ** 2 + torch.log(w[0]) + 2 * torch.log(w[1]) \
         + 1.5 * math.log(2 * math.pi)
     alpha = torch.atan2(c[1:].norm(), c[0])
-    child = child + 2 * torch.log(c.norm()) + torch.log(torch.sinc(alpha / math.pi))
+    child = child + (2 if radial == "linear" else 3) * torch.log(c.norm()) + torch.log(torch.sinc(alpha / math.pi))
     torch.testing.assert_close(step.nll(target) * 6, root_nll + child)
+
+
+@pytest.mark.parametrize("radial", ["linear", "log"])
+def test_turn_log_determinant_is_that_of_its_jacobian_and_inverts(radial):
+    from cgsim.model.tree import _turn, _unturn
+
+    g = torch.Generator().manual_seed(5)
+    link = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    change = 0.4 * torch.randn(6, 3, generator=g, dtype=torch.float64)
+    new, logdet = _turn(link, change, radial)
+    for k in range(6):
+        jac = torch.autograd.functional.jacobian(lambda c: _turn(link[k:k + 1], c[None], radial)[0][0], change[k])
+        torch.testing.assert_close(logdet[k], torch.linalg.slogdet(jac)[1])
+    back, logdet_back = _unturn(link, new, radial)
+    torch.testing.assert_close(back, change)
+    torch.testing.assert_close(logdet_back, logdet)
+    r, r_new = link.norm(dim=-1), new.norm(dim=-1)
+    along = (change * link).sum(-1) / r
+    torch.testing.assert_close(r_new, r + along if radial == "linear" else r * torch.exp(along / r))
 
 
 def test_bend_needs_the_displacement_target():

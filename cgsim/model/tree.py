@@ -287,6 +287,8 @@ class TreeParams:
     links : torch.Tensor or None
         With ``bend``: the current links ``x_i - x_parent`` themselves, shape (N, 3), nm (zero at
         roots), which :func:`bent_draw` turns instead of stretching.
+    radial : {"linear", "log"}
+        How a bent link's length changes (:func:`_turn`).
     """
 
     tree: BondTree
@@ -295,6 +297,7 @@ class TreeParams:
     coupling: torch.Tensor
     direction: torch.Tensor
     links: torch.Tensor | None = None
+    radial: str = "linear"
 
 
 def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
@@ -387,13 +390,18 @@ def _safe_norm(v: torch.Tensor) -> torch.Tensor:
     return (v * v).sum(-1, keepdim=True).clamp_min(1e-24).sqrt()
 
 
-def _turn(link: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+RADIAL = ("linear", "log")
+
+
+def _turn(link: torch.Tensor, change: torch.Tensor, radial: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
     """The new link (E, 3) for a link (E, 3) and a linear change (E, 3) of it, and log|det| (E,).
 
-    The change's component along the link changes its length (``r' = r + a_par``); its
-    component across the link turns it, by the angle ``|a_perp| / r`` towards ``a_perp``
-    (the exponential map of the sphere of radius ``r``), instead of adding to its length.
-    ``log|det d link' / d change| = 2 log(r' / r) + log(sin(alpha) / alpha)``.
+    The change's component along the link changes its length: ``r' = r + a_par`` (``radial =
+    "linear"``) or ``r' = r exp(a_par / r)`` (``"log"``: the same to first order, never below
+    zero, so a link cannot collapse); its component across the link turns it, by the angle
+    ``|a_perp| / r`` towards ``a_perp`` (the exponential map of the sphere of radius ``r``),
+    instead of adding to its length. ``log|det d link' / d change| = k log(r' / r) +
+    log(sin(alpha) / alpha)`` with ``k = 2`` (linear) or 3 (log).
     """
     r = _safe_norm(link)
     u = link / r
@@ -401,13 +409,17 @@ def _turn(link: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch
     across = change - along * u
     alpha = _safe_norm(across) / r
     sinc = torch.sinc(alpha / math.pi)
-    r_new = r + along
+    if radial == "log":
+        r_new = r * torch.exp(along / r)
+        logdet = 3 * along / r + torch.log(sinc)
+    else:
+        r_new = r + along
+        logdet = 2 * torch.log(r_new.abs() / r) + torch.log(sinc)
     new = r_new * (torch.cos(alpha) * u + sinc * across / r)
-    logdet = 2 * torch.log(r_new.abs() / r) + torch.log(sinc)
     return new, logdet[:, 0]
 
 
-def _unturn(link: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _unturn(link: torch.Tensor, new: torch.Tensor, radial: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`_turn`: the linear change (E, 3) that turns ``link`` into ``new``, and
     the forward map's log|det| (E,) there."""
     r = _safe_norm(link)
@@ -416,9 +428,11 @@ def _unturn(link: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.
     cos_part = (new * u).sum(-1, keepdim=True)
     perp = new - cos_part * u
     alpha = torch.atan2(_safe_norm(perp), cos_part)
-    change = (r_new - r) * u + r * alpha * perp / _safe_norm(perp)
+    log_ratio = torch.log(r_new / r)
+    along = r * log_ratio if radial == "log" else r_new - r
+    change = along * u + r * alpha * perp / _safe_norm(perp)
     sinc = torch.sinc(alpha / math.pi)
-    logdet = 2 * torch.log(r_new / r) + torch.log(sinc)
+    logdet = (3 if radial == "log" else 2) * log_ratio + torch.log(sinc)
     return change, logdet[:, 0]
 
 
@@ -455,7 +469,7 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
         par_idx = t.parent[idx]
         par = out[par_idx]
         lin = (mean[idx] + _couple(par / scale - mean[par_idx], p.coupling[idx], p.direction[idx]) + own[idx]) * scale
-        new, _ = _turn(p.links[idx], lin - par)
+        new, _ = _turn(p.links[idx], lin - par, p.radial)
         out = out.index_copy(0, idx, par + new - p.links[idx])
     return out
 
@@ -468,7 +482,7 @@ def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     determinants, so its NLL is the innovations' *plus* that sum. Every bead at once."""
     t = p.tree
     par = step[t.parent]
-    change, logdet = _unturn(p.links, step - par + p.links)
+    change, logdet = _unturn(p.links, step - par + p.links, p.radial)
     cond = mean + _couple(par / scale - mean[t.parent], p.coupling, p.direction)
     d = torch.where(t.root[:, None], step / scale - mean, (par + change) / scale - cond)
     return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
@@ -490,12 +504,18 @@ class TreeNoise(CentreNoise):
     bend : bool
         Turn links instead of stretching them (:func:`bent_draw`, an autoregressive flow down
         each tree: exact likelihood; the model's target must be the displacement).
+    radial : {"linear", "log"}
+        With ``bend``: a link's new length is ``r + a_par`` or ``r exp(a_par / r)`` (never below
+        zero: ions cannot be drawn onto their partner).
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
-                 bend: bool = False) -> None:
+                 bend: bool = False, radial: str = "linear") -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
+        if radial not in RADIAL:
+            raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
         self.bend = bool(bend)
+        self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
         self.trees = TreeCache()
@@ -523,4 +543,5 @@ class TreeNoise(CentreNoise):
         std = torch.nn.functional.softplus(out[:, :2]) + self.min_std
         coupling = torch.sigmoid(out[:, 2:4])
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
-                          coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None)
+                          coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None,
+                          radial=self.radial)
