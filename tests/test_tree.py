@@ -389,3 +389,15 @@ def test_bend_needs_the_displacement_target():
     assert pred.tree.links is not None
     step = pred.value(torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
     assert torch.isfinite(step).all() and torch.isfinite(pred.nll(step))
+
+
+def test_model_card_names_the_tree_noise_and_its_options():
+    from cgsim.model.card import sampler_card
+
+    card = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.tree.TreeNoise", "bend": True,
+                                                                  "radial": "log", "contact_cutoff": 0.4}})
+    assert card.calls_per_step == 1
+    assert card.parameters["gaussian"] == {"target": "displacement", "collective": True, "noise": "bond tree",
+                                           "bend": True, "radial": "log", "contact_cutoff": 0.4}
+    plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
+    assert "noise" not in plain.parameters["gaussian"]

@@ -64,7 +64,8 @@ class SamplerCard:
         Network evaluations per learned step (the dynamics network + the refiner's schedule;
         the structural prior calls none).
     parameters : dict
-        Per stage, its settings: ``gaussian`` (``target``, ``collective``), ``score_refiner``
+        Per stage, its settings: ``gaussian`` (``target``, ``collective``; for bond-tree noise
+        also ``noise``, ``bend``, ``radial``, ``contact_cutoff``), ``score_refiner``
         (the sampling schedule, :data:`cgsim.model.refinement.SCHEDULE_KEYS`),
         ``structural_prior`` (:data:`PRIOR_KEYS`).
     """
@@ -280,8 +281,13 @@ class ModelCard:
 def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None = None) -> SamplerCard:
     """The :class:`SamplerCard` of a model config (``config.model``) and a stored prior record."""
     stages = ["gaussian"]
+    collective = model_cfg.get("collective")
     params: dict[str, dict[str, Any]] = {"gaussian": {"target": str(model_cfg.get("target", "acceleration")),
-                                                      "collective": model_cfg.get("collective") is not None}}
+                                                      "collective": collective is not None}}
+    if isinstance(collective, Mapping) and str(collective.get("_target_", "")).endswith("TreeNoise"):
+        params["gaussian"]["noise"] = "bond tree"
+        for key, default in (("bend", False), ("radial", "linear"), ("contact_cutoff", 0.0)):
+            params["gaussian"][key] = collective.get(key, default)
     calls = 1
     refinement = model_cfg.get("refinement")
     if isinstance(refinement, Mapping):
