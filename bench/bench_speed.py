@@ -46,8 +46,8 @@ rollout`` default temperature (1.0); without one (``--no-checkpoint``, or none f
 untrained one of the experiment's size (:func:`bench_common.untrained_model`: decoders' last
 layers zeroed, temperature 0) so that the graph stays that of the physical system: speed
 depends on the graph, not on the weights. A trained model with its refiner is timed in one
-continuous rollout (members the guard stops leave the batch and stop counting). Every other
-case (the stand-in, whose refiner only adds noise; a trained model without the refiner it
+continuous rollout (members the guard stops leave the batch and stop counting), and so is a
+trained one-call model that has no refiner (it runs that way). Every other case (the stand-in, whose refiner only adds noise; a trained model without the refiner it
 needs, which breaks within a step or two) is timed as one-step rollouts that each restart from
 the initial histories, so that every timed step sees the physical graph; the guard's verdicts
 are then only counted ("would stop"). For the stand-in without refiner (nothing moves) both
@@ -354,17 +354,18 @@ def _learned_modes(model: MultiScaleDynamics, systems: list[LearnedSystem], temp
                    args: argparse.Namespace, trained: bool) -> dict[str, Any]:
     """The systems as one batch with the refiner as trained ("refined") and without refiner calls ("plain").
 
-    A continuous rollout only for a trained model with its refiner (what it is run with);
-    otherwise every timed step restarts from the initial histories (:func:`time_engine`): an
-    untrained stand-in cannot hold its graph against the refiner's noise, and a trained
-    model that needs its refiner breaks within a step or two without it.
+    A continuous rollout for a trained model as it is run (with its refiner, or a one-call
+    model without one, e.g. bond-tree noise); otherwise every timed step restarts from the
+    initial histories (:func:`time_engine`): an untrained stand-in cannot hold its graph against
+    the refiner's noise, and a trained model that needs its refiner breaks within a step or two
+    without it.
     """
     res: dict[str, Any] = {}
     for mode, on in (("refined", True), ("plain", False)):
         with refinement(model, on, "bench_speed") as calls:
             if mode == "refined" and calls == 0:
                 continue  # a model without refiner: one row
-            restart = not (trained and calls > 0)
+            restart = not trained or (model.refiner is not None and calls == 0)
             row = rates(time_engine(model, systems, temperature, args.seconds, args.max_steps, restart=restart,
                                     redraws=args.redraws), dt)
             res[mode] = {**row, "refiner_calls": calls}
