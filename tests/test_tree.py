@@ -11,14 +11,14 @@ from cgsim.model.tree import (
     BondTree,
     TreeCache,
     TreeNoise,
-    ancestor_pairs,
-    bond_tree,
-    marginal_std,
     TreeParams,
-    make_tree,
+    ancestor_pairs,
     bent_draw,
     bent_innovations,
+    bond_tree,
     link_vectors,
+    make_tree,
+    marginal_std,
     tree_nll,
     tree_noise,
 )
@@ -370,7 +370,7 @@ def test_turn_log_determinant_is_that_of_its_jacobian_and_inverts(radial):
     change = 0.4 * torch.randn(6, 3, generator=g, dtype=torch.float64)
     new, logdet = _turn(link, change, radial)
     for k in range(6):
-        jac = torch.autograd.functional.jacobian(lambda c: _turn(link[k:k + 1], c[None], radial)[0][0], change[k])
+        jac = torch.autograd.functional.jacobian(lambda c, k=k: _turn(link[k:k + 1], c[None], radial)[0][0], change[k])
         torch.testing.assert_close(logdet[k], torch.linalg.slogdet(jac)[1])
     back, logdet_back = _unturn(link, new, radial)
     torch.testing.assert_close(back, change)

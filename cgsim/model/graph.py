@@ -88,6 +88,16 @@ def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:
     return renumber[comp].astype(np.int64)
 
 
+def topology_key(batch: BeadBatch) -> tuple[tuple, np.ndarray]:
+    """A key for the batch's topology (bead count and a digest of the bond tensor's bytes, dtype,
+    shape and device: never its address) and the bonds on the host, (2, E)."""
+    bonds = batch.bead_bonds
+    host = bonds.detach().cpu().numpy()
+    key = (int(batch.n_beads), str(bonds.dtype), tuple(bonds.shape), str(bonds.device),
+           hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+    return key, host
+
+
 class TopologyCache:
     """A label per bead that depends on the bead bonds only, computed once per topology.
 
@@ -120,9 +130,7 @@ class TopologyCache:
     def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
         """Label per bead (N,), int64, and the number of labels K."""
         bonds = batch.bead_bonds
-        host = bonds.detach().cpu().numpy()
-        key = (int(batch.n_beads), str(bonds.dtype), tuple(bonds.shape), str(bonds.device),
-               hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+        key, host = topology_key(batch)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)

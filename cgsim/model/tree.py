@@ -36,7 +36,6 @@ engine's per-member noise streams, batching and resume are untouched (one standa
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -46,10 +45,10 @@ import torch
 from scipy.sparse import coo_matrix, csr_matrix
 from torch_geometric.utils import scatter
 
+from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import BeadBatch
 from cgsim.model.collective import CentreNoise
-from cgsim.geometry.pbc import minimum_image
-from cgsim.model.graph import molecule_index
+from cgsim.model.graph import RADIUS_EDGE, molecule_index, topology_key
 from cgsim.model.mlp import MLP
 
 
@@ -196,8 +195,7 @@ def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> B
 class TreeCache:
     """:class:`BondTree` of a batch's bonds, computed once per topology (the last ``size`` kept).
 
-    Keyed like :class:`cgsim.model.graph.TopologyCache`: the number of beads and a digest of the
-    bond tensor's bytes, never its address.
+    Keyed like :class:`cgsim.model.graph.TopologyCache` (:func:`cgsim.model.graph.topology_key`).
     """
 
     def __init__(self, size: int = 4) -> None:
@@ -208,16 +206,13 @@ class TreeCache:
 
     def __call__(self, batch: BeadBatch) -> BondTree:
         """The batch's :class:`BondTree` (tensors on the bonds' device)."""
-        bonds = batch.bead_bonds
-        host = bonds.detach().cpu().numpy()
-        key = (int(batch.n_beads), str(bonds.dtype), tuple(bonds.shape), str(bonds.device),
-               hashlib.blake2b(host.tobytes(), digest_size=16).digest())
+        key, host = topology_key(batch)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
         parent, mol = bond_tree(batch.n_beads, host)
-        mol_t = torch.from_numpy(mol).to(bonds.device)
+        mol_t = torch.from_numpy(mol).to(batch.bead_bonds.device)
         tree = make_tree(parent, mol_t, int(mol.max()) + 1 if mol.size else 0)
         self._cache[key] = tree
         while len(self._cache) > self.size:
@@ -237,9 +232,6 @@ def attach_single_beads(tree: BondTree, batch: BeadBatch, edge_index: torch.Tens
     depend on the current frame, which the step is conditioned on, so the likelihood stays
     exact. Ties in distance go to the lower bead index.
     """
-    from cgsim.model.graph import RADIUS_EDGE
-
-    n = tree.parent.numel()
     dev = tree.parent.device
     atom_mol = tree.molecule[batch.atom_to_bead]
     size = torch.zeros(tree.n_molecules, dtype=torch.long, device=dev).index_add_(0, atom_mol, torch.ones_like(atom_mol))
