@@ -32,6 +32,10 @@ or, with ``contact_cutoff``, hangs onto its nearest contact of a larger molecule
 The bond trees depend on the bonds only (computed once per topology, :class:`TreeCache`); the
 engine's per-member noise streams, batching and resume are untouched (one standard-normal draw
 (N, 3) per step, as before).
+Status (BENCHMARKS.md, "Bond-tree noise", 2026-12-07): no shipped model uses it yet. A bent
+chain model with a 5-update prior runs 10x its training length at 0.05 redraws per 1000 steps
+with bonds as the refined samplers', in one call, but diffuses 12x too fast; the electrolyte's
+Li+ shells collide in the first step.
 """
 
 from __future__ import annotations
