@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from cgsim.model import MultiScaleDynamics, collate
+from cgsim.model.graph import TopologyMemo
 from cgsim.model.tree import (
     BondTree,
-    TreeCache,
     TreeNoise,
     TreeParams,
-    ancestor_pairs,
     bent_draw,
     bent_innovations,
     bond_tree,
+    bond_trees,
     link_vectors,
     make_tree,
     marginal_std,
+    root_hops,
     tree_nll,
     tree_noise,
 )
@@ -27,9 +28,7 @@ from tests.conftest import BOX, H, ModelSymmetryTests, both_directions, chain_sy
 
 def _tree(n: int, bonds: np.ndarray) -> BondTree:
     parent, mol = bond_tree(n, bonds)
-    row, col, depth = ancestor_pairs(parent)
-    t = torch.from_numpy
-    return make_tree(parent, t(mol), int(mol.max()) + 1)
+    return make_tree(parent, torch.from_numpy(mol), int(mol.max()) + 1)
 
 
 def _case():
@@ -50,15 +49,18 @@ def test_trees_are_rooted_at_the_centre_and_span_every_molecule():
     edges = {(int(a), int(b)) for a, b in bonds.T}
     assert all((i, int(parent[i])) in edges for i in range(n) if parent[i] != i)
     assert np.bincount(mol[roots]).max() == 1 and len(roots) == mol.max() + 1
-    row, col, depth = ancestor_pairs(parent)
-    assert depth == 3  # the 7-chain: root 3 to the ends 0 and 6
+    hops = root_hops(parent)
     tree = _tree(n, bonds)
-    hops = np.bincount(row, minlength=n) - 1  # ancestors of each bead
+    assert tree.depth == hops.max() == 3  # the 7-chain: root 3 to the ends 0 and 6
+    np.testing.assert_array_equal(hops[:8], [3, 2, 1, 0, 1, 2, 3, 0])
     assert [sorted(lv.tolist()) for lv in tree.levels] == [np.flatnonzero(hops == k).tolist() for k in (1, 2, 3)]
     assert sorted(torch.cat(tree.levels).tolist()) == sorted(np.flatnonzero(parent != np.arange(n)).tolist())
     assert tree.levels[0].tolist()[:2] == [2, 4]  # the chain's beads one link below bead 3
-    # bead 0's ancestors: itself, 1, 2 and the root 3
-    assert sorted(col[row == 0].tolist()) == [0, 1, 2, 3]
+    # bead 0's ancestors: 1, 2 and the root 3
+    path = [0]
+    while parent[path[-1]] != path[-1]:
+        path.append(int(parent[path[-1]]))
+    assert path == [0, 1, 2, 3]
 
 
 def test_trees_of_beads_without_bonds_are_single_roots():
@@ -135,7 +137,7 @@ def test_bonded_beads_move_together_and_an_ion_alone():
 
 
 def test_tree_cache_recomputes_for_a_new_topology_only():
-    cache = TreeCache(size=2)
+    cache = TopologyMemo(bond_trees, size=2)
     a = collate(*zip(chain_system(9, BOX, 0)))
     b = collate(*zip(chain_system(5, BOX, 0)))
     ta = cache(a)

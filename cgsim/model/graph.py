@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from cgsim.geometry import radius_graph
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import BeadBatch
+
+V = TypeVar("V")
 
 #: edge types: 0 = within the cutoff (radius graph), 1 = coarse-grained bond
 RADIUS_EDGE, BOND_EDGE = 0, 1
@@ -98,7 +101,36 @@ def topology_key(batch: BeadBatch) -> tuple[tuple, np.ndarray]:
     return key, host
 
 
-class TopologyCache:
+class TopologyMemo(Generic[V]):
+    """A value computed once per bead-bond topology, the last ``size`` topologies kept.
+
+    ``build(batch, bonds)`` makes the value from the batch and its bonds on the host (numpy,
+    (2, E)); calling the memo with a batch returns it, recomputed only for a topology not among
+    the last ``size`` seen (least recently used dropped first), keyed by :func:`topology_key`.
+    """
+
+    def __init__(self, build: Callable[[BeadBatch, np.ndarray], V], size: int = 4) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.build = build
+        self.size = int(size)
+        self._cache: OrderedDict[tuple, V] = OrderedDict()
+
+    def __call__(self, batch: BeadBatch) -> V:
+        """The batch's value."""
+        key, host = topology_key(batch)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        out = self.build(batch, host)
+        self._cache[key] = out
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return out
+
+
+class TopologyCache(TopologyMemo[tuple[torch.Tensor, int]]):
     """A label per bead that depends on the bead bonds only, computed once per topology.
 
     ``label(n_beads, bonds)`` maps the batch's bonds (numpy, (2, E)) to labels 0..K-1 per bead
@@ -121,26 +153,12 @@ class TopologyCache:
     """
 
     def __init__(self, label: Callable[[int, np.ndarray], np.ndarray], size: int = 4) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
+        super().__init__(self._labels, size)
         self.label = label
-        self.size = int(size)
-        self._cache: OrderedDict[tuple, tuple[torch.Tensor, int]] = OrderedDict()
 
-    def __call__(self, batch: BeadBatch) -> tuple[torch.Tensor, int]:
-        """Label per bead (N,), int64, and the number of labels K."""
-        bonds = batch.bead_bonds
-        key, host = topology_key(batch)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+    def _labels(self, batch: BeadBatch, host: np.ndarray) -> tuple[torch.Tensor, int]:
         values = np.asarray(self.label(batch.n_beads, host), dtype=np.int64)
-        out = (torch.from_numpy(values).to(bonds.device), int(values.max()) + 1 if values.size else 0)
-        self._cache[key] = out
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
-        return out
+        return torch.from_numpy(values).to(batch.bead_bonds.device), int(values.max()) + 1 if values.size else 0
 
 
 class GaussianRBF(nn.Module):

@@ -29,7 +29,8 @@ its root's noise, so molecules move together as in MD; a single bead (an ion) is
 or, with ``contact_cutoff``, hangs onto its nearest contact of a larger molecule
 (:func:`attach_single_beads`).
 
-The bond trees depend on the bonds only (computed once per topology, :class:`TreeCache`); the
+The bond trees depend on the bonds only (computed once per topology, :func:`bond_trees` in a
+:class:`~cgsim.model.graph.TopologyMemo`); the
 engine's per-member noise streams, batching and resume are untouched (one standard-normal draw
 (N, 3) per step, as before).
 Status (BENCHMARKS.md, "Bond-tree noise", 2026-12-07): no shipped model uses it yet. A bent
@@ -41,7 +42,6 @@ Li+ shells collide in the first step.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +52,7 @@ from torch_geometric.utils import scatter
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import BeadBatch
 from cgsim.model.collective import CentreNoise
-from cgsim.model.graph import RADIUS_EDGE, molecule_index, topology_key
+from cgsim.model.graph import RADIUS_EDGE, TopologyMemo, molecule_index
 from cgsim.model.mlp import MLP
 
 
@@ -164,64 +164,36 @@ def bond_tree(n_beads: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return parent, comp
 
 
-def ancestor_pairs(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Nonzeros (row, col) of the ancestor matrix of a forest given by ``parent`` and its depth."""
-    idx = np.arange(parent.size, dtype=np.int64)
-    cur = idx.copy()
-    rows, cols = [idx], [cur]
-    depth = 0
-    while True:
+def root_hops(parent: np.ndarray) -> np.ndarray:
+    """Links between every bead and its root in a forest given by ``parent`` (N,), shape (N,)."""
+    hops = np.zeros(parent.size, dtype=np.int64)
+    cur = np.arange(parent.size, dtype=np.int64)
+    up = parent[cur] != cur
+    while up.any():
+        hops += up
+        cur = np.where(up, parent[cur], cur)
         up = parent[cur] != cur
-        idx, cur = idx[up], parent[cur[up]]
-        if idx.size == 0:
-            break
-        depth += 1
-        rows.append(idx)
-        cols.append(cur)
-    return np.concatenate(rows), np.concatenate(cols), depth
+    return hops
 
 
 def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> BondTree:
     """The :class:`BondTree` of a forest given by ``parent`` (N,) (a root is its own parent), its
     tensors on ``molecule``'s device."""
     dev = molecule.device
-    row, col, depth = ancestor_pairs(parent)
-    hops = np.bincount(row, minlength=parent.size) - 1
+    hops = root_hops(parent)
+    depth = int(hops.max()) if hops.size else 0
     order = np.argsort(hops, kind="stable")
     bounds = np.searchsorted(hops[order], np.arange(1, depth + 2))
     levels = tuple(torch.from_numpy(order[bounds[k]:bounds[k + 1]]).to(dev) for k in range(depth))
     t = torch.from_numpy
     return BondTree(parent=t(parent).to(dev), root=t(parent == np.arange(parent.size)).to(dev), molecule=molecule,
-                    n_molecules=n_molecules, depth=depth,
-                    levels=levels)
+                    n_molecules=n_molecules, depth=depth, levels=levels)
 
 
-class TreeCache:
-    """:class:`BondTree` of a batch's bonds, computed once per topology (the last ``size`` kept).
-
-    Keyed like :class:`cgsim.model.graph.TopologyCache` (:func:`cgsim.model.graph.topology_key`).
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        self.size = int(size)
-        self._cache: OrderedDict[tuple, BondTree] = OrderedDict()
-
-    def __call__(self, batch: BeadBatch) -> BondTree:
-        """The batch's :class:`BondTree` (tensors on the bonds' device)."""
-        key, host = topology_key(batch)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        parent, mol = bond_tree(batch.n_beads, host)
-        mol_t = torch.from_numpy(mol).to(batch.bead_bonds.device)
-        tree = make_tree(parent, mol_t, int(mol.max()) + 1 if mol.size else 0)
-        self._cache[key] = tree
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
-        return tree
+def bond_trees(batch: BeadBatch, bonds: np.ndarray) -> BondTree:
+    """The :class:`BondTree` of a batch from its bonds on the host (2, E), tensors on the bonds' device."""
+    parent, mol = bond_tree(batch.n_beads, bonds)
+    return make_tree(parent, torch.from_numpy(mol).to(batch.bead_bonds.device), int(mol.max()) + 1 if mol.size else 0)
 
 
 def attach_single_beads(tree: BondTree, batch: BeadBatch, edge_index: torch.Tensor, vec: torch.Tensor,
@@ -307,14 +279,13 @@ def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torc
 
 def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
     """Each bead's own noise (N, 3): the innovation in its link frame, or its root's isotropic step."""
-    u = p.direction
-    along, across = p.std[:, :1], p.std[:, 1:]
-    innovation = across * eps + (along - across) * (eps * u).sum(-1, keepdim=True) * u
+    innovation = _couple(eps, p.std, p.direction)  # stds along/across the link, like the couplings
     return torch.where(p.tree.root[:, None], p.root_std[p.tree.molecule][:, None] * eps, innovation)
 
 
 def _couple(v: torch.Tensor, coupling: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``A v`` for vectors ``v`` (K, 3): coupling (K, 2) along/across the unit links ``u`` (K, 3)."""
+    """``A v`` for vectors ``v`` (K, 3), ``A = c_across I + (c_along - c_across) u u^T`` from
+    ``coupling`` (K, 2) = (c_along, c_across) and the unit links ``u`` (K, 3)."""
     along, across = coupling[:, :1], coupling[:, 1:]
     return across * v + (along - across) * (v * u).sum(-1, keepdim=True) * u
 
@@ -514,7 +485,7 @@ class TreeNoise(CentreNoise):
         self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
-        self.trees = TreeCache()
+        self.trees = TopologyMemo(bond_trees)
         # [h_i, h_parent, |link| nm] -> innovation std along, across; coupling along, across
         self.link_head = MLP(2 * dim + 1, dim, 4, mlp_layers, layer_norm=False)
         self.contact_cutoff = float(contact_cutoff)
