@@ -29,6 +29,7 @@ from cgsim.data.windows import history_positions
 from cgsim.model.batch import collate
 from cgsim.model.card import ModelCard
 from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
+from cgsim.model.graph import molecule_index
 from cgsim.model.prior import bead_classes
 from cgsim.model.sampling import (
     apply_prior_overrides,
@@ -83,6 +84,8 @@ def probe(ckpt_path: str, system: str, schedules: list[str], every: int, shell: 
     bonds = g.bead_bonds.numpy()
     box = None if g.box is None else g.box.numpy().reshape(-1)[:3]
     h, stride = card.history, card.stride
+    mol = molecule_index(g.n_beads, bonds)
+    counts = np.bincount(mol).astype(float)
     starts = range(0, traj.n_frames - h * stride, every)
     rows = []
     for schedule in schedules:
@@ -111,6 +114,8 @@ def probe(ckpt_path: str, system: str, schedules: list[str], every: int, shell: 
             last = traj.positions[start + (h - 1) * stride]  # unwrapped frames: no minimum image
             for frame, store in ((new, drawn), (nxt, true)):
                 store.setdefault("step2", []).append(((frame - last) ** 2).sum(-1))
+                centre = np.stack([np.bincount(mol, weights=(frame - last)[:, k]) for k in range(3)], 1) / counts[:, None]
+                store.setdefault("centre2", []).append((centre[counts > 1] ** 2).sum(-1))
             for frame, store in ((new, drawn), (nxt, true)):
                 for k, v in local_structure(frame, bonds, types, box, shell, li_li).items():
                     store.setdefault(k, []).append(v)
@@ -126,6 +131,8 @@ def probe(ckpt_path: str, system: str, schedules: list[str], every: int, shell: 
         kinds = sorted(set(types))
         row["step2_ratio"] = {k: float(d["step2"].reshape(-1, len(types))[:, types == k].mean()
                                        / t["step2"].reshape(-1, len(types))[:, types == k].mean()) for k in kinds}
+        # each bonded molecule's centre (bead mean) step, drawn over MD's: what sets D at long times
+        row["centre_step2_ratio"] = float(d["centre2"].mean() / t["centre2"].mean()) if d["centre2"].size else None
         if "cn" in d:
             row.update({"li_cn": float(d["cn"].mean()), "true_li_cn": float(t["cn"].mean()),
                         "li_li_close": float(d["li_close"].mean()), "true_li_li_close": float(t["li_close"].mean())})

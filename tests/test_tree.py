@@ -49,7 +49,7 @@ def test_trees_are_rooted_at_the_centre_and_span_every_molecule():
     edges = {(int(a), int(b)) for a, b in bonds.T}
     assert all((i, int(parent[i])) in edges for i in range(n) if parent[i] != i)
     assert np.bincount(mol[roots]).max() == 1 and len(roots) == mol.max() + 1
-    hops = root_hops(parent)
+    hops, _ = root_hops(parent)
     tree = _tree(n, bonds)
     assert tree.depth == hops.max() == 3  # the 7-chain: root 3 to the ends 0 and 6
     np.testing.assert_array_equal(hops[:8], [3, 2, 1, 0, 1, 2, 3, 0])
@@ -400,6 +400,147 @@ def test_model_card_names_the_tree_noise_and_its_options():
                                                                   "radial": "log", "contact_cutoff": 0.4}})
     assert card.calls_per_step == 1
     assert card.parameters["gaussian"] == {"target": "displacement", "collective": True, "noise": "bond tree",
-                                           "bend": True, "radial": "log", "contact_cutoff": 0.4}
+                                           "bend": True, "radial": "log", "contact_cutoff": 0.4,
+                                           "centred": False, "drift": True}
     plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
     assert "noise" not in plain.parameters["gaussian"]
+
+
+# -- the molecule's centre drawn on its own (centred) ------------------------------------------------
+
+def _centring(tree: BondTree) -> torch.Tensor:
+    """(3N, 3N): each bead's vector minus its tree's mean, built from the parent pointers alone."""
+    parent = tree.parent.tolist()
+    n = len(parent)
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    roots = [root(i) for i in range(n)]
+    P = torch.eye(3 * n, dtype=torch.float64)
+    for i in range(n):
+        members = [j for j in range(n) if roots[j] == roots[i]]
+        for j in members:
+            P[3 * i:3 * i + 3, 3 * j:3 * j + 3] -= torch.eye(3, dtype=torch.float64) / len(members)
+    return P, roots
+
+
+def test_centred_draw_and_likelihood_are_those_of_one_dense_gaussian():
+    """Centred: the tree's shape with the root held, recentred, plus a centre step of ``root_std``
+    drawn with the root's noise. As a dense (3N, 3N) map of the draw this is P L0 + C; its
+    Gaussian's density must equal the tree NLL (the unit-Jacobian claim, checked independently)."""
+    from dataclasses import replace
+
+    n, bonds = _case()
+    tree = _tree(n, bonds)
+    g, p = _params(tree, 4)
+    pc = replace(p, centred=True)
+    L0 = _dense_factor(replace(p, root_std=torch.zeros_like(p.root_std)))
+    P, roots = _centring(tree)
+    C = torch.zeros(3 * n, 3 * n, dtype=torch.float64)
+    for i in range(n):
+        r = roots[i]
+        C[3 * i:3 * i + 3, 3 * r:3 * r + 3] = p.root_std[tree.molecule[r]] * torch.eye(3, dtype=torch.float64)
+    M = P @ L0 + C
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    noise = tree_noise(eps, pc)
+    torch.testing.assert_close(noise.reshape(-1), M @ eps.reshape(-1))
+    # each tree's centre moves by its root's draw alone
+    for r in set(roots):
+        members = [j for j in range(n) if roots[j] == r]
+        torch.testing.assert_close(noise[members].mean(0), p.root_std[tree.molecule[r]] * eps[r])
+    cov = M @ M.T
+    dense = torch.distributions.MultivariateNormal(torch.zeros(3 * n, dtype=torch.float64), cov)
+    res = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(tree_nll(res, pc), -dense.log_prob(res.reshape(-1)) / (3 * n))
+    # the marginal std (an approximation: the tree's about its root plus the centre's) is at least
+    # the centre's at every bead and the tree's own away from the roots
+    m = marginal_std(pc)
+    assert (m >= pc.root_std[tree.molecule[roots]][:, None] - 1e-12).all()
+    assert (m[~tree.root] > marginal_std(replace(p, root_std=torch.zeros_like(p.root_std)))[~tree.root]).all()
+
+
+@pytest.mark.parametrize("centred", [False, True], ids=["root", "centred"])
+@pytest.mark.parametrize("radial", ["linear", "log"])
+def test_bent_nll_is_the_change_of_variables_of_the_draw(centred, radial):
+    """The step's NLL equals -log N(eps) + log|det d step / d eps| with the Jacobian of the whole
+    draw (every tree, the centre included) taken by autograd: an independent check of the
+    flow's likelihood, centred or not."""
+    from dataclasses import replace
+
+    from cgsim.model.simulator import GaussianStep
+
+    g, p = _bend_params(2)
+    p = replace(p, centred=centred, radial=radial)
+    n = p.tree.parent.numel()
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    eps = 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    step = bent_draw(eps, mean, scale, p)
+    jac = torch.autograd.functional.jacobian(lambda e: bent_draw(e.reshape(n, 3), mean, scale, p).reshape(-1),
+                                             eps.reshape(-1))
+    # the NLL is of the step in normalised units (nm / scale)
+    want = 0.5 * (eps ** 2).sum() + 1.5 * n * math.log(2 * math.pi) + torch.linalg.slogdet(jac / scale)[1]
+    got = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p).nll(step) * 3 * n
+    torch.testing.assert_close(got, want)
+    d, _ = bent_innovations(step, mean, scale, p)
+    if centred:  # the root row is the centre's innovation, the tree's mean step is the centre draw
+        torch.testing.assert_close(d[p.tree.root], (p.root_std[p.tree.molecule][:, None] * eps)[p.tree.root])
+        from cgsim.model.tree import component_mean
+        torch.testing.assert_close(component_mean(step, p.tree)[p.tree.root],
+                                   (component_mean(mean, p.tree) * scale + p.root_std[p.tree.molecule][:, None] * eps
+                                    * scale)[p.tree.root])
+
+
+def test_centred_model_trains_and_moves_each_molecule_by_its_centre_std():
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True).double(), target="displacement")
+    sys_, pos = chain_system(20, BOX, 5)
+    batch = collate([sys_], [pos])
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    m.train()
+    loss = m.loss(batch, nxt)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.collective.parameters())
+    m.eval()
+    pred = m(batch)
+    assert pred.tree.centred
+    eps = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    step = pred.value(eps)
+    root = int(torch.nonzero(pred.tree.tree.root)[0, 0])
+    torch.testing.assert_close(step.mean(0), (pred.mean.mean(0) + pred.tree.root_std[0] * eps[root]) * pred.scale)
+    # the same draw with only the root's noise changed moves every bead by the same vector
+    eps2 = eps.clone()
+    eps2[root] += 1.0
+    shift = pred.value(eps2) - step
+    torch.testing.assert_close(shift, (pred.tree.root_std[0] * pred.scale).expand(20, 3).clone())
+
+
+def test_without_drift_each_centre_takes_a_zero_mean_step():
+    with pytest.raises(ValueError, match="drift=false needs centred"):
+        TreeNoise(16, drift=False)
+    with pytest.raises(ValueError, match="drift=false needs target='displacement'"):
+        tiny_model(collective=TreeNoise(16, centred=True, drift=False).double(), target="acceleration")
+    torch.manual_seed(0)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, drift=False).double(),
+                   target="displacement").eval()
+    torch.manual_seed(0)
+    with_drift = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True).double(),
+                            target="displacement").eval()
+    other, oh = chain_system(7, BOX, 1)
+    sys_, pos = chain_system(20, BOX, 5)
+    batch = collate([other, sys_], [oh, pos])
+    pred, ref = m(batch), with_drift(batch)
+    mol = pred.tree.tree.molecule
+    for k in range(2):  # every molecule's mean step averages to zero; the beads' relative means are kept
+        torch.testing.assert_close(pred.mean[mol == k].mean(0), torch.zeros(3, dtype=torch.float64))
+        rel = ref.mean[mol == k] - ref.mean[mol == k].mean(0)
+        torch.testing.assert_close(pred.mean[mol == k], rel)
+    assert ref.mean[mol == 1].mean(0).abs().max() > 1e-6  # the untrained drift model has a centre mean
+    eps = torch.randn(27, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    step = pred.value(eps)
+    roots = torch.nonzero(pred.tree.tree.root)[:, 0]
+    for k in range(2):
+        r = roots[mol[roots] == k][0]
+        torch.testing.assert_close(step[mol == k].mean(0), pred.tree.root_std[k] * eps[r] * pred.scale)

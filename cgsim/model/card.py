@@ -286,7 +286,8 @@ def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None =
                                                       "collective": collective is not None}}
     if isinstance(collective, Mapping) and str(collective.get("_target_", "")).endswith("TreeNoise"):
         params["gaussian"]["noise"] = "bond tree"
-        for key, default in (("bend", False), ("radial", "linear"), ("contact_cutoff", 0.0)):
+        for key, default in (("bend", False), ("radial", "linear"), ("contact_cutoff", 0.0), ("centred", False),
+                             ("drift", True)):
             params["gaussian"][key] = collective.get(key, default)
     calls = 1
     refinement = model_cfg.get("refinement")

@@ -43,6 +43,7 @@ from cgsim.model.tree import (
     TreeParams,
     bent_draw,
     bent_innovations,
+    component_mean,
     innovation_nll,
     marginal_std,
     tree_nll,
@@ -223,8 +224,9 @@ class MultiScaleDynamics(nn.Module):
         #: checkpoint, not trained, so not a submodule
         self.prior: StructuralPrior | None = None
         self.coarse = coarse
-        if isinstance(collective, TreeNoise) and collective.bend and target != "displacement":
-            raise ValueError(f"bond-tree noise with bend=true needs target='displacement', got {target!r}")
+        if isinstance(collective, TreeNoise) and (collective.bend or not collective.drift) and target != "displacement":
+            what = "bend=true" if collective.bend else "drift=false"
+            raise ValueError(f"bond-tree noise with {what} needs target='displacement', got {target!r}")
         self.collective = collective
         # normalisation, set from data by fit_normalization(); saved with the weights
         self.register_buffer("velocity_scale", torch.tensor(1.0))
@@ -313,6 +315,8 @@ class MultiScaleDynamics(nn.Module):
             return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h)
         if isinstance(self.collective, TreeNoise):
             params = self.collective.tree_forward(h, batch, edges)
+            if params.centred and not self.collective.drift:  # each molecule's centre: a zero-mean step
+                mean = mean - component_mean(mean, params.tree)
             return GaussianStep(mean=mean, std=std, scale=self.target_scale, latent=h, molecule=params.tree.molecule,
                                 n_molecules=params.tree.n_molecules, centre_std=params.root_std, tree=params)
         mol, n_mol, centre_std = self.collective(h, batch)

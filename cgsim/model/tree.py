@@ -19,6 +19,12 @@ rooted at the tree's centre (fewest hops to every bead), as a Gaussian Markov ch
   along-link one, ~0.95, and makes sideways motion pile up down the tree: measured, 2x the
   MD step). The couplings and stds are read from ``[h_i, h_parent, |link|]``.
 
+With ``centred`` the root's own step is fixed at its mean and each tree's centre (the mean of its
+beads) moves by ``s_m eps_root`` around the mean of the beads' means instead (:func:`recentre`):
+the tree shapes the step, the centre Gaussian alone sets how far the molecule goes. Without it a
+molecule's centre moves by the root's step plus the mean of every innovation below it, which
+over a 30-bead chain is several times MD's centre step.
+
 The map from the independent innovations to the noise is unit lower-triangular in tree order, so
 the exact negative log-likelihood of a true step is that of the innovations ``d_i = r_i - A_i
 r_parent(i)`` (``r = z - mean``; ``d_root = r_root``): as cheap as the diagonal one, every bead
@@ -75,6 +81,9 @@ class BondTree:
     levels : tuple of torch.Tensor
         The beads ``k`` links below their root, for ``k = 1 .. depth`` (int64 each): the order in
         which :func:`bent_draw` places them.
+    root_of : torch.Tensor or None
+        The root of every bead's tree, shape (N,), int64 (what :func:`component_mean` averages
+        over); ``None`` = every bead is a root.
     """
 
     parent: torch.Tensor
@@ -83,6 +92,7 @@ class BondTree:
     n_molecules: int
     depth: int
     levels: tuple[torch.Tensor, ...] = ()
+    root_of: torch.Tensor | None = None
 
 
 def _bfs(adj: csr_matrix, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +174,9 @@ def bond_tree(n_beads: int, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return parent, comp
 
 
-def root_hops(parent: np.ndarray) -> np.ndarray:
-    """Links between every bead and its root in a forest given by ``parent`` (N,), shape (N,)."""
+def root_hops(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Links between every bead and its root in a forest given by ``parent`` (N,), and that root,
+    both shape (N,), int64."""
     hops = np.zeros(parent.size, dtype=np.int64)
     cur = np.arange(parent.size, dtype=np.int64)
     up = parent[cur] != cur
@@ -173,21 +184,28 @@ def root_hops(parent: np.ndarray) -> np.ndarray:
         hops += up
         cur = np.where(up, parent[cur], cur)
         up = parent[cur] != cur
-    return hops
+    return hops, cur
 
 
 def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> BondTree:
     """The :class:`BondTree` of a forest given by ``parent`` (N,) (a root is its own parent), its
     tensors on ``molecule``'s device."""
     dev = molecule.device
-    hops = root_hops(parent)
+    hops, root_of = root_hops(parent)
     depth = int(hops.max()) if hops.size else 0
     order = np.argsort(hops, kind="stable")
     bounds = np.searchsorted(hops[order], np.arange(1, depth + 2))
     levels = tuple(torch.from_numpy(order[bounds[k]:bounds[k + 1]]).to(dev) for k in range(depth))
     t = torch.from_numpy
     return BondTree(parent=t(parent).to(dev), root=t(parent == np.arange(parent.size)).to(dev), molecule=molecule,
-                    n_molecules=n_molecules, depth=depth, levels=levels)
+                    n_molecules=n_molecules, depth=depth, levels=levels, root_of=t(root_of).to(dev))
+
+
+def component_mean(v: torch.Tensor, tree: BondTree) -> torch.Tensor:
+    """The mean of ``v`` (N, K) over every bead's tree (unweighted), broadcast back to (N, K)."""
+    if tree.root_of is None:
+        return v
+    return scatter(v, tree.root_of, dim=0, dim_size=v.shape[0], reduce="mean")[tree.root_of]
 
 
 def bond_trees(batch: BeadBatch, bonds: np.ndarray) -> BondTree:
@@ -257,6 +275,11 @@ class TreeParams:
         roots), which :func:`bent_draw` turns instead of stretching.
     radial : {"linear", "log"}
         How a bent link's length changes (:func:`_turn`).
+    centred : bool
+        The tree shapes the step around each tree's centre (the mean over its beads), which moves
+        by its own Gaussian (mean: the beads' mean step; std: ``root_std``); the root then moves
+        by its mean plus whatever keeps the centre there (:func:`recentre`). ``False``: the root
+        moves by ``root_std`` and the centre's step follows from the tree.
     """
 
     tree: BondTree
@@ -266,6 +289,7 @@ class TreeParams:
     direction: torch.Tensor
     links: torch.Tensor | None = None
     radial: str = "linear"
+    centred: bool = False
 
 
 def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
@@ -278,9 +302,35 @@ def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torc
 
 
 def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
-    """Each bead's own noise (N, 3): the innovation in its link frame, or its root's isotropic step."""
+    """Each bead's own noise (N, 3): the innovation in its link frame, or its root's isotropic step
+    (zero when ``p.centred``: the centre's step is added after the tree, :func:`recentre`)."""
     innovation = _couple(eps, p.std, p.direction)  # stds along/across the link, like the couplings
-    return torch.where(p.tree.root[:, None], p.root_std[p.tree.molecule][:, None] * eps, innovation)
+    root = torch.zeros_like(eps) if p.centred else p.root_std[p.tree.molecule][:, None] * eps
+    return torch.where(p.tree.root[:, None], root, innovation)
+
+
+def _centre_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
+    """Each bead's tree-centre noise (N, 3): ``root_std eps`` of its root (one draw per tree)."""
+    t = p.tree
+    root_of = t.root_of if t.root_of is not None else torch.arange(eps.shape[0], device=eps.device)
+    return (p.root_std[t.molecule][:, None] * eps)[root_of]
+
+
+def recentre(v: torch.Tensor, centre: torch.Tensor, tree: BondTree) -> torch.Tensor:
+    """``v`` (N, 3) shifted per tree so that its mean over the tree's beads is ``centre`` (N, 3,
+    constant over each tree). With the root's own step fixed, the map from (the non-root
+    innovations, the centre step) to the recentred step has a unit Jacobian determinant: a
+    tree's relative positions come from the innovations alone and its centre from the centre
+    draw, so the likelihood is the product of theirs."""
+    return v - component_mean(v, tree) + centre
+
+
+def _centred_residual(r: torch.Tensor, p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``p.centred``: a residual (N, 3) with its root's residual removed per tree (what the
+    tree draw made before :func:`recentre`) and the tree-centre residual (N, 3)."""
+    t = p.tree
+    root_of = t.root_of if t.root_of is not None else torch.arange(r.shape[0], device=r.device)
+    return r - r[root_of], component_mean(r, t)
 
 
 def _couple(v: torch.Tensor, coupling: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -306,6 +356,8 @@ def tree_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
     out = own
     for idx in t.levels:
         out = out.index_copy(0, idx, own[idx] + _couple(out[t.parent[idx]], p.coupling[idx], p.direction[idx]))
+    if p.centred:
+        out = recentre(out, _centre_noise(eps, p), t)
     return out
 
 
@@ -317,8 +369,14 @@ def tree_nll(residual: torch.Tensor, p: TreeParams) -> torch.Tensor:
     residuals is unit triangular, so the NLL is theirs.
     """
     t = p.tree
+    centre = None
+    if p.centred:  # the tree part is the residual relative to the root's; the centre its own term
+        residual, centre = _centred_residual(residual, p)
     up = _couple(residual[t.parent], p.coupling, p.direction)
-    return innovation_nll(residual - torch.where(t.root[:, None], torch.zeros_like(residual), up), p)
+    d = residual - torch.where(t.root[:, None], torch.zeros_like(residual), up)
+    if centre is not None:
+        d = torch.where(t.root[:, None], centre, d)
+    return innovation_nll(d, p)
 
 
 def innovation_nll(d: torch.Tensor, p: TreeParams) -> torch.Tensor:
@@ -343,14 +401,20 @@ def marginal_std(p: TreeParams) -> torch.Tensor:
     eye = torch.eye(3, dtype=u.dtype, device=u.device)
     uu = u[:, :, None] * u[:, None, :]
     along, across = p.std[:, :1, None] ** 2, p.std[:, 1:, None] ** 2
-    own = torch.where(t.root[:, None, None], (p.root_std[t.molecule] ** 2)[:, None, None] * eye,
+    root_var = (p.root_std[t.molecule] ** 2)[:, None, None]
+    own = torch.where(t.root[:, None, None], (0.0 if p.centred else root_var) * eye,
                       across * eye + (along - across) * uu)
     a = p.coupling[:, 1:, None] * eye + (p.coupling[:, :1, None] - p.coupling[:, 1:, None]) * uu
     cov = own
     for idx in t.levels:
         ai = a[idx]
         cov = cov.index_copy(0, idx, own[idx] + ai @ cov[t.parent[idx]] @ ai.transpose(1, 2))
-    return cov.diagonal(dim1=1, dim2=2).sqrt()
+    var = cov.diagonal(dim1=1, dim2=2)
+    if p.centred:  # the centre's variance added to the tree's around the root (an upper bound:
+        # recentring also removes the tree's own mean, which this ignores)
+        root_of = t.root_of if t.root_of is not None else torch.arange(var.shape[0], device=var.device)
+        var = var + root_var[root_of][:, :, 0]
+    return var.sqrt()
 
 
 def _safe_norm(v: torch.Tensor) -> torch.Tensor:
@@ -371,7 +435,11 @@ def _turn(link: torch.Tensor, change: torch.Tensor, radial: str = "linear") -> t
     log(sin(alpha) / alpha)`` with ``k = 2`` (linear) or 3 (log).
     """
     r = _safe_norm(link)
-    u = link / r
+    return _turn_unit(r, link / r, change, radial)
+
+
+def _turn_unit(r: torch.Tensor, u: torch.Tensor, change: torch.Tensor, radial: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_turn` of a link given as its length ``r`` (E, 1) and direction ``u`` (E, 3)."""
     along = (change * u).sum(-1, keepdim=True)
     across = change - along * u
     alpha = _safe_norm(across) / r
@@ -432,12 +500,20 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     t = p.tree
     own = temperature * _own_noise(eps, p)
     out = (mean + own) * scale
+    # everything but the parent's drawn step, for every bead at once: the level loop below only
+    # gathers the parents, couples them and turns the links (its cost is ~depth small kernels)
+    base = (mean + own - _couple(mean[t.parent], p.coupling, p.direction)) * scale
+    r = _safe_norm(p.links)
+    u = p.links / r
+    loose = p.coupling - 1.0  # (A_i - I): the change of the link is base + (A_i - I) parent's step
     for idx in t.levels:
-        par_idx = t.parent[idx]
-        par = out[par_idx]
-        lin = (mean[idx] + _couple(par / scale - mean[par_idx], p.coupling[idx], p.direction[idx]) + own[idx]) * scale
-        new, _ = _turn(p.links[idx], lin - par, p.radial)
-        out = out.index_copy(0, idx, par + new - p.links[idx])
+        par = out[t.parent[idx]]
+        ui = u[idx]
+        change = base[idx] + _couple(par, loose[idx], ui)
+        new, _ = _turn_unit(r[idx], ui, change, p.radial)
+        out[idx] = par + new - p.links[idx]
+    if p.centred:
+        out = recentre(out, (component_mean(mean, t) + temperature * _centre_noise(eps, p)) * scale, t)
     return out
 
 
@@ -448,10 +524,14 @@ def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     log|det| (a scalar). The step's density is the innovations' divided by the turns' Jacobian
     determinants, so its NLL is the innovations' *plus* that sum. Every bead at once."""
     t = p.tree
+    centre = None
+    if p.centred:  # the draw before recentring had the root at its mean: undo the shift
+        rel, centre = _centred_residual(step / scale - mean, p)
+        step = (rel + mean) * scale
     par = step[t.parent]
     change, logdet = _unturn(p.links, step - par + p.links, p.radial)
     cond = mean + _couple(par / scale - mean[t.parent], p.coupling, p.direction)
-    d = torch.where(t.root[:, None], step / scale - mean, (par + change) / scale - cond)
+    d = torch.where(t.root[:, None], step / scale - mean if centre is None else centre, (par + change) / scale - cond)
     return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
 
 
@@ -474,14 +554,30 @@ class TreeNoise(CentreNoise):
     radial : {"linear", "log"}
         With ``bend``: a link's new length is ``r + a_par`` or ``r exp(a_par / r)`` (never below
         zero: ions cannot be drawn onto their partner).
+    centred : bool
+        Each tree's centre (the mean of its beads) moves by its own Gaussian, the molecule std,
+        and the tree only shapes the step around it (:attr:`TreeParams.centred`). Without it the
+        centre's step is the root's plus the mean of every innovation down the tree: each
+        molecule moves too far per step (measured: chain centres 1-8x MD's, D 12x).
+    drift : bool
+        With ``centred``: the centre's mean step is the mean of its beads' mean steps (``True``)
+        or zero (``False``: the model's bead means lose their per-tree average, so a molecule's
+        centre takes a zero-mean Gaussian step, a random walk at the scale of the step; where
+        momentum is lost within one step, as for chains in a Langevin bath over 5 tau, the
+        history cannot predict where the centre goes and a learned drift only feeds back on the
+        model's own moves). Needs ``target="displacement"``.
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
-                 bend: bool = False, radial: str = "linear") -> None:
+                 bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
         self.bend = bool(bend)
+        self.centred = bool(centred)
+        if not drift and not centred:
+            raise ValueError("drift=false needs centred=true (it sets the mean of each tree's centre step)")
+        self.drift = bool(drift)
         self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
@@ -511,4 +607,4 @@ class TreeNoise(CentreNoise):
         coupling = torch.sigmoid(out[:, 2:4])
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
                           coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None,
-                          radial=self.radial)
+                          radial=self.radial, centred=self.centred)
