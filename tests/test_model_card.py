@@ -155,3 +155,25 @@ def test_history_frames_are_spaced_in_one_place():
     np.testing.assert_array_equal(first.numpy(), traj.positions[[0, 4, 8]].transpose(1, 0, 2))
     with pytest.raises(CgsimInputError, match="needs a history of 3 frames 4 apart"):
         history_positions(traj, 3, 4, start=traj.n_frames - 2)
+
+
+def test_export_shape_temperature_needs_tree_noise_and_a_positive_number(tmp_path):
+    from cgsim.train.export import export_model
+
+    src = _tiny_checkpoint(tmp_path / "tiny.pt")  # independent per-bead noise
+    with pytest.raises(CgsimInputError, match="--shape-temperature.*bond-tree"):
+        export_model(src, tmp_path / "out.pt", shape_temperature=0.7)
+    assert not (tmp_path / "out.pt").exists()
+    ckpt = load_checkpoint(src)
+    ckpt["config"]["model"]["collective"] = {"_target_": "cgsim.model.tree.TreeNoise", "dim": 16, "bend": False}
+    tree_src = tmp_path / "tree.pt"
+    torch.save(ckpt, tree_src)
+    for bad in ("hot", -1.0):
+        with pytest.raises(CgsimInputError, match="expected 'fit' or a number > 0"):
+            export_model(tree_src, tmp_path / "out.pt", shape_temperature=bad)
+    export_model(tree_src, tmp_path / "out.pt", shape_temperature=0.7)
+    out = load_checkpoint(tmp_path / "out.pt")
+    assert out["config"]["model"]["collective"]["shape_temperature"] == 0.7
+    assert out["exported"]["shape_temperature"] == {"value": 0.7, "fitted": False}
+    card = ModelCard.from_checkpoint(out, tmp_path / "out.pt")
+    assert card.sampler.parameters["gaussian"]["shape_temperature"] == 0.7

@@ -401,7 +401,8 @@ def test_model_card_names_the_tree_noise_and_its_options():
     assert card.calls_per_step == 1
     assert card.parameters["gaussian"] == {"target": "displacement", "collective": True, "noise": "bond tree",
                                            "bend": True, "radial": "log", "contact_cutoff": 0.4,
-                                           "centred": False, "drift": True}
+                                           "centred": False, "drift": True,
+                                           "shape_temperature": 1.0}
     plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
     assert "noise" not in plain.parameters["gaussian"]
 
@@ -544,3 +545,45 @@ def test_without_drift_each_centre_takes_a_zero_mean_step():
     for k in range(2):
         r = roots[mol[roots] == k][0]
         torch.testing.assert_close(step[mol == k].mean(0), pred.tree.root_std[k] * eps[r] * pred.scale)
+
+
+def test_shape_temperature_scales_the_draws_innovations_and_is_fitted_to_md_steps():
+    """The shape temperature scales the innovations of a draw only (not the centre, not the
+    likelihood); fitting it on a trajectory makes one drawn step move beads about their centre
+    as far as the trajectory's next frame does, and a model without tree noise is refused."""
+    from cgsim.data.windows import BeadTrajectory
+    from cgsim.errors import CgsimInputError
+    from cgsim.train.prior_fit import fit_shape_temperature, internal_msd
+
+    with pytest.raises(ValueError, match="shape_temperature"):
+        TreeNoise(16, shape_temperature=0.0)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, drift=False).double(),
+                   target="displacement").eval()
+    sys_, pos = chain_system(12, BOX, 5)
+    batch = collate([sys_], [pos])
+    eps = torch.randn(12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    nxt = pos[:, -1] + 0.05 * eps
+    base = m(batch)
+    m.collective.shape_temperature = 0.5
+    half = m(batch)
+    assert half.tree.shape_temperature == 0.5
+    torch.testing.assert_close(half.nll(nxt - pos[:, -1]), base.nll(nxt - pos[:, -1]))  # likelihood unchanged
+    torch.testing.assert_close(half.value(eps).mean(0), base.value(eps).mean(0))  # centre step unchanged
+    mol = np.zeros(12, dtype=np.int64)
+    assert internal_msd(half.value(eps), mol) < internal_msd(base.value(eps), mol)
+    m.train()
+    assert m(batch).tree.shape_temperature == 1.0  # training always draws (and scores) at 1
+    m.eval()
+    # a trajectory whose beads jiggle by 0.3 nm per frame about a drifting chain
+    g = torch.Generator().manual_seed(7)
+    frames = [pos[:, -1]]
+    for _ in range(40):
+        frames.append(frames[-1] + 0.3 * torch.randn(12, 3, generator=g, dtype=torch.float64) + 0.01)
+    traj = BeadTrajectory("jiggle", sys_, torch.stack(frames).numpy(), save_interval=1.0)
+    m.collective.shape_temperature = 1.0
+    temperature, ratios = fit_shape_temperature(m, [traj], stride=1, iterations=4, windows=16, progress=False)
+    assert m.collective.shape_temperature == temperature and len(ratios) == 4
+    assert abs(ratios[-1] - 1.0) < 0.1 < abs(ratios[0] - 1.0), ratios
+    plain = tiny_model(target="displacement")
+    with pytest.raises(CgsimInputError, match="bond-tree"):
+        fit_shape_temperature(plain, [traj], stride=1)

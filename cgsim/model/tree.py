@@ -39,10 +39,12 @@ The bond trees depend on the bonds only (computed once per topology, :func:`bond
 :class:`~cgsim.model.graph.TopologyMemo`); the
 engine's per-member noise streams, batching and resume are untouched (one standard-normal draw
 (N, 3) per step, as before).
-Status (BENCHMARKS.md, "Bond-tree noise", 2026-12-07): no shipped model uses it yet. A bent
-chain model with a 5-update prior runs 10x its training length at 0.05 redraws per 1000 steps
-with bonds as the refined samplers', in one call, but diffuses 12x too fast; the electrolyte's
-Li+ shells collide in the first step.
+Status (BENCHMARKS.md, "Bond-tree noise" and "... with its own centre step", 2026-12-07): no
+shipped model uses it yet. A bent, centred chain model without drift (stride 2, 10 prior
+updates, one call) runs 10x its training length at 0.23 redraws per 1000 steps with D, mean Rg
+and bonds within the targets and 2.4x the shipped sampler's speed, but draws non-bonded beads onto
+each other (RDF 3.7x the shipped model's error); the electrolyte's Li+ shells collide in the
+first step.
 """
 
 from __future__ import annotations
@@ -280,6 +282,10 @@ class TreeParams:
         by its own Gaussian (mean: the beads' mean step; std: ``root_std``); the root then moves
         by its mean plus whatever keeps the centre there (:func:`recentre`). ``False``: the root
         moves by ``root_std`` and the centre's step follows from the tree.
+    shape_temperature : float
+        Scale of every non-root innovation in a *draw* (not in the likelihood): 1 = as trained.
+        A sampling setting fitted after training (:func:`cgsim.train.prior_fit.fit_shape_temperature`)
+        so that a drawn step moves beads about their centre as far as MD does.
     """
 
     tree: BondTree
@@ -290,6 +296,7 @@ class TreeParams:
     links: torch.Tensor | None = None
     radial: str = "linear"
     centred: bool = False
+    shape_temperature: float = 1.0
 
 
 def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
@@ -302,9 +309,12 @@ def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torc
 
 
 def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
-    """Each bead's own noise (N, 3): the innovation in its link frame, or its root's isotropic step
-    (zero when ``p.centred``: the centre's step is added after the tree, :func:`recentre`)."""
+    """Each bead's own noise in a draw (N, 3): the innovation in its link frame (times the shape
+    temperature), or its root's isotropic step (zero when ``p.centred``: the centre's step is added
+    after the tree, :func:`recentre`)."""
     innovation = _couple(eps, p.std, p.direction)  # stds along/across the link, like the couplings
+    if p.shape_temperature != 1.0:
+        innovation = p.shape_temperature * innovation
     root = torch.zeros_like(eps) if p.centred else p.root_std[p.tree.molecule][:, None] * eps
     return torch.where(p.tree.root[:, None], root, innovation)
 
@@ -566,10 +576,13 @@ class TreeNoise(CentreNoise):
         momentum is lost within one step, as for chains in a Langevin bath over 5 tau, the
         history cannot predict where the centre goes and a learned drift only feeds back on the
         model's own moves). Needs ``target="displacement"``.
+    shape_temperature : float
+        Scale of the innovations in a draw (:attr:`TreeParams.shape_temperature`; 1 in training).
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
-                 bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True) -> None:
+                 bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
+                 shape_temperature: float = 1.0) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -578,6 +591,9 @@ class TreeNoise(CentreNoise):
         if not drift and not centred:
             raise ValueError("drift=false needs centred=true (it sets the mean of each tree's centre step)")
         self.drift = bool(drift)
+        if not shape_temperature > 0:
+            raise ValueError(f"shape_temperature must be > 0, got {shape_temperature}")
+        self.shape_temperature = float(shape_temperature)
         self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
@@ -607,4 +623,5 @@ class TreeNoise(CentreNoise):
         coupling = torch.sigmoid(out[:, 2:4])
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
                           coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None,
-                          radial=self.radial, centred=self.centred)
+                          radial=self.radial, centred=self.centred,
+                          shape_temperature=1.0 if self.training else self.shape_temperature)

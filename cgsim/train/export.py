@@ -26,6 +26,11 @@ draws, refiner off; ``refine_off=false``: under the ``--refine`` schedule), ``wi
 ``damping``, ``rollout_steps`` (1 = one step from true histories; N = short N-step rollouts,
 their second half compared).
 
+``--shape-temperature fit`` (bond-tree models, ``model/collective=tree``) fits the scale of the
+draw's innovations so that one drawn step (after the prior) moves beads about their molecule's
+centre as far as MD's next frame does (:func:`cgsim.train.prior_fit.fit_shape_temperature`); a
+number sets it. It is stored in the model's config and reported by its card.
+
 ``--recommend`` records the ``cgsim rollout`` settings the model is meant to run with
 (``--recommend guard.redraws=3 exclusion.enabled=true``; the options of
 :data:`cgsim.model.card.RECOMMENDABLE`) as ``recommended_rollout``; its model card
@@ -59,13 +64,14 @@ from cgsim.model.checkpoint import (
 )
 from cgsim.model.prior import StructuralPrior
 from cgsim.model.sampling import apply_refine_overrides
-from cgsim.train.prior_fit import calibrate_prior, fit_prior, training_systems
+from cgsim.train.prior_fit import calibrate_prior, fit_prior, fit_shape_temperature, training_systems
 
 __all__ = ["KEEP", "export_model", "main"]
 
 
 def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None = None,
-                 prior: dict[str, Any] | None = None, recommend: dict[str, Any] | None = None) -> dict[str, Any]:
+                 prior: dict[str, Any] | None = None, recommend: dict[str, Any] | None = None,
+                 shape_temperature: str | float | None = None) -> dict[str, Any]:
     """Write the slim model file ``dst`` from the training checkpoint ``src``.
 
     Parameters
@@ -81,6 +87,10 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
         Fit a structural prior with these options (:func:`fit_prior`) and store it.
     recommend : dict, optional
         Recommended ``cgsim rollout`` settings (:data:`cgsim.model.card.RECOMMENDABLE` keys).
+    shape_temperature : "fit" or float, optional
+        Bond-tree models only: the draw's shape temperature, a value or ``"fit"``
+        (:func:`cgsim.train.prior_fit.fit_shape_temperature` on the training systems, after the
+        prior), stored in the model's config.
 
     Returns
     -------
@@ -112,6 +122,8 @@ def export_model(src: str | Path, dst: str | Path, refine: dict[str, Any] | None
     if prior:
         fitted = _fitted_prior(ckpt, card, prior, refine).to_dict()
         record["prior"] = dict(prior)
+    if shape_temperature is not None:
+        record["shape_temperature"] = _shape_temperature(ckpt, card, shape_temperature, fitted)
     ranges = with_training_ranges(card).ranges if card.ranges is None else None
     slim = slim_checkpoint(ckpt, record, refine=refine, prior=fitted, recommended=recommend,
                            ranges=None if ranges is None else ranges.to_dict())
@@ -149,6 +161,32 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
     return prior
 
 
+def _shape_temperature(ckpt: dict[str, Any], card: ModelCard, value: str | float,
+                       prior: dict[str, Any] | None) -> dict[str, Any]:
+    """Set (or fit, ``value="fit"``) the bond-tree draw's shape temperature in ``ckpt``'s config."""
+    collective = ckpt["config"]["model"].get("collective") or {}
+    if not str(collective.get("_target_", "")).endswith("TreeNoise"):
+        raise CgsimInputError("--shape-temperature", "the model has no bond-tree noise (model/collective=tree)")
+    if value == "fit":
+        model = model_from_checkpoint(ckpt)
+        if prior is not None:
+            model.prior = StructuralPrior.from_dict(prior)
+        temperature, ratios = fit_shape_temperature(model, training_systems(card), card.stride)
+        print("shape temperature: drawn / MD mean square about the centre per iteration: "
+              + " ".join(f"{r:.3f}" for r in ratios) + f" -> T = {temperature:.3f}")
+        out = {"value": temperature, "fitted": True, "ratios": ratios}
+    else:
+        try:
+            temperature = float(value)
+        except (TypeError, ValueError):
+            raise CgsimInputError("--shape-temperature", f"expected 'fit' or a number > 0, got {value!r}") from None
+        if not temperature > 0:
+            raise CgsimInputError("--shape-temperature", f"expected 'fit' or a number > 0, got {value!r}")
+        out = {"value": temperature, "fitted": False}
+    collective["shape_temperature"] = out["value"]
+    return out
+
+
 def _pairs(items: list[str], option: str = "--refine") -> dict[str, Any]:
     out = {}
     for item in items:
@@ -170,11 +208,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="fit and store a structural prior, e.g. nb_cutoff=1.0 steps=10")
     ap.add_argument("--recommend", nargs="*", default=[], metavar="KEY=VALUE",
                     help="recommended cgsim rollout settings, e.g. guard.redraws=3 exclusion.enabled=true")
+    ap.add_argument("--shape-temperature", default=None, metavar="fit|T",
+                    help="bond-tree models: scale of the draw's innovations, or 'fit' (one step about each "
+                         "molecule's centre as far as MD's, after the prior)")
     args = ap.parse_args(argv)
     try:
         refine = _pairs(args.refine)
         prior = _pairs(args.prior, "--prior") if args.prior is not None else None
-        rec = export_model(args.src, args.dst, refine, prior, _pairs(args.recommend, "--recommend"))
+        rec = export_model(args.src, args.dst, refine, prior, _pairs(args.recommend, "--recommend"),
+                           args.shape_temperature)
     except CgsimInputError as exc:  # one line, exit status 2, as every cgsim verb
         print(f"export: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

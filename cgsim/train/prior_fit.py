@@ -16,6 +16,7 @@ Two stages (:mod:`cgsim.model.prior` has the terms and the sampler):
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,6 +149,95 @@ def calibrate_prior(model: MultiScaleDynamics, prior: StructuralPrior, systems: 
         bar.set_postfix(error=f"{err:.3f}")
     model.prior = prior
     return prior, errors
+
+
+def internal_msd(step: torch.Tensor, molecule: np.ndarray) -> float:
+    """Mean square (nm^2) of every bead's step (N, 3) about its molecule's centre step (bead mean),
+    over the beads of multi-bead molecules (``molecule`` (N,) their index); NaN without any."""
+    step = step.detach()
+    mol = torch.from_numpy(molecule)
+    n_mol = int(molecule.max()) + 1
+    counts = torch.bincount(mol, minlength=n_mol).to(step.dtype)
+    centre = torch.zeros(n_mol, 3, dtype=step.dtype).index_add_(0, mol, step) / counts[:, None]
+    rel = step - centre[mol]
+    keep = counts[mol] > 1
+    return float((rel[keep] ** 2).sum(-1).mean()) if bool(keep.any()) else float("nan")
+
+
+def fit_shape_temperature(model: MultiScaleDynamics, systems: Sequence[BeadTrajectory], stride: int,
+                          iterations: int = 3, windows: int = 64, seed: int = 0,
+                          progress: bool = True) -> tuple[float, list[float]]:
+    """The bond-tree draw's shape temperature that moves beads about their molecule's centre as
+    far as MD does in one step (:attr:`cgsim.model.tree.TreeParams.shape_temperature`).
+
+    A draw's innovations are scaled by ``T``; from true histories of the training ``systems``
+    (``windows`` random ones per iteration, the same each iteration) the mean square of the drawn
+    step about each molecule's centre (after the model's structural prior, when it has one) is
+    compared with MD's next frame, and ``T <- T sqrt(MD / drawn)``. The centre's own step is not
+    scaled: it sets the diffusion, which the likelihood already fits.
+
+    Parameters
+    ----------
+    model : MultiScaleDynamics
+        A model with bond-tree noise (``model.collective`` a :class:`~cgsim.model.tree.TreeNoise`).
+    systems : sequence of BeadTrajectory
+        Training systems.
+    stride : int
+        Recorded frames per learned step (the model's).
+    iterations, windows, seed : int
+        Updates of ``T``, windows per update, seed of the windows and draws.
+
+    Returns
+    -------
+    temperature : float
+        The fitted ``T`` (also set on ``model.collective``).
+    ratios : list of float
+        Drawn over MD mean square per iteration, before its update.
+    """
+    from cgsim.model.graph import molecule_index
+    from cgsim.model.tree import TreeNoise
+
+    if not isinstance(model.collective, TreeNoise):
+        raise CgsimInputError("--shape-temperature", "the model has no bond-tree noise (model/collective=tree)")
+    h = model.history
+    span = (h - 1) * stride + stride
+    usable = [k for k, t in enumerate(systems) if t.n_frames > span]
+    if not usable:
+        raise CgsimInputError("data.train_systems", f"no training system has more than {span} frames")
+    rng = np.random.default_rng(seed)
+    picks = [(int(k), int(rng.integers(0, systems[k].n_frames - span))) for k in rng.choice(usable, windows)]
+    mols = {k: molecule_index(systems[k].graph.n_beads, systems[k].graph.bead_bonds.numpy()) for k in usable}
+    topos: dict[int, Any] = {}
+    model.eval()
+    temperature = model.collective.shape_temperature
+    ratios: list[float] = []
+    bar = tqdm(range(iterations), desc="fit shape temperature", disable=not progress)
+    for _ in bar:
+        model.collective.shape_temperature = temperature
+        gen = torch.Generator().manual_seed(seed)
+        drawn, true = [], []
+        for k, start in picks:
+            t = systems[k]
+            b = collate([t.graph], [history_positions(t, h, stride, start)])
+            topo = None
+            if model.prior is not None:
+                if k not in topos:
+                    cls = bead_classes(t.graph.atom_type, t.graph.atom_to_bead, t.graph.n_beads, model.prior.atom_types)
+                    topos[k] = model.prior.topology(cls, b.bead_bonds, b.n_beads, torch.device("cpu"), b.pos.dtype)
+                topo = topos[k]
+            noise = functools.partial(torch.randn, (b.n_beads, 3), generator=gen, dtype=b.pos.dtype)
+            with torch.no_grad():
+                new = learned_step(model, b, noise, prior_topology=topo)
+            last = b.pos[:, -1]
+            nxt = torch.from_numpy(np.ascontiguousarray(t.positions[start + span])).to(last.dtype)
+            drawn.append(internal_msd(new - last, mols[k]))
+            true.append(internal_msd(nxt - last, mols[k]))
+        ratio = float(np.nanmean(drawn) / np.nanmean(true))
+        ratios.append(ratio)
+        temperature = temperature / math.sqrt(ratio)
+        bar.set_postfix(T=f"{temperature:.3f}", ratio=f"{ratio:.3f}")
+    model.collective.shape_temperature = temperature
+    return temperature, ratios
 
 
 def _collect(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: Any, store: dict) -> None:
