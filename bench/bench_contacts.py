@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not members:
             raise SystemExit(f"{run}: no rollout members (expected {run}/<system>/replica_*/rollout.dcd)")
         result[run] = _pooled([contact_stats(_load(m), args.radii, args.min_bonds) for m in members])
-    print(f"| trajectories | " + " | ".join(f"contacts < {r:g} nm per bead" for r in args.radii)
+    print("| trajectories | " + " | ".join(f"contacts < {r:g} nm per bead" for r in args.radii)
           + " | " + " | ".join(f"d({k} bonds), nm" for k in SEPARATIONS) + " |")
     print("|---|" + "---:|" * (len(args.radii) + len(SEPARATIONS)))
     for name, row in result.items():

@@ -18,7 +18,7 @@ def _chains(xyz: np.ndarray, lengths: list[int]) -> md.Trajectory:
         chain = top.add_chain()
         res = top.add_residue("BEA", chain)
         atoms = [top.add_atom(f"B{k}", element, res) for k in range(n)]
-        for a, b in zip(atoms[:-1], atoms[1:]):
+        for a, b in zip(atoms[:-1], atoms[1:], strict=True):
             top.add_bond(a, b)
     return md.Trajectory(xyz.astype(np.float32), top)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cgsim.data.load import load_systems
+from cgsim.model import scoring
 from cgsim.model.batch import SystemGraph, collate
 from cgsim.model.card import ModelCard
 from cgsim.model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -45,8 +46,8 @@ def test_scores_of_a_collapsed_ensemble_are_its_distance_from_the_truth():
 
 def test_class_balance_weighs_each_class_alike():
     values = torch.tensor([1.0, 1.0, 1.0, 4.0])
-    assert float(es._balanced_mean(values, torch.tensor([0, 0, 0, 1]))) == pytest.approx(2.5)
-    assert float(es._balanced_mean(values, None)) == pytest.approx(1.75)
+    assert float(scoring._balanced_mean(values, torch.tensor([0, 0, 0, 1]))) == pytest.approx(2.5)
+    assert float(scoring._balanced_mean(values, None)) == pytest.approx(1.75)
     g, hist = _three_beads()
     b = collate([g], [hist])
     y = hist[:, -1].clone()
@@ -90,7 +91,7 @@ def test_the_score_prefers_the_true_spread_to_a_shrunk_one():
     scores = {}
     for spread in (0.5, 1.0, 1.5):
         a, b = spread * torch.randn(20000, 3, generator=g), spread * torch.randn(20000, 3, generator=g)
-        scores[spread] = float(es._es(a, b, y).mean())
+        scores[spread] = float(scoring._es(a, b, y).mean())
     assert scores[1.0] < scores[0.5] - 0.05 and scores[1.0] < scores[1.5] - 0.02, scores
 
 

@@ -402,7 +402,7 @@ def test_model_card_names_the_tree_noise_and_its_options():
     assert card.parameters["gaussian"] == {"target": "displacement", "collective": True, "noise": "bond tree",
                                            "bend": True, "radial": "log", "contact_cutoff": 0.4,
                                            "centred": False, "drift": True,
-                                           "shape_temperature": 1.0}
+                                           "shape_temperature": 1.0, "pair_score": 0.0}
     plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
     assert "noise" not in plain.parameters["gaussian"]
 
@@ -587,3 +587,31 @@ def test_shape_temperature_scales_the_draws_innovations_and_is_fitted_to_md_step
     plain = tiny_model(target="displacement")
     with pytest.raises(CgsimInputError, match="bond-tree"):
         fit_shape_temperature(plain, [traj], stride=1)
+
+
+def test_pair_score_adds_an_energy_score_of_close_pairs_in_two_draws():
+    with pytest.raises(ValueError, match="pair_score"):
+        TreeNoise(16, pair_score=-1.0)
+    torch.manual_seed(0)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, drift=False, pair_score=2.0,
+                                        pair_cutoff=0.8).double(), target="displacement")
+    sys_, pos = chain_system(20, BOX, 5)
+    batch = collate([sys_], [pos])
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    m.train()
+    terms = m.loss_terms(batch, nxt, torch.Generator().manual_seed(4))
+    assert set(terms) == {"nll", "pair_es"} and terms["pair_es"] > 0
+    loss = m.loss(batch, nxt, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss, terms["nll"] + 2.0 * terms["pair_es"])
+    loss.backward()
+    assert m.collective.link_head.net[0].weight.grad.abs().sum() > 0  # the draw's shape learns from the score
+    # a draw that were the true next frame would score 0 on average; drawn from a model, the score
+    # is that of energy_score_terms on the same draws (same generator)
+    from cgsim.model.scoring import energy_score_terms
+
+    m.eval()
+    pred = m(batch)
+    g = torch.Generator().manual_seed(9)
+    xs = [pos[:, -1] + pred.value(torch.randn(20, 3, generator=g, dtype=torch.float64)) for _ in range(2)]
+    want = energy_score_terms(xs[0], xs[1], nxt, batch, pred.scale, 0.8).pair
+    torch.testing.assert_close(m._pair_score(batch, pred, nxt, torch.Generator().manual_seed(9)), want)

@@ -211,3 +211,13 @@ def restore_training(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: An
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
     return int(ckpt["epoch"]) + 1, int(ckpt["step"]), dict(ckpt["best"])
+
+
+def set_collective_option(ckpt: dict[str, Any], key: str, value: Any, option: str) -> None:
+    """Set ``model.collective.KEY = value`` in ``ckpt``'s config (a bond-tree model's sampling
+    setting, e.g. ``shape_temperature``); ``option`` names the setting in the error of a model
+    without bond-tree noise."""
+    collective = ckpt["config"]["model"].get("collective") or {}
+    if not str(collective.get("_target_", "")).endswith("TreeNoise"):
+        raise CgsimInputError(option, "the model has no bond-tree noise (model/collective=tree)")
+    collective[key] = value

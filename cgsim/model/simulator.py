@@ -38,6 +38,7 @@ from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
+from cgsim.model.scoring import energy_score_terms
 from cgsim.model.tree import (
     TreeNoise,
     TreeParams,
@@ -331,14 +332,18 @@ class MultiScaleDynamics(nn.Module):
 
     def loss_terms(self, batch: BeadBatch, next_pos: torch.Tensor,
                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """``{"nll": ...}`` plus ``{"dsm": ...}`` (denoising loss) when the model has a refiner and
-        ``{"centre_nll": ...}`` (molecule-centre steps) when it has collective noise."""
+        """``{"nll": ...}`` plus ``{"dsm": ...}`` (denoising loss) when the model has a refiner,
+        ``{"centre_nll": ...}`` (molecule-centre steps) when it has collective noise and
+        ``{"pair_es": ...}`` (energy score of close pair distances in two draws) with bond-tree
+        noise and ``pair_score > 0``."""
         pred = self(batch)
         terms = {"nll": self.nll(batch, next_pos, pred)}
         if pred.centre_std is not None and pred.tree is None:
             window = torch.cat([batch.pos[:, -self.history:], next_pos[:, None]], dim=1)
             z = self.target_from_positions(window) / pred.scale
             terms["centre_nll"] = CentreNoise.nll(z, pred.mean, pred.molecule, pred.n_molecules, pred.centre_std)
+        if isinstance(self.collective, TreeNoise) and self.collective.pair_score > 0:
+            terms["pair_es"] = self._pair_score(batch, pred, next_pos, generator)
         if self.refiner is not None:
             terms["dsm"] = self.refiner.loss(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, next_pos,
                                              self.target_scale, generator)
@@ -352,7 +357,22 @@ class MultiScaleDynamics(nn.Module):
             total = total + self.refiner.loss_weight * terms["dsm"]
         if "centre_nll" in terms:
             total = total + self.collective.loss_weight * terms["centre_nll"]
+        if "pair_es" in terms:
+            total = total + self.collective.pair_score * terms["pair_es"]
         return total
+
+    def _pair_score(self, batch: BeadBatch, pred: GaussianStep, next_pos: torch.Tensor,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """Energy score (Gneiting & Raftery 2007) of the distances of non-bonded pairs closer than
+        ``collective.pair_cutoff`` nm in the current frame, two reparameterised draws of the step
+        against the true next frame (target-scale units): what the likelihood of one bead's step
+        given its parent's cannot see, two beads of different branches drawn onto each other."""
+        hist = batch.pos[:, -self.history:]
+        noise = generator_noise(tuple(pred.mean.shape), generator, pred.mean.device, pred.mean.dtype)
+        draws = [self.positions_from_target(hist, pred.value(noise())) for _ in range(2)]
+        terms = energy_score_terms(draws[0], draws[1], next_pos, batch.with_pos(hist), pred.scale,
+                                   self.collective.pair_cutoff)
+        return terms.pair
 
     @torch.no_grad()
     def refine(self, batch: BeadBatch, pred: GaussianStep, new_pos: torch.Tensor, noise: NoiseFn) -> torch.Tensor:

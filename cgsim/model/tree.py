@@ -578,11 +578,16 @@ class TreeNoise(CentreNoise):
         model's own moves). Needs ``target="displacement"``.
     shape_temperature : float
         Scale of the innovations in a draw (:attr:`TreeParams.shape_temperature`; 1 in training).
+    pair_score, pair_cutoff : float, float
+        Weight of an energy score of the distances of non-bonded pairs closer than ``pair_cutoff``
+        nm, scored on two reparameterised draws against the true next frame, added to the
+        training loss (0 = likelihood only). The likelihood scores each bead's step given its
+        parent's; it cannot see two beads of different branches drawn onto each other.
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
                  bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
-                 shape_temperature: float = 1.0) -> None:
+                 shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -594,6 +599,10 @@ class TreeNoise(CentreNoise):
         if not shape_temperature > 0:
             raise ValueError(f"shape_temperature must be > 0, got {shape_temperature}")
         self.shape_temperature = float(shape_temperature)
+        if pair_score < 0 or pair_cutoff <= 0:
+            raise ValueError(f"pair_score must be >= 0 and pair_cutoff > 0 nm, got {pair_score}, {pair_cutoff}")
+        self.pair_score = float(pair_score)
+        self.pair_cutoff = float(pair_cutoff)
         self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")

@@ -60,11 +60,17 @@ from cgsim.model.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
+    set_collective_option,
     slim_checkpoint,
 )
 from cgsim.model.prior import StructuralPrior
 from cgsim.model.sampling import apply_refine_overrides
-from cgsim.train.prior_fit import calibrate_prior, fit_prior, fit_shape_temperature, training_systems
+from cgsim.train.prior_fit import (
+    calibrate_prior,
+    fit_prior,
+    fit_shape_temperature,
+    training_systems,
+)
 
 __all__ = ["KEEP", "export_model", "main"]
 
@@ -164,8 +170,7 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
 def _shape_temperature(ckpt: dict[str, Any], card: ModelCard, value: str | float,
                        prior: dict[str, Any] | None) -> dict[str, Any]:
     """Set (or fit, ``value="fit"``) the bond-tree draw's shape temperature in ``ckpt``'s config."""
-    collective = ckpt["config"]["model"].get("collective") or {}
-    if not str(collective.get("_target_", "")).endswith("TreeNoise"):
+    if card.sampler.parameters["gaussian"].get("noise") != "bond tree":
         raise CgsimInputError("--shape-temperature", "the model has no bond-tree noise (model/collective=tree)")
     if value == "fit":
         model = model_from_checkpoint(ckpt)
@@ -183,7 +188,7 @@ def _shape_temperature(ckpt: dict[str, Any], card: ModelCard, value: str | float
         if not temperature > 0:
             raise CgsimInputError("--shape-temperature", f"expected 'fit' or a number > 0, got {value!r}")
         out = {"value": temperature, "fitted": False}
-    collective["shape_temperature"] = out["value"]
+    set_collective_option(ckpt, "shape_temperature", out["value"], "--shape-temperature")
     return out
 
 
