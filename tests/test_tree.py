@@ -155,11 +155,16 @@ class TestTreeNoiseSymmetries(ModelSymmetryTests):
         return tiny_model(collective=TreeNoise(16, min_std=1e-3).double())
 
 
+def _chain_step() -> tuple:
+    """A 20-bead chain's batch, its history (20, H, 3) and a next frame 0.05 nm away (float64)."""
+    sys_, pos = chain_system(20, BOX, 5)
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return collate([sys_], [pos]), pos, nxt
+
+
 def test_model_trains_on_the_tree_likelihood_and_draws_along_it():
     m = tiny_model(collective=TreeNoise(16, min_std=1e-3).double())
-    sys_, pos = chain_system(20, BOX, 5)
-    batch = collate([sys_], [pos])
-    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch, pos, nxt = _chain_step()
     m.train()
     loss = m.loss(batch, nxt)
     loss.backward()
@@ -402,7 +407,8 @@ def test_model_card_names_the_tree_noise_and_its_options():
     assert card.parameters["gaussian"] == {"target": "displacement", "collective": True, "noise": "bond tree",
                                            "bend": True, "radial": "log", "contact_cutoff": 0.4,
                                            "centred": False, "drift": True,
-                                           "shape_temperature": 1.0, "pair_score": 0.0}
+                                           "shape_temperature": 1.0, "pair_score": 0.0,
+                                           "contact_links": 0.0}
     plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
     assert "noise" not in plain.parameters["gaussian"]
 
@@ -497,9 +503,7 @@ def test_bent_nll_is_the_change_of_variables_of_the_draw(centred, radial):
 
 def test_centred_model_trains_and_moves_each_molecule_by_its_centre_std():
     m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True).double(), target="displacement")
-    sys_, pos = chain_system(20, BOX, 5)
-    batch = collate([sys_], [pos])
-    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch, pos, nxt = _chain_step()
     m.train()
     loss = m.loss(batch, nxt)
     loss.backward()
@@ -595,9 +599,7 @@ def test_pair_score_adds_an_energy_score_of_close_pairs_in_two_draws():
     torch.manual_seed(0)
     m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, drift=False, pair_score=2.0,
                                         pair_cutoff=0.8).double(), target="displacement")
-    sys_, pos = chain_system(20, BOX, 5)
-    batch = collate([sys_], [pos])
-    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch, pos, nxt = _chain_step()
     m.train()
     terms = m.loss_terms(batch, nxt, torch.Generator().manual_seed(4))
     assert set(terms) == {"nll", "pair_es"} and terms["pair_es"] > 0
@@ -615,3 +617,69 @@ def test_pair_score_adds_an_energy_score_of_close_pairs_in_two_draws():
     xs = [pos[:, -1] + pred.value(torch.randn(20, 3, generator=g, dtype=torch.float64)) for _ in range(2)]
     want = energy_score_terms(xs[0], xs[1], nxt, batch, pred.scale, 0.8).pair
     torch.testing.assert_close(m._pair_score(batch, pred, nxt, torch.Generator().manual_seed(9)), want)
+
+
+def _contact_params(seed: int = 3, centred: bool = False) -> tuple[torch.Generator, TreeParams]:
+    """:func:`_bend_params` plus three contact links of the 7-chain (root 3): 2 -> 5, 1 -> 6, 4 -> 0
+    (each from a bead nearer the root, none a parent)."""
+    from dataclasses import replace
+
+    g, p = _bend_params(seed)
+    contacts = torch.tensor([[2, 1, 4], [5, 6, 0]])
+    weights = 0.1 + 0.4 * torch.rand(3, generator=g, dtype=torch.float64)
+    return g, replace(p, contacts=contacts, contact_coupling=weights, centred=centred)
+
+
+@pytest.mark.parametrize("centred", [False, True], ids=["root", "centred"])
+def test_contact_links_keep_the_draw_invertible_and_its_likelihood_exact(centred):
+    from cgsim.model.simulator import GaussianStep
+
+    g, p = _contact_params(centred=centred)
+    t = p.tree
+    assert (t.hops[p.contacts[0]] < t.hops[p.contacts[1]]).all()
+    n = t.parent.numel()
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    eps = 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    step = bent_draw(eps, mean, scale, p)
+    jac = torch.autograd.functional.jacobian(lambda e: bent_draw(e.reshape(n, 3), mean, scale, p).reshape(-1),
+                                             eps.reshape(-1))
+    want = 0.5 * (eps ** 2).sum() + 1.5 * n * math.log(2 * math.pi) + torch.linalg.slogdet(jac / scale)[1]
+    got = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p).nll(step) * 3 * n
+    torch.testing.assert_close(got, want)
+    # the contacts change the draw: bead 5 follows bead 2, bead 6 follows bead 1
+    from dataclasses import replace
+
+    plain = bent_draw(eps, mean, scale, replace(p, contacts=None, contact_coupling=None))
+    moved = (step - plain).norm(dim=-1)
+    if centred:  # recentring spreads the change over the whole chain
+        assert moved[:7].max() > 1e-6
+    else:  # only the followers (and nothing above them) move
+        assert moved[[5, 6, 0]].min() > 1e-6 and moved[[1, 2, 3, 4]].max() < 1e-12
+
+
+def test_contact_links_of_the_model_follow_the_rules():
+    with pytest.raises(ValueError, match="contact_links"):
+        TreeNoise(16, contact_links=0.5)  # needs bend
+    torch.manual_seed(0)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, drift=False,
+                                        contact_links=0.9).double(), target="displacement")
+    from cgsim.geometry.pbc import minimum_image
+
+    other, oh = chain_system(9, BOX, 2)
+    chain, pos = chain_system(20, BOX, 5)
+    _, _, nxt = _chain_step()
+    both = collate([other, chain], [oh, pos])
+    pred = m(both)
+    t, (j, i) = pred.tree.tree, pred.tree.contacts
+    assert j.numel() > 0
+    x = both.pos[:, -1]
+    d = minimum_image(x[i] - x[j], BOX.expand(1, 3)).norm(dim=-1)
+    assert (d < 0.9).all() and (t.root_of[i] == t.root_of[j]).all() and (t.hops[j] < t.hops[i]).all()
+    assert (t.parent[i] != j).all()
+    totals = torch.zeros(both.n_beads, dtype=torch.float64).index_add(0, i, pred.tree.contact_coupling)
+    assert (pred.tree.contact_coupling > 0).all() and (totals < 1).all()
+    m.train()
+    nxt2 = torch.cat([oh[:, -1], nxt])
+    m.loss(both, nxt2).backward()
+    assert m.collective.contact_head.net[0].weight.grad.abs().sum() > 0

@@ -287,7 +287,8 @@ def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None =
     if isinstance(collective, Mapping) and str(collective.get("_target_", "")).endswith("TreeNoise"):
         params["gaussian"]["noise"] = "bond tree"
         for key, default in (("bend", False), ("radial", "linear"), ("contact_cutoff", 0.0), ("centred", False),
-                             ("drift", True), ("shape_temperature", 1.0), ("pair_score", 0.0)):
+                             ("drift", True), ("shape_temperature", 1.0), ("pair_score", 0.0),
+                             ("contact_links", 0.0)):
             params["gaussian"][key] = collective.get(key, default)
     calls = 1
     refinement = model_cfg.get("refinement")

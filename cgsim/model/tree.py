@@ -86,6 +86,8 @@ class BondTree:
     root_of : torch.Tensor or None
         The root of every bead's tree, shape (N,), int64 (what :func:`component_mean` averages
         over); ``None`` = every bead is a root.
+    hops : torch.Tensor or None
+        Links between every bead and its root, shape (N,), int64 (its level in a draw).
     """
 
     parent: torch.Tensor
@@ -95,6 +97,7 @@ class BondTree:
     depth: int
     levels: tuple[torch.Tensor, ...] = ()
     root_of: torch.Tensor | None = None
+    hops: torch.Tensor | None = None
 
 
 def _bfs(adj: csr_matrix, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +203,8 @@ def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> B
     levels = tuple(torch.from_numpy(order[bounds[k]:bounds[k + 1]]).to(dev) for k in range(depth))
     t = torch.from_numpy
     return BondTree(parent=t(parent).to(dev), root=t(parent == np.arange(parent.size)).to(dev), molecule=molecule,
-                    n_molecules=n_molecules, depth=depth, levels=levels, root_of=t(root_of).to(dev))
+                    n_molecules=n_molecules, depth=depth, levels=levels, root_of=t(root_of).to(dev),
+                    hops=t(hops).to(dev))
 
 
 def component_mean(v: torch.Tensor, tree: BondTree) -> torch.Tensor:
@@ -286,6 +290,12 @@ class TreeParams:
         Scale of every non-root innovation in a *draw* (not in the likelihood): 1 = as trained.
         A sampling setting fitted after training (:func:`cgsim.train.prior_fit.fit_shape_temperature`)
         so that a drawn step moves beads about their centre as far as MD does.
+    contacts : torch.Tensor or None
+        With ``contact_links``: close pairs of one tree (2, C) ``(j, i)``, ``j`` higher in the tree
+        than ``i`` (fewer links to the root) and not its parent: bead ``i``'s linear step also
+        follows ``j``'s drawn one, ``+ B_ij (d'_j / scale - mean_j)``.
+    contact_coupling : torch.Tensor or None
+        ``B_ij`` (C,), each bead's summing to less than 1.
     """
 
     tree: BondTree
@@ -297,6 +307,8 @@ class TreeParams:
     radial: str = "linear"
     centred: bool = False
     shape_temperature: float = 1.0
+    contacts: torch.Tensor | None = None
+    contact_coupling: torch.Tensor | None = None
 
 
 def link_vectors(x: torch.Tensor, tree: BondTree, batch: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
@@ -516,14 +528,33 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     r = _safe_norm(p.links)
     u = p.links / r
     loose = p.coupling - 1.0  # (A_i - I): the change of the link is base + (A_i - I) parent's step
-    for idx in t.levels:
+    by_level = _contacts_by_level(p)
+    for k, idx in enumerate(t.levels):
         par = out[t.parent[idx]]
         ui = u[idx]
         change = base[idx] + _couple(par, loose[idx], ui)
+        if by_level[k] is not None:  # close beads placed at earlier levels pull this one along
+            j, i, b = by_level[k]
+            pull = torch.zeros_like(out).index_add(0, i, b[:, None] * (out[j] - mean[j] * scale))
+            change = change + pull[idx]
         new, _ = _turn_unit(r[idx], ui, change, p.radial)
         out[idx] = par + new - p.links[idx]
     if p.centred:
         out = recentre(out, (component_mean(mean, t) + temperature * _centre_noise(eps, p)) * scale, t)
+    return out
+
+
+def _contacts_by_level(p: TreeParams) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """The contact links ``(j, i, B_ij)`` whose bead ``i`` is placed at each level of the draw."""
+    t = p.tree
+    out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(t.levels)
+    if p.contacts is None or not p.contacts.shape[1]:
+        return out
+    j, i = p.contacts
+    level = t.hops[i] - 1
+    for k in torch.unique(level).tolist():
+        sel = level == k
+        out[k] = (j[sel], i[sel], p.contact_coupling[sel])
     return out
 
 
@@ -541,6 +572,9 @@ def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     par = step[t.parent]
     change, logdet = _unturn(p.links, step - par + p.links, p.radial)
     cond = mean + _couple(par / scale - mean[t.parent], p.coupling, p.direction)
+    if p.contacts is not None and p.contacts.shape[1]:
+        j, i = p.contacts
+        cond = cond.index_add(0, i, p.contact_coupling[:, None] * (step[j] / scale - mean[j]))
     d = torch.where(t.root[:, None], step / scale - mean if centre is None else centre, (par + change) / scale - cond)
     return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
 
@@ -578,6 +612,13 @@ class TreeNoise(CentreNoise):
         model's own moves). Needs ``target="displacement"``.
     shape_temperature : float
         Scale of the innovations in a draw (:attr:`TreeParams.shape_temperature`; 1 in training).
+    contact_links : float
+        nm; > 0 (needs ``bend``): beads of one tree closer than this that are not parent and
+        child also couple, each bead's linear step following the drawn steps of its close
+        beads higher in the tree with weights ``B_ij`` read from ``[h_i, h_j, r_ij]`` (summing to
+        less than 1 per bead): beads of different branches in contact move together instead of
+        being drawn onto each other. The draw stays triangular (a bead only follows beads of
+        earlier levels), so the likelihood stays exact.
     pair_score, pair_cutoff : float, float
         Weight of an energy score of the distances of non-bonded pairs closer than ``pair_cutoff``
         nm, scored on two reparameterised draws against the true next frame, added to the
@@ -587,7 +628,8 @@ class TreeNoise(CentreNoise):
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
                  bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
-                 shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5) -> None:
+                 shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5,
+                 contact_links: float = 0.0) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -603,6 +645,11 @@ class TreeNoise(CentreNoise):
             raise ValueError(f"pair_score must be >= 0 and pair_cutoff > 0 nm, got {pair_score}, {pair_cutoff}")
         self.pair_score = float(pair_score)
         self.pair_cutoff = float(pair_cutoff)
+        if contact_links < 0 or (contact_links > 0 and not bend):
+            raise ValueError(f"contact_links must be >= 0 nm and needs bend=true, got {contact_links} (bend={bend})")
+        self.contact_links = float(contact_links)
+        # [h_i, h_j, |r_ij| nm] -> weight of bead i following bead j's drawn step
+        self.contact_head = MLP(2 * dim + 1, dim, 1, mlp_layers, layer_norm=False) if contact_links > 0 else None
         self.radial = radial
         if contact_cutoff < 0:
             raise ValueError(f"contact_cutoff must be >= 0 nm, got {contact_cutoff}")
@@ -630,7 +677,27 @@ class TreeNoise(CentreNoise):
         out = self.link_head(torch.cat([h, h[tree.parent], length.to(h.dtype)], dim=-1))
         std = torch.nn.functional.softplus(out[:, :2]) + self.min_std
         coupling = torch.sigmoid(out[:, 2:4])
+        contacts = weights = None
+        if self.contact_head is not None:
+            if edges is None:
+                raise ValueError("contact_links > 0 needs the model's edges of the current frame")
+            contacts, weights = self._contact_links(h, tree, *edges)
         return TreeParams(tree=tree, root_std=torch.nn.functional.softplus(raw) + self.min_std, std=std,
                           coupling=coupling, direction=direction.to(h.dtype), links=vec if self.bend else None,
                           radial=self.radial, centred=self.centred,
-                          shape_temperature=1.0 if self.training else self.shape_temperature)
+                          shape_temperature=1.0 if self.training else self.shape_temperature,
+                          contacts=contacts, contact_coupling=weights)
+
+    def _contact_links(self, h: torch.Tensor, tree: BondTree, edge_index: torch.Tensor, vec: torch.Tensor,
+                       edge_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Close pairs ``(j, i)`` (2, C) of one tree, ``j`` at an earlier level than ``i`` and not
+        its parent, and their weights ``B_ij`` (C,) (each bead's summing to less than 1)."""
+        j, i = edge_index
+        dist = vec.norm(dim=-1)
+        ok = (edge_type == RADIUS_EDGE) & (dist < self.contact_links) & (tree.root_of[j] == tree.root_of[i]) \
+            & (tree.hops[j] < tree.hops[i]) & (tree.parent[i] != j)
+        j, i, dist = j[ok], i[ok], dist[ok]
+        raw = self.contact_head(torch.cat([h[i], h[j], dist[:, None].to(h.dtype)], dim=-1))[:, 0]
+        w = torch.nn.functional.softplus(raw)
+        total = torch.ones(h.shape[0], dtype=w.dtype, device=w.device).index_add(0, i, w)
+        return torch.stack([j, i]), w / total[i]
