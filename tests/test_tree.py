@@ -469,6 +469,24 @@ def test_centred_draw_and_likelihood_are_those_of_one_dense_gaussian():
     assert (m[~tree.root] > marginal_std(replace(p, root_std=torch.zeros_like(p.root_std)))[~tree.root]).all()
 
 
+def _check_change_of_variables(g: torch.Generator, p: TreeParams) -> tuple:
+    """Draw a bent step and check its NLL against -log N(eps) + log|det d step / d eps| (the whole
+    draw's Jacobian by autograd, in normalised units nm / scale); returns (step, eps, mean, scale)."""
+    from cgsim.model.simulator import GaussianStep
+
+    n = p.tree.parent.numel()
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    eps = 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    step = bent_draw(eps, mean, scale, p)
+    jac = torch.autograd.functional.jacobian(lambda e: bent_draw(e.reshape(n, 3), mean, scale, p).reshape(-1),
+                                             eps.reshape(-1))
+    want = 0.5 * (eps ** 2).sum() + 1.5 * n * math.log(2 * math.pi) + torch.linalg.slogdet(jac / scale)[1]
+    got = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p).nll(step) * 3 * n
+    torch.testing.assert_close(got, want)
+    return step, eps, mean, scale
+
+
 @pytest.mark.parametrize("centred", [False, True], ids=["root", "centred"])
 @pytest.mark.parametrize("radial", ["linear", "log"])
 def test_bent_nll_is_the_change_of_variables_of_the_draw(centred, radial):
@@ -477,21 +495,10 @@ def test_bent_nll_is_the_change_of_variables_of_the_draw(centred, radial):
     flow's likelihood, centred or not."""
     from dataclasses import replace
 
-    from cgsim.model.simulator import GaussianStep
 
     g, p = _bend_params(2)
     p = replace(p, centred=centred, radial=radial)
-    n = p.tree.parent.numel()
-    scale = torch.tensor(0.7, dtype=torch.float64)
-    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    eps = 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    step = bent_draw(eps, mean, scale, p)
-    jac = torch.autograd.functional.jacobian(lambda e: bent_draw(e.reshape(n, 3), mean, scale, p).reshape(-1),
-                                             eps.reshape(-1))
-    # the NLL is of the step in normalised units (nm / scale)
-    want = 0.5 * (eps ** 2).sum() + 1.5 * n * math.log(2 * math.pi) + torch.linalg.slogdet(jac / scale)[1]
-    got = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p).nll(step) * 3 * n
-    torch.testing.assert_close(got, want)
+    step, eps, mean, scale = _check_change_of_variables(g, p)
     d, _ = bent_innovations(step, mean, scale, p)
     if centred:  # the root row is the centre's innovation, the tree's mean step is the centre draw
         torch.testing.assert_close(d[p.tree.root], (p.root_std[p.tree.molecule][:, None] * eps)[p.tree.root])
@@ -632,21 +639,11 @@ def _contact_params(seed: int = 3, centred: bool = False) -> tuple[torch.Generat
 
 @pytest.mark.parametrize("centred", [False, True], ids=["root", "centred"])
 def test_contact_links_keep_the_draw_invertible_and_its_likelihood_exact(centred):
-    from cgsim.model.simulator import GaussianStep
 
     g, p = _contact_params(centred=centred)
     t = p.tree
     assert (t.hops[p.contacts[0]] < t.hops[p.contacts[1]]).all()
-    n = t.parent.numel()
-    scale = torch.tensor(0.7, dtype=torch.float64)
-    mean = 0.3 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    eps = 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
-    step = bent_draw(eps, mean, scale, p)
-    jac = torch.autograd.functional.jacobian(lambda e: bent_draw(e.reshape(n, 3), mean, scale, p).reshape(-1),
-                                             eps.reshape(-1))
-    want = 0.5 * (eps ** 2).sum() + 1.5 * n * math.log(2 * math.pi) + torch.linalg.slogdet(jac / scale)[1]
-    got = GaussianStep(mean=mean, std=torch.ones(n, 3, dtype=torch.float64), scale=scale, tree=p).nll(step) * 3 * n
-    torch.testing.assert_close(got, want)
+    step, eps, mean, scale = _check_change_of_variables(g, p)
     # the contacts change the draw: bead 5 follows bead 2, bead 6 follows bead 1
     from dataclasses import replace
 
