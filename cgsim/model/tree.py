@@ -84,10 +84,10 @@ class BondTree:
     levels : tuple of torch.Tensor
         The beads ``k`` links below their root, for ``k = 1 .. depth`` (int64 each): the order in
         which :func:`bent_draw` places them.
-    root_of : torch.Tensor or None
+    root_of : torch.Tensor
         The root of every bead's tree, shape (N,), int64 (what :func:`component_mean` averages
-        over); ``None`` = every bead is a root.
-    hops : torch.Tensor or None
+        over).
+    hops : torch.Tensor
         Links between every bead and its root, shape (N,), int64 (its level in a draw).
     """
 
@@ -96,9 +96,9 @@ class BondTree:
     molecule: torch.Tensor
     n_molecules: int
     depth: int
-    levels: tuple[torch.Tensor, ...] = ()
-    root_of: torch.Tensor | None = None
-    hops: torch.Tensor | None = None
+    levels: tuple[torch.Tensor, ...]
+    root_of: torch.Tensor
+    hops: torch.Tensor
 
 
 def _bfs(adj: csr_matrix, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,8 +210,6 @@ def make_tree(parent: np.ndarray, molecule: torch.Tensor, n_molecules: int) -> B
 
 def component_mean(v: torch.Tensor, tree: BondTree) -> torch.Tensor:
     """The mean of ``v`` (N, K) over every bead's tree (unweighted), broadcast back to (N, K)."""
-    if tree.root_of is None:
-        return v
     return scatter(v, tree.root_of, dim=0, dim_size=v.shape[0], reduce="mean")[tree.root_of]
 
 
@@ -335,8 +333,7 @@ def _own_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
 def _centre_noise(eps: torch.Tensor, p: TreeParams) -> torch.Tensor:
     """Each bead's tree-centre noise (N, 3): ``root_std eps`` of its root (one draw per tree)."""
     t = p.tree
-    root_of = t.root_of if t.root_of is not None else torch.arange(eps.shape[0], device=eps.device)
-    return (p.root_std[t.molecule][:, None] * eps)[root_of]
+    return (p.root_std[t.molecule][:, None] * eps)[t.root_of]
 
 
 def recentre(v: torch.Tensor, centre: torch.Tensor, tree: BondTree) -> torch.Tensor:
@@ -352,8 +349,7 @@ def _centred_residual(r: torch.Tensor, p: TreeParams) -> tuple[torch.Tensor, tor
     """For ``p.centred``: a residual (N, 3) with its root's residual removed per tree (what the
     tree draw made before :func:`recentre`) and the tree-centre residual (N, 3)."""
     t = p.tree
-    root_of = t.root_of if t.root_of is not None else torch.arange(r.shape[0], device=r.device)
-    return r - r[root_of], component_mean(r, t)
+    return r - r[t.root_of], component_mean(r, t)
 
 
 def _couple(v: torch.Tensor, coupling: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -433,10 +429,9 @@ def marginal_std(p: TreeParams) -> torch.Tensor:
         ai = a[idx]
         cov = cov.index_copy(0, idx, own[idx] + ai @ cov[t.parent[idx]] @ ai.transpose(1, 2))
     var = cov.diagonal(dim1=1, dim2=2)
-    if p.centred:  # the centre's variance added to the tree's around the root (an upper bound:
-        # recentring also removes the tree's own mean, which this ignores)
-        root_of = t.root_of if t.root_of is not None else torch.arange(var.shape[0], device=var.device)
-        var = var + root_var[root_of][:, :, 0]
+    if p.centred:  # the centre's variance added to the tree's about the root: an approximation
+        # (recentring also shifts each bead by minus the tree's own mean, which this ignores)
+        var = var + root_var[t.root_of][:, :, 0]
     return var.sqrt()
 
 

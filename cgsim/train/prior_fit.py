@@ -30,9 +30,11 @@ from cgsim.errors import CgsimInputError
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import collate
 from cgsim.model.card import ModelCard
+from cgsim.model.graph import molecule_index
 from cgsim.model.prior import KINDS, StructuralPrior, bead_classes, ibi_update
 from cgsim.model.sampling import learned_step
 from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.model.tree import TreeNoise
 
 FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
             "settle")
@@ -194,9 +196,6 @@ def fit_shape_temperature(model: MultiScaleDynamics, systems: Sequence[BeadTraje
     ratios : list of float
         Drawn over MD mean square per iteration, before its update.
     """
-    from cgsim.model.graph import molecule_index
-    from cgsim.model.tree import TreeNoise
-
     if not isinstance(model.collective, TreeNoise):
         raise CgsimInputError("--shape-temperature", "the model has no bond-tree noise (model/collective=tree)")
     h = model.history
