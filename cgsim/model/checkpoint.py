@@ -190,11 +190,16 @@ def training_state(config: dict[str, Any], model: torch.nn.Module, ema: Any, opt
                    n_parameters: int) -> dict[str, Any]:
     """The checkpoint ``cgsim train`` writes after an epoch (module docstring for each entry).
 
-    ``ema`` is the run's EMA (anything with ``state_dict()``) or None.
+    ``ema`` is the run's EMA (anything with ``state_dict()``) or None. A structural prior the
+    model trains with (``model.prior``, fitted when training starts) is stored under ``prior``.
     """
-    return {"config": config, "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-            "best": best, "data": data, "metrics": metrics, "n_parameters": n_parameters}
+    state = {"config": config, "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+             "best": best, "data": data, "metrics": metrics, "n_parameters": n_parameters}
+    prior = getattr(model, "prior", None)
+    if prior is not None:
+        state["prior"] = prior.to_dict()
+    return state
 
 
 def saved_config(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +215,8 @@ def restore_training(ckpt: dict[str, Any], model: torch.nn.Module, optimizer: An
     scheduler.load_state_dict(ckpt["scheduler"])
     if ema is not None:
         ema.load_state_dict(ckpt["ema"])
+    if ckpt.get("prior") is not None:
+        model.prior = StructuralPrior.from_dict(ckpt["prior"])
     return int(ckpt["epoch"]) + 1, int(ckpt["step"]), dict(ckpt["best"])
 
 

@@ -100,6 +100,11 @@ class StructuralPrior:
         unadjusted Langevin step leaves one update's noise in the sample, which puts a few
         bonded pairs deep in the tail; settling removes it (the narrowing it causes is what the
         calibration then corrects).
+    core_tries : int
+        Excluded volume inside a bent bond-tree draw (:mod:`cgsim.model.excluded`): each bead
+        proposes up to this many innovations and keeps the first that the core tables accept
+        (probability ``exp(-strength u_nb)`` over its pairs with the beads placed before it);
+        0 or 1 = off. Applied before the Langevin updates (``steps`` may then be 0).
     """
 
     tables: dict[str, dict[str, PairTable]]
@@ -111,13 +116,14 @@ class StructuralPrior:
     atom_types: list[str] = field(default_factory=list)
     anchor: str = "mean"
     settle: int = 0
+    core_tries: int = 0
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, stored in checkpoints under ``"prior"``."""
         return {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, "nb_cutoff": self.nb_cutoff, "steps": self.steps,
                 "tau": self.tau, "strength": self.strength, "fitted_on": list(self.fitted_on),
-                "atom_types": list(self.atom_types), "anchor": self.anchor, "settle": self.settle, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
+                "atom_types": list(self.atom_types), "anchor": self.anchor, "settle": self.settle, "core_tries": self.core_tries, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StructuralPrior:
@@ -128,11 +134,11 @@ class StructuralPrior:
         return cls(tables=tables, nb_cutoff=float(d["nb_cutoff"]), steps=int(d["steps"]), tau=float(d["tau"]),
                    strength=float(d["strength"]), fitted_on=list(d.get("fitted_on", [])),
                    atom_types=list(d.get("atom_types", [])), anchor=str(d.get("anchor", "mean")),
-                   settle=int(d.get("settle", 0)))
+                   settle=int(d.get("settle", 0)), core_tries=int(d.get("core_tries", 0)))
 
     def with_schedule(self, steps: int | None = None, tau: float | None = None,
                       strength: float | None = None, anchor: str | None = None,
-                      settle: int | None = None) -> StructuralPrior:
+                      settle: int | None = None, core_tries: int | None = None) -> StructuralPrior:
         """A copy with other sampling settings (``None`` keeps the value)."""
         if steps is not None and int(steps) < 0:
             raise ValueError(f"prior steps must be >= 0, got {steps}")
@@ -142,6 +148,8 @@ class StructuralPrior:
             raise ValueError(f"prior strength must be >= 0, got {strength}")
         if settle is not None and int(settle) < 0:
             raise ValueError(f"prior settle must be >= 0, got {settle}")
+        if core_tries is not None and int(core_tries) < 0:
+            raise ValueError(f"prior core_tries must be >= 0, got {core_tries}")
         if anchor is not None and anchor not in ANCHORS:
             raise ValueError(f"prior anchor must be one of {ANCHORS}, got {anchor!r}")
         return StructuralPrior(tables=self.tables, nb_cutoff=self.nb_cutoff,
@@ -150,7 +158,8 @@ class StructuralPrior:
                                strength=self.strength if strength is None else float(strength),
                                fitted_on=self.fitted_on, atom_types=self.atom_types,
                                anchor=self.anchor if anchor is None else str(anchor),
-                               settle=self.settle if settle is None else int(settle))
+                               settle=self.settle if settle is None else int(settle),
+                               core_tries=self.core_tries if core_tries is None else int(core_tries))
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod

@@ -65,7 +65,9 @@ def learned_step(model: MultiScaleDynamics, batch: BeadBatch, noise: NoiseFn, te
         The structural prior's pairs of the batch; None: no prior step.
     """
     pred = model(batch, chem)
-    new = model.positions_from_target(batch.pos[:, -model.history:], pred.value(noise(), temperature))
+    eps = noise()
+    core = model.core_filter(batch, pred, prior_topology, noise, temperature)
+    new = model.positions_from_target(batch.pos[:, -model.history:], pred.value(eps, temperature, core))
     new = model.refine(batch, pred, new, noise)
     return model.apply_prior(batch, pred, new, noise, prior_topology)
 

@@ -35,6 +35,7 @@ from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.composition import CompositionFeatures
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
+from cgsim.model.excluded import CoreFilter, core_filter, core_log_partition, core_pairs
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
@@ -45,6 +46,7 @@ from cgsim.model.tree import (
     bent_draw,
     bent_innovations,
     component_mean,
+    conditional_proposals,
     innovation_nll,
     marginal_std,
     tree_nll,
@@ -99,13 +101,14 @@ class GaussianStep:
         z = target / self.scale
         return (0.5 * ((z - self.mean) / self.std) ** 2 + torch.log(self.std) + 0.5 * math.log(2 * math.pi)).mean()
 
-    def value(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    def value(self, eps: torch.Tensor, temperature: float = 1.0, core: CoreFilter | None = None) -> torch.Tensor:
         """The step (N, 3) in nm for a standard-normal draw ``eps`` (N, 3); ``temperature`` scales
         the noise (0 = the mean). With collective noise the draw is split into molecule-centre
-        and internal parts (:func:`~cgsim.model.collective.collective_noise`)."""
+        and internal parts (:func:`~cgsim.model.collective.collective_noise`). ``core``: the
+        excluded volume of a bent tree draw (:mod:`cgsim.model.excluded`; ignored otherwise)."""
         if self.tree is not None:
             if self.tree.links is not None:
-                return bent_draw(eps, self.mean, self.scale, self.tree, temperature)
+                return bent_draw(eps, self.mean, self.scale, self.tree, temperature, core)
             return (self.mean + temperature * tree_noise(eps, self.tree)) * self.scale
         if self.centre_std is None or self.molecule is None:
             noise = self.std * eps
@@ -344,6 +347,8 @@ class MultiScaleDynamics(nn.Module):
             terms["centre_nll"] = CentreNoise.nll(z, pred.mean, pred.molecule, pred.n_molecules, pred.centre_std)
         if isinstance(self.collective, TreeNoise) and self.collective.pair_score > 0:
             terms["pair_es"] = self._pair_score(batch, pred, next_pos, generator)
+        if isinstance(self.collective, TreeNoise) and self.collective.core_samples > 0:
+            terms["core_logz"] = self._core_log_partition(batch, pred, next_pos, generator)
         if self.refiner is not None:
             terms["dsm"] = self.refiner.loss(batch.with_pos(batch.pos[:, -self.history:]), pred.latent, next_pos,
                                              self.target_scale, generator)
@@ -359,6 +364,8 @@ class MultiScaleDynamics(nn.Module):
             total = total + self.collective.loss_weight * terms["centre_nll"]
         if "pair_es" in terms:
             total = total + self.collective.pair_score * terms["pair_es"]
+        if "core_logz" in terms:  # part of the filtered draw's exact NLL (weight 1)
+            total = total + terms["core_logz"]
         return total
 
     def _pair_score(self, batch: BeadBatch, pred: GaussianStep, next_pos: torch.Tensor,
@@ -373,6 +380,41 @@ class MultiScaleDynamics(nn.Module):
         terms = energy_score_terms(draws[0], draws[1], next_pos, batch.with_pos(hist), pred.scale,
                                    self.collective.pair_cutoff)
         return terms.pair
+
+    def _core_log_partition(self, batch: BeadBatch, pred: GaussianStep, next_pos: torch.Tensor,
+                            generator: torch.Generator | None) -> torch.Tensor:
+        """``sum_i log Z_i / (3 N)`` of the excluded volume inside the draw (the NLL's term that the
+        filter adds, :func:`~cgsim.model.excluded.core_log_partition`), from
+        ``collective.core_samples`` proposals per bead given the true steps before it."""
+        if self.prior is None or pred.tree is None or pred.tree.links is None:
+            raise ValueError("collective.core_samples needs a structural prior fitted before training "
+                             "(cgsim train fits it) and bent bond-tree noise")
+        topo = self.prior.topology(self.prior.classes_of(batch.atom_type, batch.atom_to_bead, batch.n_beads),
+                                   batch.bead_bonds, batch.n_beads, batch.pos.device, batch.pos.dtype)
+        if topo.nb is None:
+            return next_pos.new_zeros(())
+        x0 = batch.pos[:, -1]
+        t = pred.tree.tree
+        pairs = core_pairs(topo.nb_lookup, topo.cls, topo.exclude, topo.n_beads, t.hops, t.root_of, x0, batch.box,
+                           batch.batch, self._core_radius(pred, batch.box))
+        eps = torch.randn((self.collective.core_samples, *pred.mean.shape), generator=generator,
+                          device=pred.mean.device, dtype=pred.mean.dtype)
+        proposals, placed = conditional_proposals(eps, next_pos - x0, pred.mean, pred.scale, pred.tree)
+        logz = core_log_partition(x0 + proposals, x0 + placed, pairs, topo.nb, self.prior.strength, batch.box,
+                                  batch.batch)
+        return logz / next_pos.numel()
+
+    def _core_radius(self, pred: GaussianStep, box: torch.Tensor | None, temperature: float = 1.0) -> float:
+        """Search radius (nm) of the excluded volume's pairs: the prior's core range plus twice a
+        generous bound (99th percentile of |mean| + 3 std) of one bead's move; in a periodic box
+        at most just under half its smallest length (every minimum-image pair is then in)."""
+        with torch.no_grad():
+            move = (pred.mean.norm(dim=-1) + 3 * temperature * pred.marginal_std().norm(dim=-1)) * pred.scale
+            reach = float(torch.quantile(move, 0.99)) if move.numel() else 0.0
+        radius = self.prior.nb_cutoff + 2 * reach
+        if box is not None:
+            radius = min(radius, 0.5 * float(box.min()) * (1 - 1e-6))
+        return radius
 
     @torch.no_grad()
     def refine(self, batch: BeadBatch, pred: GaussianStep, new_pos: torch.Tensor, noise: NoiseFn) -> torch.Tensor:
@@ -406,6 +448,28 @@ class MultiScaleDynamics(nn.Module):
             single = (counts[molecule] == 1)[:, None]
             std = torch.where(single, (pred.centre_std * pred.scale)[molecule][:, None].expand_as(std), std)
         return self.prior.sample(new_pos, mean, std, topo, batch.batch, batch.box, noise, molecule, pred.n_molecules)
+
+    @torch.no_grad()
+    def core_filter(self, batch: BeadBatch, pred: GaussianStep, topo: PriorTopology | None, noise: NoiseFn,
+                    temperature: float = 1.0) -> CoreFilter | None:
+        """The excluded volume of this step's tree draw (:mod:`cgsim.model.excluded`), or ``None``
+        where it does not apply (no prior, ``prior.core_tries < 2``, no core tables, no bent tree
+        draw). Draws its extra innovations and acceptance uniforms from ``noise``."""
+        prior = self.prior
+        if (prior is None or topo is None or prior.core_tries < 2 or topo.nb is None or pred.tree is None
+                or pred.tree.links is None):
+            return None
+        if self.target != "displacement":
+            raise ValueError("the prior's core_tries needs a model trained with target=displacement")
+        tries = prior.core_tries
+        eps = torch.stack([noise() for _ in range(tries - 1)])
+        uniform = torch.special.ndtr(torch.cat([noise() for _ in range(-(-tries // 3))], dim=1))[:, :tries].T
+        x0 = batch.pos[:, -1]
+        t = pred.tree.tree
+        pairs = core_pairs(topo.nb_lookup, topo.cls, topo.exclude, topo.n_beads, t.hops, t.root_of, x0, batch.box,
+                           batch.batch, self._core_radius(pred, batch.box, temperature))
+        return core_filter(topo.nb, pairs, t.hops, t.levels, x0, batch.box, batch.batch, prior.strength, eps,
+                           uniform.contiguous())
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,

@@ -61,6 +61,7 @@ from torch_geometric.utils import scatter
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import BeadBatch
 from cgsim.model.collective import CentreNoise
+from cgsim.model.excluded import CoreFilter
 from cgsim.model.graph import RADIUS_EDGE, TopologyMemo, molecule_index
 from cgsim.model.mlp import MLP
 
@@ -490,7 +491,7 @@ def _unturn(link: torch.Tensor, new: torch.Tensor, radial: str = "linear") -> tu
 
 
 def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: TreeParams,
-              temperature: float = 1.0) -> torch.Tensor:
+              temperature: float = 1.0, core: CoreFilter | None = None) -> torch.Tensor:
     """A step (N, 3) nm drawn down each tree with its links turned, not stretched.
 
     Level by level from the roots: bead ``i``'s linear displacement is Gaussian around
@@ -514,13 +515,21 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
         The step's trees and parameters (``links`` set).
     temperature : float
         Scale of the innovations (0 = each bead at its conditional mean, turned).
+    core : CoreFilter, optional
+        Excluded volume inside the draw (:mod:`cgsim.model.excluded`): each bead proposes
+        ``core.tries`` innovations (``eps`` first) and keeps the first its core energy with the
+        beads placed before it accepts. ``None``: one proposal, the plain draw.
     """
     t = p.tree
     own = temperature * _own_noise(eps, p)
     out = (mean + own) * scale
     # everything but the parent's drawn step, for every bead at once: the level loop below only
     # gathers the parents, couples them and turns the links (its cost is ~depth small kernels)
-    base = (mean + own - _couple(mean[t.parent], p.coupling, p.direction)) * scale
+    coupled_mean = _couple(mean[t.parent], p.coupling, p.direction)
+    base = ((mean + own - coupled_mean) * scale)[None]  # (tries, N, 3): one proposal per try
+    if core is not None and core.tries > 1:
+        extra = temperature * _own_noise(core.eps, p)
+        base = torch.cat([base, ((mean + extra - coupled_mean) * scale)])
     r = _safe_norm(p.links)
     u = p.links / r
     loose = p.coupling - 1.0  # (A_i - I): the change of the link is base + (A_i - I) parent's step
@@ -528,13 +537,14 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     for k, idx in enumerate(t.levels):
         par = out[t.parent[idx]]
         ui = u[idx]
-        change = base[idx] + _couple(par, loose[idx], ui)
+        change = base[:, idx] + _couple(par, loose[idx], ui)
         if by_level[k] is not None:  # close beads placed at earlier levels pull this one along
             j, i, b = by_level[k]
             pull = torch.zeros_like(out).index_add(0, i, b[:, None] * (out[j] - mean[j] * scale))
             change = change + pull[idx]
         new, _ = _turn_unit(r[idx], ui, change, p.radial)
-        out[idx] = par + new - p.links[idx]
+        cand = par + new - p.links[idx]  # (tries, n, 3)
+        out[idx] = cand[0] if core is None else core.choose(k, idx, cand, out)
     if p.centred:
         out = recentre(out, (component_mean(mean, t) + temperature * _centre_noise(eps, p)) * scale, t)
     return out
@@ -573,6 +583,51 @@ def bent_innovations(step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
         cond = cond.index_add(0, i, p.contact_coupling[:, None] * (step[j] / scale - mean[j]))
     d = torch.where(t.root[:, None], step / scale - mean if centre is None else centre, (par + change) / scale - cond)
     return d, torch.where(t.root, torch.zeros_like(logdet), logdet).sum()
+
+
+def conditional_proposals(eps: torch.Tensor, step: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor,
+                          p: TreeParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws of every bead's step given the *true* steps of the beads placed before it.
+
+    What :func:`bent_draw` proposes for bead ``i`` when its parent (and, with contact links, its
+    close beads higher in the tree) have taken their true step: the conditional the excluded
+    volume (:mod:`cgsim.model.excluded`) filters, here for every bead at once, ``K`` times
+    (reparameterised: differentiable in ``mean``, ``scale`` and ``p``).
+
+    Parameters
+    ----------
+    eps : torch.Tensor
+        Standard-normal innovations (K, N, 3).
+    step : torch.Tensor
+        The true step (N, 3), nm.
+    mean, scale : torch.Tensor
+        The Gaussian's mean (N, 3), normalised units, and nm per unit (scalar).
+    p : TreeParams
+        The step's trees and parameters (``links`` set).
+
+    Returns
+    -------
+    proposals : torch.Tensor
+        Each bead's proposed step (K, N, 3), nm, in the frame of ``placed`` (roots: their own step).
+    placed : torch.Tensor
+        The true steps in the draw's frame (N, 3), nm: before the recentring of a centred draw
+        (a rigid shift per tree, which leaves distances within a tree unchanged).
+    """
+    t = p.tree
+    if p.centred:
+        rel, _ = _centred_residual(step / scale - mean, p)
+        step = (rel + mean) * scale
+    par = step[t.parent]
+    own = _own_noise(eps, p)
+    change = (mean + own - _couple(mean[t.parent], p.coupling, p.direction)) * scale \
+        + _couple(par, p.coupling - 1.0, p.direction)
+    if p.contacts is not None and p.contacts.shape[1]:
+        j, i = p.contacts
+        change = change + torch.zeros_like(step).index_add(0, i, p.contact_coupling[:, None] * (step[j] - mean[j] * scale))
+    r = _safe_norm(p.links)
+    new, _ = _turn_unit(r, p.links / r, change, p.radial)
+    proposals = torch.where(t.root[:, None], step, par + new - p.links)
+    return proposals, step
 
 
 class TreeNoise(CentreNoise):
@@ -620,12 +675,20 @@ class TreeNoise(CentreNoise):
         nm, scored on two reparameterised draws against the true next frame, added to the
         training loss (0 = likelihood only). The likelihood scores each bead's step given its
         parent's; it cannot see two beads of different branches drawn onto each other.
+    core_samples, core_cutoff : int, float
+        ``core_samples > 0`` (needs ``bend``): train for the excluded volume inside the draw
+        (:mod:`cgsim.model.excluded`). A structural prior is fitted to the training systems when
+        training starts (non-bonded cores up to ``core_cutoff`` nm) and stored with the model;
+        the loss is the exact NLL of the filtered draw, the Gaussian one plus each bead's
+        ``log Z_i`` estimated from ``core_samples`` proposals (:func:`conditional_proposals`), so
+        the network need not keep beads apart itself (which, with the filter on top, would
+        count the excluded volume twice and swell the chains).
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
                  bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
                  shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5,
-                 contact_links: float = 0.0) -> None:
+                 contact_links: float = 0.0, core_samples: int = 0, core_cutoff: float = 2.0) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -641,6 +704,11 @@ class TreeNoise(CentreNoise):
             raise ValueError(f"pair_score must be >= 0 and pair_cutoff > 0 nm, got {pair_score}, {pair_cutoff}")
         self.pair_score = float(pair_score)
         self.pair_cutoff = float(pair_cutoff)
+        if core_samples < 0 or (core_samples > 0 and not bend) or core_cutoff <= 0:
+            raise ValueError(f"core_samples must be >= 0 and needs bend=true, core_cutoff > 0 nm; got {core_samples}, "
+                             f"{core_cutoff} (bend={bend})")
+        self.core_samples = int(core_samples)
+        self.core_cutoff = float(core_cutoff)
         if contact_links < 0 or (contact_links > 0 and not bend):
             raise ValueError(f"contact_links must be >= 0 nm and needs bend=true, got {contact_links} (bend={bend})")
         self.contact_links = float(contact_links)

@@ -65,6 +65,8 @@ class PriorConfig:
     anchor: str | None = None
     #: the last N updates without noise (removes the last update's jitter)
     settle: int | None = None
+    #: excluded volume inside a bond-tree draw: proposals per bead (0/1 = off; cgsim/model/excluded.py)
+    core_tries: int | None = None
 
 
 @dataclass

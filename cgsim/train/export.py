@@ -150,7 +150,19 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
                   refine: dict[str, Any] | None = None) -> StructuralPrior:
     """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``; the
     calibration draws with the refiner off, or with ``refine_off=false`` under the exported
-    schedule ``refine`` (the sampler the prior will follow in rollouts)."""
+    schedule ``refine`` (the sampler the prior will follow in rollouts).
+
+    A model trained with the excluded volume in its draw (``collective.core_samples``) carries
+    the prior it was trained with: its tables are kept (a refit could differ from what the
+    network learned to work with) and only the sampling schedule of ``options`` is applied."""
+    if ckpt.get("prior") is not None and (ckpt["config"]["model"].get("collective") or {}).get("core_samples", 0):
+        trained = StructuralPrior.from_dict(ckpt["prior"])
+        schedule = {k: options[k] for k in ("steps", "tau", "anchor", "settle", "core_tries") if k in options}
+        refit = sorted(set(options) - set(schedule) - {"nb_cutoff"})
+        if refit:
+            raise CgsimInputError(f"--prior {refit[0]}", "the model was trained with its prior (collective.core_samples); "
+                                                        "only steps, tau, anchor, settle and core_tries can be set")
+        return trained.with_schedule(**schedule)
     systems = training_systems(card)
     prior = fit_prior(card, options, systems)
     n_iter = int(options.get("calibrate", 0))

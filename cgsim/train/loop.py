@@ -51,9 +51,11 @@ from cgsim.model.checkpoint import (
     training_state,
 )
 from cgsim.model.simulator import MultiScaleDynamics
+from cgsim.model.tree import TreeNoise
 from cgsim.train.config import TrainConfig
 from cgsim.train.ema import EMA
 from cgsim.train.logger import MetricLogger
+from cgsim.train.prior_fit import fit_prior_to
 from cgsim.train.validation import one_step_dsm, one_step_nll, rollout_validation
 
 # build_model and model_from_checkpoint live in cgsim.model.checkpoint; re-exported for older imports
@@ -61,6 +63,9 @@ __all__ = ["RESUME_MUST_MATCH", "EpochFit", "TrainingRun", "build_model", "fit_e
            "setup_run", "train", "validate_epoch"]
 
 #: config sections that must match for ``resume=true`` (anything else may change, e.g. max_epochs)
+#: proposals per bead of the excluded volume in the draws of a model trained with it (a sampling
+#: setting stored with the fitted prior; ``cgsim rollout prior.core_tries=N`` overrides it)
+CORE_TRIES = 16
 RESUME_MUST_MATCH = ("model", "data", "optim", "trainer.batch_size", "trainer.seed")
 
 
@@ -329,6 +334,10 @@ def setup_run(cfg: DictConfig) -> TrainingRun:
         rng = np.random.default_rng(int(tc.seed))
         model.fit_normalization(ds_train.sample_windows(int(cfg.data.normalization_windows), rng).to(device))
         model.fit_composition([t.graph for t in train_set.trajectories])
+        if isinstance(model.collective, TreeNoise) and model.collective.core_samples > 0:
+            # the excluded volume the draw will carry: its core tables, fitted to the training frames
+            model.prior = fit_prior_to(train_set.trajectories, train_set.atom_types,
+                                       {"nb_cutoff": model.collective.core_cutoff, "core_tries": CORE_TRIES})
         if ema is not None:
             run.ema = EMA(model, float(oc.ema_decay))
     run.net = _LossModule(model)

@@ -37,7 +37,7 @@ from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.model.tree import TreeNoise
 
 FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
-            "settle")
+            "settle", "core_tries")
 
 
 def training_systems(card: ModelCard) -> list[BeadTrajectory]:
@@ -57,24 +57,31 @@ def fit_prior(card: ModelCard, options: dict[str, Any],
         The model's card (its training systems and fine-type vocabulary are used).
     options : dict
         ``nb_cutoff`` (nm, required) and optionally ``steps``, ``tau``, ``strength``, ``anchor``,
-        ``dr``, ``min_samples``, ``max_frames`` (:meth:`StructuralPrior.fit`).
+        ``settle``, ``core_tries``, ``dr``, ``min_samples``, ``max_frames`` (:meth:`StructuralPrior.fit`).
     systems : sequence of BeadTrajectory, optional
         Already loaded training systems.
     """
+    return fit_prior_to(systems if systems is not None else training_systems(card), card.atom_types, options)
+
+
+def fit_prior_to(systems: Sequence[BeadTrajectory], atom_types: Sequence[str], options: dict[str, Any]) -> StructuralPrior:
+    """:func:`fit_prior` on loaded trajectories with the fine-type vocabulary ``atom_types``
+    (what ``cgsim train`` fits before training a model with ``collective.core_samples``)."""
     opts = {k: v for k, v in options.items() if k in FIT_KEYS}
     if "nb_cutoff" not in opts:
         raise CgsimInputError("--prior", "expected nb_cutoff=<nm> (the radius of the non-bonded core pairs)")
     anchor = opts.pop("anchor", "mean")
     settle = int(opts.pop("settle", 0))
-    vocab = list(card.atom_types)
+    core_tries = int(opts.pop("core_tries", 0))
+    vocab = list(atom_types)
     rows = []
-    for t in systems if systems is not None else training_systems(card):
+    for t in systems:
         g = t.graph
         classes = bead_classes(g.atom_type, g.atom_to_bead, g.n_beads, vocab)
         box = None if g.box is None else g.box.numpy()
         rows.append((t.name, classes, g.bead_bonds, t.positions, box))
     prior = StructuralPrior.fit(rows, atom_types=vocab, **opts)
-    return prior.with_schedule(anchor=anchor, settle=settle)
+    return prior.with_schedule(anchor=anchor, settle=settle, core_tries=core_tries)
 
 
 @torch.no_grad()

@@ -1,0 +1,296 @@
+"""Excluded volume inside a bond-tree draw: each bead's innovation is redrawn until it lands clear.
+
+A bond-tree draw (:func:`cgsim.model.tree.bent_draw`) holds bonds and angles by construction, but
+two beads far apart along a chain (or in two branches of one tree) move by nearly independent
+Gaussians: one learned step from true MD histories puts ~0.17 pairs per bead closer than 1.2 nm,
+where MD's next frame has 0.013 (BENCHMARKS.md, session 15). A Gaussian of the step cannot
+represent "these two never overlap"; a correction after the draw (the Langevin prior of
+:mod:`cgsim.model.prior`) has to push whole segments through each other and does not manage it
+in a few updates.
+
+This module makes the draw itself avoid contacts, the way configurational-bias growth builds a
+chain: the tree places its beads level by level from the roots, so when bead ``i`` is placed,
+every bead of its tree nearer the root is already where the step puts it. Bead ``i`` proposes
+its position from the model's own conditional Gaussian (its innovation given its parent's drawn
+step) and accepts it with probability ``exp(-strength * E_i)``, ``E_i`` the structural prior's
+non-bonded core energy (kT, :attr:`cgsim.model.prior.StructuralPrior.tables` ``"nb"``, fitted to
+the training frames) of its pairs with the placed beads; a rejected proposal is replaced by the
+next of ``tries`` fresh innovations, and a bead none of whose proposals is accepted keeps the one
+with the lowest energy. Per bead this is exact rejection sampling of ``q_i(x) exp(-strength E_i(x))``
+(the model's conditional tilted by the prior's core), the chain growth's usual sequential
+approximation of the joint tilt. Beads of one level (two arms of a chain at equal distance from
+its root) see each other through :data:`SAME_LEVEL_PASSES` passes over the level.
+
+No network is called; the cost is ``depth`` small gathers of ``tries`` candidates per bead and
+one neighbour search per step. Pairs of *different* trees are left to the draw (their molecule
+centres move by independent Gaussians after the trees are grown).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cgsim.geometry import radius_graph
+from cgsim.geometry.pbc import minimum_image
+from cgsim.model.prior_tables import StackedTables, _table_value
+
+#: passes over one level, so that beads placed at the same level see each other's choice
+SAME_LEVEL_PASSES = 2
+#: one level's pairs: (new, other, table, slot of new in the level, any partner of the same level)
+LevelPairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]
+
+
+@dataclass
+class CoreFilter:
+    """What one draw needs to place each tree's beads clear of each other.
+
+    Attributes
+    ----------
+    x0 : torch.Tensor
+        Positions the step starts from, shape (N, 3), nm (the step is added to them).
+    box : torch.Tensor or None
+        Box lengths per system (B, 3), nm; ``None`` = not periodic.
+    batch : torch.Tensor
+        System of each bead, (N,), int64.
+    by_level : list
+        Per level of the tree draw (``tree.levels[k]``): ``None`` or ``(new, other, table, slot,
+        same)``, the candidate pairs (P,) whose later-placed bead ``new`` is placed at that level,
+        the bead ``other`` it is checked against (placed at an earlier or the same level), each
+        pair's core table index, the slot of ``new`` in the level, and whether any partner is of
+        the same level.
+    tables : StackedTables
+        The prior's non-bonded core tables.
+    strength : float
+        Exponent of the acceptance ``exp(-strength E)``.
+    eps : torch.Tensor
+        Standard-normal innovations of the extra proposals, shape (tries - 1, N, 3).
+    uniform : torch.Tensor
+        Uniform(0, 1) numbers of the acceptance tests, shape (tries, N).
+    """
+
+    x0: torch.Tensor
+    box: torch.Tensor | None
+    batch: torch.Tensor
+    by_level: list[LevelPairs | None]
+    tables: StackedTables
+    strength: float
+    eps: torch.Tensor
+    uniform: torch.Tensor
+    grid: tuple[torch.Tensor, int, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        t = self.tables
+        # core tables on one grid, flat beyond it (as StructuralPrior.fit writes them), are read by
+        # one interpolation (below the grid's first point, at its value: deep in the wall either
+        # way); anything else through the general lookup
+        if bool((t.r0 == t.r0[0]).all()) and bool((t.dr == t.dr[0]).all()) and bool((t.k_hi == 0).all()) \
+                and bool((t.du[:, -1] == 0).all()):
+            self.grid = (t.u.reshape(-1), t.u.shape[1], float(t.r0[0]), 1.0 / float(t.dr[0]))
+
+    @property
+    def tries(self) -> int:
+        return self.uniform.shape[0]
+
+    def choose(self, level: int, idx: torch.Tensor, cand: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The accepted proposal of every bead of one level.
+
+        Parameters
+        ----------
+        level : int
+            The level's index in ``tree.levels``.
+        idx : torch.Tensor
+            Its beads, (n,), int64.
+        cand : torch.Tensor
+            Their proposed steps, (tries, n, 3), nm.
+        out : torch.Tensor
+            The draw so far, (N, 3), nm: every bead of earlier levels is placed; this level's
+            beads hold their current choice (updated in place between passes).
+
+        Returns
+        -------
+        torch.Tensor
+            The chosen step of each bead, (n, 3), nm.
+        """
+        pairs = self.by_level[level]
+        if pairs is None:
+            return cand[0]
+        new, other, table, a, same = pairs
+        n = idx.shape[0]
+        start = self.x0[new]
+        if not same:  # every partner is placed: the first proposal stands where it touches nothing
+            energy0 = self._energy(start + cand[:1, a], self.x0[other] + out[other], new, table, a, n, 1)
+            if not bool((energy0 > 0).any()):
+                return cand[0]
+        uniform = self.uniform[:, idx]
+        arange = torch.arange(n, device=idx.device)
+        chosen = cand[0]
+        for _ in range(SAME_LEVEL_PASSES if same else 1):
+            energy = self._energy(start + cand[:, a], self.x0[other] + out[other], new, table, a, n, self.tries)
+            accept = uniform < torch.exp(-self.strength * energy)
+            first = torch.argmax(accept.to(torch.int8), dim=0)  # the first accepted proposal
+            pick = torch.where(accept.any(dim=0), first, torch.argmin(energy, dim=0))
+            chosen = cand[pick, arange]
+            out[idx] = chosen
+        return chosen
+
+    def _energy(self, pos: torch.Tensor, partner: torch.Tensor, new: torch.Tensor, table: torch.Tensor,
+                a: torch.Tensor, n: int, tries: int) -> torch.Tensor:
+        """Core energy (tries, n), kT (>= 0), of each proposal ``pos`` (tries, P, 3) of a pair's
+        new bead against its partner (P, 3), summed per bead of the level (``a``: its slot)."""
+        vec = pos - partner
+        if self.box is not None:
+            vec = minimum_image(vec, self.box[self.batch[new]])
+        r = vec.norm(dim=-1)
+        if self.grid is not None:  # the tables' grid from r = 0, flat beyond it: interpolate directly
+            flat, g, r0, inv_dr = self.grid
+            s = ((r - r0) * inv_dr).clamp_(0.0, g - 1.000001)  # below the first point: its value (a wall)
+            j = s.floor()
+            w = s - j
+            at = table * g + j.long()
+            u = flat[at] * (1 - w) + flat[at + 1] * w
+        else:
+            u = _table_value(self.tables, table.repeat(tries), r.reshape(-1)).reshape(tries, -1)
+        return torch.zeros(tries, n, dtype=pos.dtype, device=pos.device).index_add_(1, a, u.clamp_min(0.0))
+
+
+def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor, n_beads: int,
+               hops: torch.Tensor, root_of: torch.Tensor, x0: torch.Tensor, box: torch.Tensor | None,
+               batch: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs a tree draw checks, each from the bead placed later.
+
+    Candidate pairs are the beads of one tree closer than ``radius`` (nm) at ``x0`` that are
+    neither bonded nor two bonds apart (``exclude``: sorted codes ``i * n_beads + j``, ``i < j``,
+    of :class:`~cgsim.model.prior.PriorTopology`); ``radius`` must cover the core plus how far
+    two beads can approach in one step. Each pair is checked when its later bead (more links
+    from the root, ``hops``) is placed; two beads of one level check each other (the pair is
+    listed from both sides).
+
+    Parameters
+    ----------
+    nb_lookup, cls : torch.Tensor
+        The core table of each pair of classes (C, C) and each bead's class (N,).
+    exclude : torch.Tensor
+        Sorted codes of the bonded and 1-3 pairs (left out).
+    n_beads : int
+        N.
+    hops, root_of : torch.Tensor
+        Each bead's links to its root (N,) and its root (N,).
+    x0 : torch.Tensor
+        Start positions (N, 3), nm.
+    box, batch : torch.Tensor or None, torch.Tensor
+        Box (B, 3) nm and system of each bead (N,).
+    radius : float
+        Search radius, nm.
+
+    Returns
+    -------
+    new, other, table : torch.Tensor
+        The bead checked (P,), the bead it is checked against (P,) and the pair's table (P,).
+    """
+    g = radius_graph(x0, radius, box, batch)
+    src, dst = g.edge_index
+    keep = (src < dst) & (root_of[src] == root_of[dst])
+    src, dst = src[keep], dst[keep]
+    if exclude.numel() and src.numel():
+        code = src * n_beads + dst
+        pos = torch.searchsorted(exclude, code).clamp_max(exclude.numel() - 1)
+        keep = exclude[pos] != code
+        src, dst = src[keep], dst[keep]
+    later = hops[src] >= hops[dst]
+    new = torch.where(later, src, dst)
+    other = torch.where(later, dst, src)
+    tie = hops[src] == hops[dst]
+    new = torch.cat([new, dst[tie]])
+    other = torch.cat([other, src[tie]])
+    return new, other, nb_lookup[cls[new], cls[other]]
+
+
+def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], hops: torch.Tensor,
+                levels: tuple[torch.Tensor, ...], x0: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor, strength: float,
+                eps: torch.Tensor, uniform: torch.Tensor) -> CoreFilter:
+    """Build the :class:`CoreFilter` of one draw from its :func:`core_pairs`.
+
+    Parameters
+    ----------
+    tables : StackedTables
+        The prior's core tables.
+    pairs : tuple of torch.Tensor
+        ``(new, other, table)`` from :func:`core_pairs`.
+    hops : torch.Tensor
+        Each bead's links to its root (N,): a pair is checked at level ``hops[new] - 1``.
+    levels : tuple of torch.Tensor
+        The beads of each level of the trees' draw (``tree.levels``).
+    x0, box, batch : torch.Tensor, torch.Tensor or None, torch.Tensor
+        Start positions (N, 3) nm, box (B, 3) nm, system of each bead (N,).
+    strength : float
+        Exponent of the acceptance.
+    eps, uniform : torch.Tensor
+        Extra innovations (tries - 1, N, 3) and acceptance uniforms (tries, N).
+    """
+    new, other, table = pairs
+    level = hops[new] - 1
+    # each bead's slot within its level (the order of tree.levels), so a pair finds its bead's proposals
+    slot = torch.zeros_like(hops)
+    for k, idx in enumerate(levels):
+        slot[idx] = torch.arange(idx.numel(), device=idx.device)
+    order = torch.argsort(level, stable=True)
+    new, other, table, level = new[order], other[order], table[order], level[order]
+    same_level = (hops[other] == hops[new]).tolist()
+    counts = torch.bincount(level, minlength=len(levels)).tolist() if level.numel() else [0] * len(levels)
+    by_level: list[LevelPairs | None] = [None] * len(levels)
+    start = 0
+    for k, c in enumerate(counts):
+        if c:
+            sl = slice(start, start + c)
+            by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]))
+        start += c
+    return CoreFilter(x0=x0, box=box, batch=batch, by_level=by_level, tables=tables, strength=strength,
+                      eps=eps, uniform=uniform)
+
+
+def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                       tables: StackedTables, strength: float, box: torch.Tensor | None,
+                       batch: torch.Tensor) -> torch.Tensor:
+    """Monte-Carlo ``sum_i log Z_i`` of the filtered draw's per-bead normalisers (training).
+
+    With the core in the draw, bead ``i``'s density given the beads placed before it is
+    ``q_i(x) exp(-strength E_i(x)) / Z_i``, ``Z_i = E_{q_i}[exp(-strength E_i)]``; the exact NLL
+    of a true step is the Gaussian one plus ``strength * E_i(true)`` (no parameter in it) plus
+    ``log Z_i``, estimated here from ``K`` reparameterised proposals of every bead given the
+    *true* positions of the beads placed before it (differentiable in the network's outputs).
+
+    Parameters
+    ----------
+    proposals : torch.Tensor
+        Proposed positions (K, N, 3), nm, each bead's drawn given its parent's true step.
+    placed : torch.Tensor
+        True positions (N, 3), nm, in the same frame (what each bead is checked against).
+    pairs : tuple of torch.Tensor
+        ``(new, other, table)`` from :func:`core_pairs`.
+    tables : StackedTables
+        The core tables.
+    strength : float
+        Exponent of the acceptance.
+    box, batch : torch.Tensor or None, torch.Tensor
+        Box (B, 3) nm and system of each bead (N,).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar, the sum over the beads that have pairs (others have ``Z_i = 1``).
+    """
+    new, other, table = pairs
+    if new.numel() == 0:
+        return proposals.new_zeros(())
+    k = proposals.shape[0]
+    vec = proposals[:, new] - placed[other]
+    if box is not None:
+        vec = minimum_image(vec, box[batch[new]])
+    r = vec.norm(dim=-1)
+    u = _table_value(tables, table.repeat(k), r.reshape(-1)).reshape(k, -1).clamp_min(0.0)
+    beads, local = torch.unique(new, return_inverse=True)
+    energy = proposals.new_zeros(k, beads.numel()).index_add(1, local, u)
+    return (torch.logsumexp(-strength * energy, dim=0) - math.log(k)).sum()

@@ -1,0 +1,216 @@
+"""Excluded volume inside a bond-tree draw (cgsim/model/excluded.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cgsim.model.excluded import core_filter, core_pairs
+from cgsim.model.prior_tables import PairTable, _stack, _table_value
+from cgsim.model.tree import TreeParams, bent_draw, bond_tree, link_vectors, make_tree
+from tests.conftest import both_directions
+
+R_CORE = 1.0  # nm: the test core's range
+
+
+def _core_tables(height: float) -> object:
+    """One core table ``u(r) = height (1 - r / R_CORE)^2`` below R_CORE, 0 beyond (kT)."""
+    r = np.arange(0.0, R_CORE + 0.5, 0.01)
+    u = height * np.clip(1 - r / R_CORE, 0, None) ** 2
+    return _stack([PairTable(r0=0.0, dr=0.01, u=u, lo=0.0, hi=R_CORE, k=1.0, n_samples=1, upper_wall=False)],
+                  torch.device("cpu"), torch.float64)
+
+
+def _chains(k: int, n: int) -> tuple:
+    """``k`` copies of an ``n``-bead chain bent into a tight hairpin (ends ~0.6 nm apart, bonds
+    0.5 nm), one system each; the bent-draw parameters of a fixed Gaussian step."""
+    bonds = both_directions([(c * n + i, c * n + i + 1) for c in range(k) for i in range(n - 1)])
+    parent, mol = bond_tree(k * n, bonds)
+    tree = make_tree(parent, torch.from_numpy(mol), k)
+    angle = torch.linspace(0, 1.7 * np.pi, n, dtype=torch.float64)
+    one = torch.stack([0.5 * n / (1.7 * np.pi) * torch.cos(angle), 0.5 * n / (1.7 * np.pi) * torch.sin(angle),
+                       torch.zeros(n, dtype=torch.float64)], dim=1)
+    x0 = one.repeat(k, 1)
+    batch = torch.arange(k).repeat_interleave(n)
+    links = link_vectors(x0, tree, batch, None)
+    u = torch.where(tree.root[:, None], torch.zeros_like(links), links / links.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    std = torch.full((k * n, 2), 0.3, dtype=torch.float64)
+    coupling = torch.full((k * n, 2), 0.5, dtype=torch.float64)
+    p = TreeParams(tree=tree, root_std=torch.full((k,), 0.2, dtype=torch.float64), std=std, coupling=coupling,
+                   direction=u, links=links)
+    return tree, p, x0, batch, bonds
+
+
+def _exclude(bonds: torch.Tensor, n_beads: int) -> torch.Tensor:
+    from cgsim.model.prior import pair_lists
+
+    bonded, angle = pair_lists(torch.as_tensor(bonds), n_beads)
+    excl = torch.cat([bonded, angle], dim=1)
+    return torch.sort(excl[0] * n_beads + excl[1]).values
+
+
+def _filter(tree, x0, batch, bonds, height: float, tries: int, g: torch.Generator, strength: float = 1.0):
+    n = x0.shape[0]
+    eps = torch.randn(tries - 1, n, 3, generator=g, dtype=torch.float64)
+    uniform = torch.rand(tries, n, generator=g, dtype=torch.float64)
+    pairs = core_pairs(torch.zeros(1, 1, dtype=torch.long), torch.zeros(n, dtype=torch.long), _exclude(bonds, n), n,
+                       tree.hops, tree.root_of, x0, None, batch, 10.0)
+    return core_filter(_core_tables(height), pairs, tree.hops, tree.levels, x0, None, batch, strength, eps, uniform)
+
+
+def _contacts(x: torch.Tensor, k: int, n: int, bonds_apart: int = 3) -> float:
+    """Pairs of one chain >= ``bonds_apart`` bonds apart closer than R_CORE, per chain."""
+    xs = x.reshape(k, n, 3)
+    i, j = np.triu_indices(n, bonds_apart)
+    return float((torch.linalg.norm(xs[:, i] - xs[:, j], dim=-1) < R_CORE).sum() / k)
+
+
+def test_a_flat_core_or_one_try_leaves_the_draw_unchanged():
+    k, n = 4, 7
+    tree, p, x0, batch, bonds = _chains(k, n)
+    g = torch.Generator().manual_seed(0)
+    mean = 0.1 * torch.randn(k * n, 3, generator=g, dtype=torch.float64)
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    eps = torch.randn(k * n, 3, generator=g, dtype=torch.float64)
+    plain = bent_draw(eps, mean, scale, p)
+    for height, tries in ((0.0, 5), (50.0, 1)):
+        f = _filter(tree, x0, batch, bonds, height, tries, g)
+        torch.testing.assert_close(bent_draw(eps, mean, scale, p, core=f), plain)
+
+
+def test_the_core_removes_contacts_a_plain_draw_makes_and_keeps_bonds_turned():
+    k, n = 200, 9
+    tree, p, x0, batch, bonds = _chains(k, n)
+    g = torch.Generator().manual_seed(1)
+    mean = torch.zeros(k * n, 3, dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    eps = torch.randn(k * n, 3, generator=g, dtype=torch.float64)
+    plain = x0 + bent_draw(eps, mean, scale, p)
+    f = _filter(tree, x0, batch, bonds, 200.0, 16, g)
+    filtered = x0 + bent_draw(eps, mean, scale, p, core=f)
+    before, after = _contacts(plain, k, n), _contacts(filtered, k, n)
+    assert before > 0.5  # the hairpin folds onto itself in a plain draw
+    assert after < 0.3 * before  # the rest: parents already placed too close for any turn of the child
+    # each link keeps its turn-and-stretch construction: lengths stay near the 0.5 nm bonds
+    i, j = tree.parent[~tree.root], torch.nonzero(~tree.root)[:, 0]
+    assert (filtered[j] - filtered[i]).norm(dim=-1).min() > 0.0
+
+
+def test_per_bead_acceptance_samples_the_tilted_conditional():
+    """One bead (bead 0 of a 4-bead chain rooted at bead 2, placed last) is checked against bead 3; its
+    accepted position follows ``q(x) exp(-u(r_03)) / Z`` with everything else fixed: compared with
+    plain draws of that bead reweighted by ``exp(-u)``."""
+    k, n = 20_000, 4
+    tree, p, x0, batch, bonds = _chains(k, n)
+    assert tree.hops[:4].tolist() == [2, 1, 0, 1]  # root 2; bead 0 is placed last
+    g = torch.Generator().manual_seed(2)
+    mean = torch.zeros(k * n, 3, dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    shared = torch.randn(1, n, 3, generator=g, dtype=torch.float64).repeat(k, 1, 1)
+    tables = _core_tables(4.0)
+
+    def draw(core=None):
+        eps = shared.clone()
+        eps[:, 0] = torch.randn(k, 3, generator=g, dtype=torch.float64)  # only bead 0 varies
+        return (x0 + bent_draw(eps.reshape(-1, 3), mean, scale, p, core=core)).reshape(k, n, 3)
+
+    plain = draw()
+    r_plain = (plain[:, 3] - plain[:, 0]).norm(dim=-1)
+    w = torch.exp(-_table_value(tables, torch.zeros(k, dtype=torch.long), r_plain))
+    want = float((w * r_plain).sum() / w.sum())
+    torch.testing.assert_close(plain[:, 1:], plain[:1, 1:].expand(k, 3, 3))  # the rest is fixed
+    filtered = draw(_filter(tree, x0, batch, bonds, 4.0, 64, g))
+    r_filt = (filtered[:, 3] - filtered[:, 0]).norm(dim=-1)
+    se = float(r_plain.std()) / k**0.5
+    assert float(r_plain.mean()) < want - 10 * se  # the tilt moves the bead away measurably
+    assert float(r_filt.mean()) == pytest.approx(want, abs=4 * se)
+
+
+# -- training: the filtered draw's likelihood ------------------------------------------------------
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_proposals_given_the_true_steps_reproduce_the_draw_they_came_from(centred):
+    """With the innovations of a draw, each bead's proposal given the drawn steps before it is
+    that bead's drawn step (the conditional the filter samples, every bead at once)."""
+    from dataclasses import replace
+
+    from cgsim.model.tree import conditional_proposals
+
+    k, n = 3, 7
+    tree, p, x0, batch, bonds = _chains(k, n)
+    p = replace(p, centred=centred)
+    g = torch.Generator().manual_seed(5)
+    mean = 0.2 * torch.randn(k * n, 3, generator=g, dtype=torch.float64)
+    scale = torch.tensor(0.7, dtype=torch.float64)
+    eps = torch.randn(k * n, 3, generator=g, dtype=torch.float64)
+    step = bent_draw(eps, mean, scale, p)
+    proposals, placed = conditional_proposals(eps[None], step, mean, scale, p)
+    torch.testing.assert_close(proposals[0], placed)
+    if centred:  # the draw's own frame: the step before recentring, a rigid shift of each tree
+        shift = step - placed
+        torch.testing.assert_close(shift, shift[tree.root_of])
+    else:
+        torch.testing.assert_close(placed, step)
+
+
+def test_log_partition_is_the_log_mean_acceptance_of_each_beads_proposals():
+    from cgsim.model.excluded import core_log_partition
+
+    g = torch.Generator().manual_seed(6)
+    n, kk = 5, 4
+    proposals = torch.rand(kk, n, 3, generator=g, dtype=torch.float64)
+    placed = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    new, other = torch.tensor([3, 3, 4, 1]), torch.tensor([0, 1, 2, 4])
+    table = torch.zeros(4, dtype=torch.long)
+    tables = _core_tables(3.0)
+    got = core_log_partition(proposals, placed, (new, other, table), tables, 2.0, None, torch.zeros(n, dtype=torch.long))
+    want = 0.0
+    for bead in (1, 3, 4):  # by hand: each bead's energy per proposal, log of the mean acceptance
+        acc = []
+        for s in range(kk):
+            e = sum(3.0 * max(0.0, 1 - float((proposals[s, i] - placed[j]).norm()) / R_CORE) ** 2
+                    for i, j in zip(new.tolist(), other.tolist()) if i == bead)
+            acc.append(np.exp(-2.0 * e))
+        want += np.log(np.mean(acc))
+    assert float(got) == pytest.approx(want, rel=1e-3)  # the table interpolates u linearly on a 0.01 nm grid
+    empty = (torch.zeros(0, dtype=torch.long),) * 3
+    assert float(core_log_partition(proposals, placed, empty, tables, 1.0, None, torch.zeros(n, dtype=torch.long))) == 0.0
+
+
+def test_a_model_trained_with_the_core_adds_its_log_partition_and_keeps_its_prior():
+    from cgsim.model import collate
+    from cgsim.model.checkpoint import restore_training, training_state
+    from cgsim.model.tree import TreeNoise
+    from cgsim.train.prior_fit import fit_prior_to
+    from tests.conftest import BOX, chain_system, tiny_model
+
+    with pytest.raises(ValueError, match="core_samples must be >= 0 and needs bend"):
+        TreeNoise(16, core_samples=4)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, core_samples=4).double(),
+                   target="displacement")
+    sys_, pos = chain_system(20, BOX, 5)
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    batch = collate([sys_], [pos])
+    m.train()
+    with pytest.raises(ValueError, match="needs a structural prior fitted before training"):
+        m.loss_terms(batch, nxt)
+
+    class _Traj:  # the fields fit_prior_to reads
+        name, graph, positions = "chain", sys_, pos.permute(1, 0, 2).numpy()
+
+    m.prior = fit_prior_to([_Traj()], ["A", "B", "C"], {"nb_cutoff": 1.0, "min_samples": 10, "core_tries": 8})
+    terms = m.loss_terms(batch, nxt, torch.Generator().manual_seed(0))
+    assert "core_logz" in terms and float(terms["core_logz"].detach()) <= 0.0
+    total = m.loss(batch, nxt, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(total, terms["nll"] + terms["core_logz"])
+    # the prior travels with the training state and comes back on resume
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = training_state({}, m, None, opt, sched, 0, 1, {}, {}, {}, 1)
+    assert state["prior"]["core_tries"] == 8
+    fresh = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, core_samples=4).double(),
+                       target="displacement")
+    restore_training(state, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1),
+                     torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(fresh.parameters(), lr=0.1), lambda s: 1.0))
+    assert fresh.prior is not None and fresh.prior.to_dict() == m.prior.to_dict()
