@@ -56,7 +56,7 @@ def _filter(tree, x0, batch, bonds, height: float, tries: int, g: torch.Generato
     uniform = torch.rand(tries, n, generator=g, dtype=torch.float64)
     pairs = core_pairs(torch.zeros(1, 1, dtype=torch.long), torch.zeros(n, dtype=torch.long), _exclude(bonds, n), n,
                        tree.hops, tree.root_of, x0, None, batch, 10.0)
-    return core_filter(_core_tables(height), pairs, tree.hops, tree.levels, x0, None, batch, strength, eps, uniform)
+    return core_filter(_core_tables(height), pairs, tree.hops, torch.nonzero(tree.root)[:, 0], tree.levels, x0, None, batch, strength, eps, uniform)
 
 
 def _contacts(x: torch.Tensor, k: int, n: int, bonds_apart: int = 3) -> float:
@@ -174,6 +174,25 @@ def test_log_partition_is_the_log_mean_acceptance_of_each_beads_proposals():
             acc.append(np.exp(-2.0 * e))
         want += np.log(np.mean(acc))
     assert float(got) == pytest.approx(want, rel=1e-3)  # the table interpolates u linearly on a 0.01 nm grid
+    # the sampler's own term with R tries: log Z - log(1 - (1 - Z)^R), never below -log R
+    by_bead = []
+    for bead in (1, 3, 4):
+        sel = new == bead
+        one = core_log_partition(proposals, placed, (new[sel], other[sel], table[sel]), tables, 2.0, None,
+                                 torch.zeros(n, dtype=torch.long))
+        by_bead.append(float(one))
+    got_r = core_log_partition(proposals, placed, (new, other, table), tables, 2.0, None, torch.zeros(n, dtype=torch.long),
+                               tries=5)
+    want_r = sum(lz - np.log(1 - (1 - np.exp(lz)) ** 5) for lz in by_bead)
+    assert float(got_r) == pytest.approx(want_r, rel=1e-9)
+    assert float(got_r) >= -3 * np.log(5) - 1e-9
+    far = core_log_partition(proposals + 100.0, placed, (new, other, table), tables, 2.0, None,
+                             torch.zeros(n, dtype=torch.long), tries=5)
+    onto = proposals.clone()
+    onto[:, 3], onto[:, 4], onto[:, 1] = placed[0], placed[2], placed[4]  # every bead onto a partner
+    deep = core_log_partition(onto, placed, (new, other, table), tables, 50.0, None, torch.zeros(n, dtype=torch.long),
+                              tries=5)
+    assert float(far) == pytest.approx(0.0, abs=1e-9) and float(deep) == pytest.approx(-3 * np.log(5), rel=1e-6)
     empty = (torch.zeros(0, dtype=torch.long),) * 3
     assert float(core_log_partition(proposals, placed, empty, tables, 1.0, None, torch.zeros(n, dtype=torch.long))) == 0.0
 
@@ -201,9 +220,16 @@ def test_a_model_trained_with_the_core_adds_its_log_partition_and_keeps_its_prio
 
     m.prior = fit_prior_to([_Traj()], ["A", "B", "C"], {"nb_cutoff": 1.0, "min_samples": 10, "core_tries": 8})
     terms = m.loss_terms(batch, nxt, torch.Generator().manual_seed(0))
-    assert "core_logz" in terms and float(terms["core_logz"].detach()) <= 0.0
+    assert "core_logz" in terms and m.collective.core_log_strength is None and m.core_strength() == 1.0
     total = m.loss(batch, nxt, torch.Generator().manual_seed(0))
     torch.testing.assert_close(total, terms["nll"] + terms["core_logz"])
+    # a learned exponent gets its gradient from the filtered likelihood
+    learned = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, core_samples=4,
+                                              learn_core_strength=True).double(), target="displacement")
+    learned.prior = m.prior
+    learned.train()
+    learned.loss(batch, nxt, torch.Generator().manual_seed(0)).backward()
+    assert float(learned.collective.core_log_strength.grad) != 0.0
     # the prior travels with the training state and comes back on resume
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -214,3 +240,89 @@ def test_a_model_trained_with_the_core_adds_its_log_partition_and_keeps_its_prio
     restore_training(state, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1),
                      torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(fresh.parameters(), lr=0.1), lambda s: 1.0))
     assert fresh.prior is not None and fresh.prior.to_dict() == m.prior.to_dict()
+
+
+def test_free_beads_of_different_trees_keep_apart_where_no_recentring_moves_them():
+    """Single-bead molecules (ions) are roots: with ``across_trees`` they check each other at
+    level 0 (a non-centred draw places every tree where it stays)."""
+    k = 500
+    n = 2 * k
+    parent, mol = bond_tree(n, np.zeros((2, 0), dtype=np.int64))
+    tree = make_tree(parent, torch.from_numpy(mol), n)
+    x0 = torch.zeros(n, 3, dtype=torch.float64)
+    x0[1::2, 0] = 0.6  # pairs of ions 0.6 nm apart, one pair per system
+    batch = torch.arange(k).repeat_interleave(2)
+    zeros = torch.zeros(n, 3, dtype=torch.float64)
+    p = TreeParams(tree=tree, root_std=torch.full((n,), 0.4, dtype=torch.float64), std=torch.ones(n, 2, dtype=torch.float64),
+                   coupling=torch.full((n, 2), 0.5, dtype=torch.float64), direction=zeros, links=zeros)
+    g = torch.Generator().manual_seed(7)
+    eps = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    plain = x0 + bent_draw(eps, zeros, scale, p)
+    no_bonds = torch.zeros(2, 0, dtype=torch.long)
+    lookup, cls = torch.zeros(1, 1, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+    for across, drop in ((False, False), (True, True)):
+        pairs = core_pairs(lookup, cls, _exclude(no_bonds, n), n, tree.hops, tree.root_of, x0, None, batch, 5.0, across)
+        f = core_filter(_core_tables(200.0), pairs, tree.hops, torch.nonzero(tree.root)[:, 0], tree.levels, x0, None,
+                        batch, 1.0, torch.randn(15, n, 3, generator=g, dtype=torch.float64),
+                        torch.rand(16, n, generator=g, dtype=torch.float64))
+        filtered = x0 + bent_draw(eps, zeros, scale, p, core=f)
+        before = float(((plain[0::2] - plain[1::2]).norm(dim=-1) < R_CORE).float().mean())
+        after = float(((filtered[0::2] - filtered[1::2]).norm(dim=-1) < R_CORE).float().mean())
+        assert before > 0.3
+        if drop:
+            assert after < 0.2 * before
+        else:  # pairs of one tree only: ions are untouched
+            torch.testing.assert_close(filtered, plain)
+
+
+def test_bonded_and_angle_tables_join_the_core_shifted_to_zero_and_pairs_point_to_the_later_bead():
+    from cgsim.model.excluded import merge_tables, ordered_pairs
+
+    nb = _core_tables(3.0)
+    r = np.arange(0.5, 1.5, 0.01)
+    bond = _stack([PairTable(r0=0.5, dr=0.01, u=5 * (r - 1.0) ** 2 - 2.0, lo=0.6, hi=1.4, k=10.0, n_samples=1)],
+                  torch.device("cpu"), torch.float64)
+    merged, off = merge_tables([nb, None, bond], [False, True, True])
+    assert off == [0, -1, 1] and merged.u.shape[0] == 2
+    torch.testing.assert_close(merged.u[0, :nb.u.shape[1]], nb.u[0])  # the core as it was
+    assert float(merged.u[1].min()) == 0.0  # the bond's well shifted to 0, its shape kept
+    x = torch.tensor([0.8, 1.0, 1.2], dtype=torch.float64)
+    idx = torch.ones(3, dtype=torch.long)
+    torch.testing.assert_close(_table_value(merged, idx, x) - _table_value(merged, idx, x)[1],
+                               _table_value(bond, idx - 1, x) - _table_value(bond, idx - 1, x)[1])
+    hops = torch.tensor([2, 1, 0, 1])
+    new, other, table = ordered_pairs(torch.tensor([[0, 1, 1], [1, 2, 3]]), torch.tensor([7, 8, 9]), hops)
+    assert new.tolist() == [0, 1, 1, 3] and other.tolist() == [1, 2, 3, 1] and table.tolist() == [7, 8, 9, 9]
+
+
+def test_a_model_with_every_term_in_the_filter_trains_and_draws():
+    from cgsim.model import collate
+    from cgsim.model.prior import bead_classes
+    from cgsim.model.sampling import generator_noise, learned_step
+    from cgsim.model.tree import TreeNoise
+    from cgsim.train.prior_fit import fit_prior_to
+    from tests.conftest import BOX, chain_system, tiny_model
+
+    with pytest.raises(ValueError, match="core_terms must be one of"):
+        TreeNoise(16, bend=True, core_samples=2, core_terms="bonds")
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, core_samples=4,
+                                        learn_core_strength=True, core_terms="all").double(), target="displacement")
+    sys_, pos = chain_system(20, BOX, 5)
+    nxt = pos[:, -1] + 0.05 * torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    class _Traj:
+        name, graph, positions = "chain", sys_, pos.permute(1, 0, 2).numpy()
+
+    m.prior = fit_prior_to([_Traj()], ["A", "B", "C"], {"nb_cutoff": 1.0, "min_samples": 10, "core_tries": 8})
+    batch = collate([sys_], [pos])
+    m.train()
+    loss = m.loss(batch, nxt, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and float(m.collective.core_log_strength.grad) != 0.0
+    m.eval()
+    classes = bead_classes(sys_.atom_type, sys_.atom_to_bead, sys_.n_beads, ["A", "B", "C"])
+    topo = m.prior.topology(classes, batch.bead_bonds, batch.n_beads, batch.pos.device, batch.pos.dtype)
+    draws = [learned_step(m, batch, generator_noise((20, 3), torch.Generator().manual_seed(s), batch.pos.device,
+                                                    batch.pos.dtype), prior_topology=topo) for s in range(2)]
+    assert all(torch.isfinite(d).all() for d in draws) and not torch.equal(draws[0], draws[1])

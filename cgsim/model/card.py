@@ -267,7 +267,7 @@ class ModelCard:
             time_unit=str(_required(ckpt, "data.time_unit", where)),
             cutoff=float(_required(ckpt, "config.model.cutoff", where)),
             periodic=model_periodic(ckpt), mapping_hashes=tuple(data.get("mapping_hashes") or ()),
-            sampler=sampler_card(model_cfg, prior if isinstance(prior, Mapping) else None),
+            sampler=sampler_card(model_cfg, prior if isinstance(prior, Mapping) else None, _core_strength(ckpt)),
             recommended_rollout=dict(ckpt.get("recommended_rollout") or {}),
             n_parameters=None if ckpt.get("n_parameters") is None else int(ckpt["n_parameters"]),
             train_systems=tuple(str(s) for s in data.get("train_systems") or ()),
@@ -278,8 +278,19 @@ class ModelCard:
             exported=dict(ckpt["exported"]) if isinstance(ckpt.get("exported"), Mapping) else None)
 
 
-def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None = None) -> SamplerCard:
-    """The :class:`SamplerCard` of a model config (``config.model``) and a stored prior record."""
+def _core_strength(ckpt: Mapping[str, Any]) -> float | None:
+    """The learned exponent of the excluded volume's acceptance (``collective.core_log_strength``
+    of the weights a model samples with), or None."""
+    weights = ckpt.get("ema") if isinstance(ckpt.get("ema"), Mapping) else ckpt.get("model")
+    if not isinstance(weights, Mapping) or weights.get("collective.core_log_strength") is None:
+        return None
+    return float(weights["collective.core_log_strength"].exp())
+
+
+def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None = None,
+                 core_strength: float | None = None) -> SamplerCard:
+    """The :class:`SamplerCard` of a model config (``config.model``), a stored prior record and
+    a learned exponent of the excluded volume in the draw (reported with the prior)."""
     stages = ["gaussian"]
     collective = model_cfg.get("collective")
     params: dict[str, dict[str, Any]] = {"gaussian": {"target": str(model_cfg.get("target", "acceleration")),
@@ -288,7 +299,8 @@ def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None =
         params["gaussian"]["noise"] = "bond tree"
         for key, default in (("bend", False), ("radial", "linear"), ("contact_cutoff", 0.0), ("centred", False),
                              ("drift", True), ("shape_temperature", 1.0), ("pair_score", 0.0),
-                             ("contact_links", 0.0)):
+                             ("contact_links", 0.0), ("core_samples", 0), ("learn_core_strength", False),
+                             ("core_terms", "nonbonded")):
             params["gaussian"][key] = collective.get(key, default)
     calls = 1
     refinement = model_cfg.get("refinement")
@@ -305,6 +317,8 @@ def sampler_card(model_cfg: Mapping[str, Any], prior: Mapping[str, Any] | None =
     if prior is not None:
         stages.append("structural_prior")
         params["structural_prior"] = {k: prior.get(k) for k in PRIOR_KEYS}
+        if core_strength is not None:
+            params["structural_prior"]["core_strength"] = round(core_strength, 4)
     return SamplerCard(kind="+".join(stages), calls_per_step=calls, parameters=params)
 
 

@@ -12,18 +12,26 @@ This module makes the draw itself avoid contacts, the way configurational-bias g
 chain: the tree places its beads level by level from the roots, so when bead ``i`` is placed,
 every bead of its tree nearer the root is already where the step puts it. Bead ``i`` proposes
 its position from the model's own conditional Gaussian (its innovation given its parent's drawn
-step) and accepts it with probability ``exp(-strength * E_i)``, ``E_i`` the structural prior's
+step) and accepts it with probability ``exp(-s E_i)``, ``E_i`` the structural prior's
 non-bonded core energy (kT, :attr:`cgsim.model.prior.StructuralPrior.tables` ``"nb"``, fitted to
 the training frames) of its pairs with the placed beads; a rejected proposal is replaced by the
 next of ``tries`` fresh innovations, and a bead none of whose proposals is accepted keeps the one
-with the lowest energy. Per bead this is exact rejection sampling of ``q_i(x) exp(-strength E_i(x))``
-(the model's conditional tilted by the prior's core), the chain growth's usual sequential
+with the lowest energy. Per bead this is rejection sampling of ``q_i(x) exp(-s E_i(x))`` (the
+model's conditional tilted by the prior's core), the chain growth's usual sequential
 approximation of the joint tilt. Beads of one level (two arms of a chain at equal distance from
-its root) see each other through :data:`SAME_LEVEL_PASSES` passes over the level.
+its root) see each other: all pick, then the later bead of each pair that still touches picks
+again with the other held (:data:`SAME_LEVEL_PASSES`).
 
-No network is called; the cost is ``depth`` small gathers of ``tries`` candidates per bead and
-one neighbour search per step. Pairs of *different* trees are left to the draw (their molecule
-centres move by independent Gaussians after the trees are grown).
+Where trees are not recentred after they grow (``centred=false``) every placed bead stays where
+it is, so pairs of different trees are checked too and the roots (ions, molecule roots) check
+each other first, at level 0. In a centred draw each tree moves rigidly after it is grown, so
+only pairs within a tree are checked.
+
+A model trained for it (``model.collective.core_samples``) learns the network with the filter
+in place: :func:`core_log_partition` adds each bead's ``log Z_i`` (and, with a learned ``s``,
+its energy at the true step) to the Gaussian NLL, for the sampler as it runs (stopping at the
+first accepted of ``tries``, so the term is bounded). No network is called; the cost is
+``depth`` small gathers of ``tries`` candidates per bead and one neighbour search per step.
 """
 
 from __future__ import annotations
@@ -37,10 +45,12 @@ from cgsim.geometry import radius_graph
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.prior_tables import StackedTables, _table_value
 
-#: passes over one level, so that beads placed at the same level see each other's choice
-SAME_LEVEL_PASSES = 2
-#: one level's pairs: (new, other, table, slot of new in the level, any partner of the same level)
-LevelPairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]
+#: passes over a level with pairs inside it: all its beads pick, then (up to this many passes in
+#: all) the later bead of each pair that still touches picks again with the other held
+SAME_LEVEL_PASSES = 3
+#: one level's pairs: (new, other, table, slot of new in the level, any partner of the same level,
+#: whether new is the one to move when the pair still touches after a pass)
+LevelPairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.Tensor]
 
 
 @dataclass
@@ -56,7 +66,7 @@ class CoreFilter:
     batch : torch.Tensor
         System of each bead, (N,), int64.
     by_level : list
-        Per level of the tree draw (``tree.levels[k]``): ``None`` or ``(new, other, table, slot,
+        Per level of the tree draw (0: the roots, ``k + 1``: ``tree.levels[k]``): ``None`` or ``(new, other, table, slot,
         same)``, the candidate pairs (P,) whose later-placed bead ``new`` is placed at that level,
         the bead ``other`` it is checked against (placed at an earlier or the same level), each
         pair's core table index, the slot of ``new`` in the level, and whether any partner is of
@@ -100,7 +110,7 @@ class CoreFilter:
         Parameters
         ----------
         level : int
-            The level's index in ``tree.levels``.
+            0 for the roots, ``k + 1`` for ``tree.levels[k]``.
         idx : torch.Tensor
             Its beads, (n,), int64.
         cand : torch.Tensor
@@ -117,7 +127,7 @@ class CoreFilter:
         pairs = self.by_level[level]
         if pairs is None:
             return cand[0]
-        new, other, table, a, same = pairs
+        new, other, table, a, same, mover = pairs
         n = idx.shape[0]
         start = self.x0[new]
         if not same:  # every partner is placed: the first proposal stands where it touches nothing
@@ -126,20 +136,31 @@ class CoreFilter:
                 return cand[0]
         uniform = self.uniform[:, idx]
         arange = torch.arange(n, device=idx.device)
-        chosen = cand[0]
-        for _ in range(SAME_LEVEL_PASSES if same else 1):
+        free = torch.ones(n, dtype=torch.bool, device=idx.device)
+        for k in range(SAME_LEVEL_PASSES if same else 1):
+            if k > 0:  # only the later bead of each pair still touching re-picks, the other stays put
+                touching = self._pair_energy(start + out[idx][a], self.x0[other] + out[other], new, table) > 0
+                free = torch.zeros(n, dtype=torch.bool, device=idx.device)
+                free[a[touching & mover]] = True
+                if not bool(free.any()):
+                    break
             energy = self._energy(start + cand[:, a], self.x0[other] + out[other], new, table, a, n, self.tries)
             accept = uniform < torch.exp(-self.strength * energy)
             first = torch.argmax(accept.to(torch.int8), dim=0)  # the first accepted proposal
             pick = torch.where(accept.any(dim=0), first, torch.argmin(energy, dim=0))
-            chosen = cand[pick, arange]
-            out[idx] = chosen
-        return chosen
+            out[idx] = torch.where(free[:, None], cand[pick, arange], out[idx])
+        return out[idx]
 
     def _energy(self, pos: torch.Tensor, partner: torch.Tensor, new: torch.Tensor, table: torch.Tensor,
                 a: torch.Tensor, n: int, tries: int) -> torch.Tensor:
         """Core energy (tries, n), kT (>= 0), of each proposal ``pos`` (tries, P, 3) of a pair's
         new bead against its partner (P, 3), summed per bead of the level (``a``: its slot)."""
+        u = self._pair_energy(pos, partner, new, table)
+        return torch.zeros(tries, n, dtype=pos.dtype, device=pos.device).index_add_(-1, a, u)
+
+    def _pair_energy(self, pos: torch.Tensor, partner: torch.Tensor, new: torch.Tensor,
+                     table: torch.Tensor) -> torch.Tensor:
+        """Core energy (..., P), kT (>= 0), of pairs at positions ``pos`` (..., P, 3) and ``partner`` (P, 3)."""
         vec = pos - partner
         if self.box is not None:
             vec = minimum_image(vec, self.box[self.batch[new]])
@@ -152,17 +173,20 @@ class CoreFilter:
             at = table * g + j.long()
             u = flat[at] * (1 - w) + flat[at + 1] * w
         else:
-            u = _table_value(self.tables, table.repeat(tries), r.reshape(-1)).reshape(tries, -1)
-        return torch.zeros(tries, n, dtype=pos.dtype, device=pos.device).index_add_(1, a, u.clamp_min(0.0))
+            lead = r.shape[:-1].numel()
+            u = _table_value(self.tables, table.repeat(lead), r.reshape(-1)).reshape(r.shape)
+        return u.clamp_min(0.0)
 
 
 def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor, n_beads: int,
                hops: torch.Tensor, root_of: torch.Tensor, x0: torch.Tensor, box: torch.Tensor | None,
-               batch: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               batch: torch.Tensor, radius: float, across_trees: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The pairs a tree draw checks, each from the bead placed later.
 
-    Candidate pairs are the beads of one tree closer than ``radius`` (nm) at ``x0`` that are
-    neither bonded nor two bonds apart (``exclude``: sorted codes ``i * n_beads + j``, ``i < j``,
+    Candidate pairs are the beads of one tree (with ``across_trees``, of any trees: where no
+    recentring moves a tree after it is grown, every bead is where the draw puts it once placed)
+    closer than ``radius`` (nm) at ``x0`` that are neither bonded nor two bonds apart (``exclude``: sorted codes ``i * n_beads + j``, ``i < j``,
     of :class:`~cgsim.model.prior.PriorTopology`); ``radius`` must cover the core plus how far
     two beads can approach in one step. Each pair is checked when its later bead (more links
     from the root, ``hops``) is placed; two beads of one level check each other (the pair is
@@ -184,6 +208,8 @@ def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor
         Box (B, 3) nm and system of each bead (N,).
     radius : float
         Search radius, nm.
+    across_trees : bool
+        Also pairs of different trees (roots check each other at level 0).
 
     Returns
     -------
@@ -192,24 +218,18 @@ def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor
     """
     g = radius_graph(x0, radius, box, batch)
     src, dst = g.edge_index
-    keep = (src < dst) & (root_of[src] == root_of[dst])
+    keep = (src < dst) if across_trees else (src < dst) & (root_of[src] == root_of[dst])
     src, dst = src[keep], dst[keep]
     if exclude.numel() and src.numel():
         code = src * n_beads + dst
         pos = torch.searchsorted(exclude, code).clamp_max(exclude.numel() - 1)
         keep = exclude[pos] != code
         src, dst = src[keep], dst[keep]
-    later = hops[src] >= hops[dst]
-    new = torch.where(later, src, dst)
-    other = torch.where(later, dst, src)
-    tie = hops[src] == hops[dst]
-    new = torch.cat([new, dst[tie]])
-    other = torch.cat([other, src[tie]])
-    return new, other, nb_lookup[cls[new], cls[other]]
+    return ordered_pairs(torch.stack([src, dst]), nb_lookup[cls[src], cls[dst]], hops)
 
 
 def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], hops: torch.Tensor,
-                levels: tuple[torch.Tensor, ...], x0: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor, strength: float,
+                roots: torch.Tensor, levels: tuple[torch.Tensor, ...], x0: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor, strength: float,
                 eps: torch.Tensor, uniform: torch.Tensor) -> CoreFilter:
     """Build the :class:`CoreFilter` of one draw from its :func:`core_pairs`.
 
@@ -220,9 +240,10 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
     pairs : tuple of torch.Tensor
         ``(new, other, table)`` from :func:`core_pairs`.
     hops : torch.Tensor
-        Each bead's links to its root (N,): a pair is checked at level ``hops[new] - 1``.
-    levels : tuple of torch.Tensor
-        The beads of each level of the trees' draw (``tree.levels``).
+        Each bead's links to its root (N,): a pair is checked at level ``hops[new]``.
+    roots, levels : torch.Tensor, tuple of torch.Tensor
+        The roots (level 0) and the beads of each later level of the trees' draw
+        (``tree.levels``, levels 1, 2, ...).
     x0, box, batch : torch.Tensor, torch.Tensor or None, torch.Tensor
         Start positions (N, 3) nm, box (B, 3) nm, system of each bead (N,).
     strength : float
@@ -231,21 +252,27 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
         Extra innovations (tries - 1, N, 3) and acceptance uniforms (tries, N).
     """
     new, other, table = pairs
-    level = hops[new] - 1
-    # each bead's slot within its level (the order of tree.levels), so a pair finds its bead's proposals
+    order_levels = (roots, *levels)  # level 0: the roots; level k: tree.levels[k - 1]
+    level = hops[new]
+    # each bead's slot within its level, so a pair finds its bead's proposals
     slot = torch.zeros_like(hops)
-    for k, idx in enumerate(levels):
+    for idx in order_levels:
         slot[idx] = torch.arange(idx.numel(), device=idx.device)
     order = torch.argsort(level, stable=True)
     new, other, table, level = new[order], other[order], table[order], level[order]
-    same_level = (hops[other] == hops[new]).tolist()
-    counts = torch.bincount(level, minlength=len(levels)).tolist() if level.numel() else [0] * len(levels)
-    by_level: list[LevelPairs | None] = [None] * len(levels)
+    same_level = hops[other] == hops[new]
+    # who moves when a pair still touches after a pass: the pair's later-placed bead, and of two
+    # beads of one level the one with the larger index
+    mover = ~same_level | (new > other)
+    same_level = same_level.tolist()
+    n = len(order_levels)
+    counts = torch.bincount(level, minlength=n).tolist() if level.numel() else [0] * n
+    by_level: list[LevelPairs | None] = [None] * n
     start = 0
     for k, c in enumerate(counts):
         if c:
             sl = slice(start, start + c)
-            by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]))
+            by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]), mover[sl])
         start += c
     return CoreFilter(x0=x0, box=box, batch=batch, by_level=by_level, tables=tables, strength=strength,
                       eps=eps, uniform=uniform)
@@ -253,7 +280,7 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
 
 def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                        tables: StackedTables, strength: float, box: torch.Tensor | None,
-                       batch: torch.Tensor) -> torch.Tensor:
+                       batch: torch.Tensor, tries: int | None = None) -> torch.Tensor:
     """Monte-Carlo ``sum_i log Z_i`` of the filtered draw's per-bead normalisers (training).
 
     With the core in the draw, bead ``i``'s density given the beads placed before it is
@@ -276,6 +303,13 @@ def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tup
         Exponent of the acceptance.
     box, batch : torch.Tensor or None, torch.Tensor
         Box (B, 3) nm and system of each bead (N,).
+    tries : int, optional
+        The sampler's proposals per bead ``R``: it stops at the first accepted one, so the
+        density of what it returns is ``q_i exp(-s E_i) (1 - (1 - Z_i)^R) / Z_i`` (the rare
+        fallback when all ``R`` are rejected left out), and the term is
+        ``log Z_i - log(1 - (1 - Z_i)^R)``, bounded below by ``-log R``: a network cannot win
+        likelihood by sending its proposals into the core, which plain ``log Z_i`` rewards
+        without limit (and which a few samples cannot even estimate). None: ``log Z_i``.
 
     Returns
     -------
@@ -293,4 +327,49 @@ def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tup
     u = _table_value(tables, table.repeat(k), r.reshape(-1)).reshape(k, -1).clamp_min(0.0)
     beads, local = torch.unique(new, return_inverse=True)
     energy = proposals.new_zeros(k, beads.numel()).index_add(1, local, u)
-    return (torch.logsumexp(-strength * energy, dim=0) - math.log(k)).sum()
+    log_z = torch.logsumexp(-strength * energy, dim=0) - math.log(k)
+    if tries is None:
+        return log_z.sum()
+    # log(1 - (1 - Z)^R): log(R) + log(Z) for tiny Z (both branches finite, so is the gradient)
+    z = log_z.exp().clamp(1e-6, 1.0 - 1e-6)  # float32 keeps 1 - 1e-6 below 1
+    log_some = torch.where(log_z < math.log(1e-6), math.log(tries) + log_z,
+                           torch.log(-torch.expm1(tries * torch.log1p(-z))))
+    return (log_z - log_some).sum()
+
+
+def merge_tables(parts: list[StackedTables | None], floor: list[bool]) -> tuple[StackedTables, list[int]]:
+    """One :class:`StackedTables` of several (each padded to the longest grid with its edge
+    value, flat), and the offset of each part's first table in it (-1 for a missing part).
+
+    ``floor[k]`` shifts part ``k``'s tables so that their smallest value is 0 (a bonded or 1-3
+    potential of mean force, as an acceptance ``exp(-s u) <= 1``; its shape is unchanged)."""
+    present = [p for p in parts if p is not None]
+    g = max(p.u.shape[1] for p in present)
+    offsets, rows = [], []
+    n = 0
+    for p, shift in zip(parts, floor):
+        if p is None:
+            offsets.append(-1)
+            continue
+        offsets.append(n)
+        n += p.u.shape[0]
+        pad = g - p.u.shape[1]
+        u = torch.cat([p.u, p.u[:, -1:].expand(-1, pad)], dim=1) if pad else p.u
+        du = torch.cat([p.du, torch.zeros_like(p.du[:, :1]).expand(-1, pad)], dim=1) if pad else p.du
+        if shift:
+            u = u - u.min(dim=1, keepdim=True).values
+        rows.append(StackedTables(r0=p.r0, dr=p.dr, u=u, du=du, lo=p.lo, hi=p.hi, k=p.k, k_hi=p.k_hi))
+    cat = {f: torch.cat([getattr(r, f) for r in rows]) for f in ("r0", "dr", "u", "du", "lo", "hi", "k", "k_hi")}
+    return StackedTables(**cat), offsets
+
+
+def ordered_pairs(pairs: torch.Tensor, table: torch.Tensor, hops: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs (2, E) with their tables (E,) as ``(new, other, table)``, each checked from its
+    later-placed bead (a pair of one level from both sides), as :func:`core_pairs` lists them."""
+    src, dst = pairs
+    later = hops[src] >= hops[dst]
+    new = torch.where(later, src, dst)
+    other = torch.where(later, dst, src)
+    tie = hops[src] == hops[dst]
+    return torch.cat([new, dst[tie]]), torch.cat([other, src[tie]]), torch.cat([table, table[tie]])

@@ -35,8 +35,9 @@ from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.composition import CompositionFeatures
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
-from cgsim.model.excluded import CoreFilter, core_filter, core_log_partition, core_pairs
+from cgsim.model.excluded import CoreFilter, core_filter, core_log_partition, core_pairs, merge_tables, ordered_pairs
 from cgsim.model.prior import PriorTopology, StructuralPrior
+from cgsim.model.prior_tables import StackedTables
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
 from cgsim.model.sampling import generator_noise, learned_step
 from cgsim.model.scoring import energy_score_terms
@@ -394,15 +395,44 @@ class MultiScaleDynamics(nn.Module):
         if topo.nb is None:
             return next_pos.new_zeros(())
         x0 = batch.pos[:, -1]
-        t = pred.tree.tree
-        pairs = core_pairs(topo.nb_lookup, topo.cls, topo.exclude, topo.n_beads, t.hops, t.root_of, x0, batch.box,
-                           batch.batch, self._core_radius(pred, batch.box))
+        tables, pairs = self._core_pairs(batch, pred, topo, self._core_radius(pred, batch.box))
         eps = torch.randn((self.collective.core_samples, *pred.mean.shape), generator=generator,
                           device=pred.mean.device, dtype=pred.mean.dtype)
         proposals, placed = conditional_proposals(eps, next_pos - x0, pred.mean, pred.scale, pred.tree)
-        logz = core_log_partition(x0 + proposals, x0 + placed, pairs, topo.nb, self.prior.strength, batch.box,
-                                  batch.batch)
-        return logz / next_pos.numel()
+        strength = self.core_strength()
+        logz = core_log_partition(x0 + proposals, x0 + placed, pairs, tables, strength, batch.box, batch.batch,
+                                  max(self.prior.core_tries, 1))
+        # + s E(true): log(exp(-s E)) of the true step as the one proposal
+        energy = -core_log_partition((x0 + placed)[None], x0 + placed, pairs, tables, strength, batch.box, batch.batch)
+        return (logz + energy) / next_pos.numel()
+
+    def _core_pairs(self, batch: BeadBatch, pred: GaussianStep, topo: PriorTopology, radius: float
+                    ) -> tuple[StackedTables, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The tables and the ``(new, other, table)`` pairs the draw's filter checks: the close
+        non-bonded pairs (:func:`~cgsim.model.excluded.core_pairs`), and with
+        ``collective.core_terms="all"`` every bonded and 1-3 pair too (their tables shifted to a
+        minimum of 0)."""
+        t = pred.tree.tree
+        nb = core_pairs(topo.nb_lookup, topo.cls, topo.exclude, topo.n_beads, t.hops, t.root_of, batch.pos[:, -1],
+                        batch.box, batch.batch, radius, not pred.tree.centred)
+        if getattr(self.collective, "core_terms", "nonbonded") != "all" or topo.nb is None:
+            return topo.nb, nb
+        (bpairs, bidx, btab), (apairs, aidx, atab) = topo.bond, topo.angle
+        tables, off = merge_tables([topo.nb, btab, atab], [False, True, True])
+        parts = [(nb[0], nb[1], nb[2] + off[0])]
+        for pairs, idx, o in ((bpairs, bidx, off[1]), (apairs, aidx, off[2])):
+            if o >= 0 and pairs.shape[1]:
+                new, other, table = ordered_pairs(pairs, idx + o, t.hops)
+                parts.append((new, other, table))
+        return tables, tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+    def core_strength(self) -> torch.Tensor | float:
+        """Exponent of the excluded volume's acceptance: learned with a model trained for it
+        (``collective.core_samples``), else the prior's ``strength``."""
+        log_s = getattr(self.collective, "core_log_strength", None)
+        if log_s is not None:
+            return log_s.exp()
+        return self.prior.strength if self.prior is not None else 1.0
 
     def _core_radius(self, pred: GaussianStep, box: torch.Tensor | None, temperature: float = 1.0) -> float:
         """Search radius (nm) of the excluded volume's pairs: the prior's core range plus twice a
@@ -466,9 +496,8 @@ class MultiScaleDynamics(nn.Module):
         uniform = torch.special.ndtr(torch.cat([noise() for _ in range(-(-tries // 3))], dim=1))[:, :tries].T
         x0 = batch.pos[:, -1]
         t = pred.tree.tree
-        pairs = core_pairs(topo.nb_lookup, topo.cls, topo.exclude, topo.n_beads, t.hops, t.root_of, x0, batch.box,
-                           batch.batch, self._core_radius(pred, batch.box, temperature))
-        return core_filter(topo.nb, pairs, t.hops, t.levels, x0, batch.box, batch.batch, prior.strength, eps,
+        tables, pairs = self._core_pairs(batch, pred, topo, self._core_radius(pred, batch.box, temperature))
+        return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch, float(self.core_strength()), eps,
                            uniform.contiguous())
 
     @torch.no_grad()

@@ -441,6 +441,9 @@ def _safe_norm(v: torch.Tensor) -> torch.Tensor:
 
 
 RADIAL = ("linear", "log")
+#: what the excluded volume inside the draw checks: close non-bonded pairs, or also every bonded
+#: and 1-3 pair (their fitted potentials of mean force tilt each bead's proposal too)
+CORE_TERMS = ("nonbonded", "all")
 
 
 def _turn(link: torch.Tensor, change: torch.Tensor, radial: str = "linear") -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,6 +533,10 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
     if core is not None and core.tries > 1:
         extra = temperature * _own_noise(core.eps, p)
         base = torch.cat([base, ((mean + extra - coupled_mean) * scale)])
+        if not p.centred:  # roots move by their own step: level 0 of the filter
+            roots = torch.nonzero(t.root)[:, 0]
+            cand = torch.cat([out[None, roots], ((mean + extra) * scale)[:, roots]])
+            out[roots] = core.choose(0, roots, cand, out)
     r = _safe_norm(p.links)
     u = p.links / r
     loose = p.coupling - 1.0  # (A_i - I): the change of the link is base + (A_i - I) parent's step
@@ -544,7 +551,7 @@ def bent_draw(eps: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, p: Tre
             change = change + pull[idx]
         new, _ = _turn_unit(r[idx], ui, change, p.radial)
         cand = par + new - p.links[idx]  # (tries, n, 3)
-        out[idx] = cand[0] if core is None else core.choose(k, idx, cand, out)
+        out[idx] = cand[0] if core is None else core.choose(k + 1, idx, cand, out)
     if p.centred:
         out = recentre(out, (component_mean(mean, t) + temperature * _centre_noise(eps, p)) * scale, t)
     return out
@@ -626,7 +633,9 @@ def conditional_proposals(eps: torch.Tensor, step: torch.Tensor, mean: torch.Ten
         change = change + torch.zeros_like(step).index_add(0, i, p.contact_coupling[:, None] * (step[j] - mean[j] * scale))
     r = _safe_norm(p.links)
     new, _ = _turn_unit(r, p.links / r, change, p.radial)
-    proposals = torch.where(t.root[:, None], step, par + new - p.links)
+    # roots: their own step (centred: held at the mean, nothing to propose)
+    root_step = step.expand_as(new) if p.centred else (mean + own) * scale
+    proposals = torch.where(t.root[:, None], root_step, par + new - p.links)
     return proposals, step
 
 
@@ -679,16 +688,22 @@ class TreeNoise(CentreNoise):
         ``core_samples > 0`` (needs ``bend``): train for the excluded volume inside the draw
         (:mod:`cgsim.model.excluded`). A structural prior is fitted to the training systems when
         training starts (non-bonded cores up to ``core_cutoff`` nm) and stored with the model;
-        the loss is the exact NLL of the filtered draw, the Gaussian one plus each bead's
-        ``log Z_i`` estimated from ``core_samples`` proposals (:func:`conditional_proposals`), so
-        the network need not keep beads apart itself (which, with the filter on top, would
-        count the excluded volume twice and swell the chains).
+        the loss is the exact NLL of the filtered draw, the Gaussian one plus ``s E_i(true)``
+        plus each bead's ``log Z_i`` estimated from ``core_samples`` proposals
+        (:func:`conditional_proposals`), so the network need not keep beads apart itself (which,
+        with the filter on top, would count the excluded volume twice and swell the chains). The
+        acceptance's exponent ``s`` is the prior's ``strength`` (1), or with
+        ``learn_core_strength`` a parameter learned with the rest (``core_log_strength``): the
+        fitted core is a potential of mean force, too soft to undo what a Gaussian step puts
+        into it, and maximum likelihood sets ``s`` so that the true steps' core energy matches
+        the filtered draws'.
     """
 
     def __init__(self, dim: int, mlp_layers: int = 2, min_std: float = 1e-3, contact_cutoff: float = 0.0,
                  bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
                  shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5,
-                 contact_links: float = 0.0, core_samples: int = 0, core_cutoff: float = 2.0) -> None:
+                 contact_links: float = 0.0, core_samples: int = 0, core_cutoff: float = 2.0,
+                 learn_core_strength: bool = False, core_terms: str = "nonbonded") -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -709,6 +724,13 @@ class TreeNoise(CentreNoise):
                              f"{core_cutoff} (bend={bend})")
         self.core_samples = int(core_samples)
         self.core_cutoff = float(core_cutoff)
+        if core_terms not in CORE_TERMS:
+            raise ValueError(f"core_terms must be one of {CORE_TERMS}, got {core_terms!r}")
+        self.core_terms = str(core_terms)
+        #: log of the exponent of the core's acceptance, learned with the rest (maximum likelihood
+        #: of the filtered draw matches the core energy of the true steps to that of the draws)
+        self.core_log_strength = (torch.nn.Parameter(torch.zeros(())) if self.core_samples > 0 and learn_core_strength
+                                  else None)
         if contact_links < 0 or (contact_links > 0 and not bend):
             raise ValueError(f"contact_links must be >= 0 nm and needs bend=true, got {contact_links} (bend={bend})")
         self.contact_links = float(contact_links)
