@@ -101,7 +101,9 @@ def rollout_positions(
     Returns
     -------
     torch.Tensor
-        Positions after each step, shape (n_steps, N, 3), nm, beads in batch order.
+        Positions after each step, shape (n_steps, N, 3), nm, beads in batch order (with the
+        model's structural prior where it carries one, as in training validation of a model
+        trained with it).
     """
     if n_steps <= 0:
         raise ValueError(f"n_steps must be positive, got {n_steps}")
@@ -113,8 +115,14 @@ def rollout_positions(
     chem = model.chemistry(batch)
     out = torch.empty((n_steps, batch.n_beads, 3), dtype=dtype, device=device)
     pos = batch.pos
+    topo = None
+    prior = getattr(model, "prior", None)
+    if prior is not None:  # a model that carries its prior (one trained with it) samples with it
+        classes = [c for s in systems for c in prior.classes_of(s.atom_type, s.atom_to_bead, s.n_beads)]
+        topo = prior.topology(classes, batch.bead_bonds, batch.n_beads, device, dtype)
+    noise = generator_noise((batch.n_beads, 3), generator, device, dtype)
     for k in range(n_steps):
-        nxt = model.step(batch.with_pos(pos), generator=generator, temperature=temperature, chem=chem)
+        nxt = learned_step(model, batch.with_pos(pos), noise, temperature, chem, topo)
         out[k] = nxt
         pos = torch.cat([pos[:, 1:], nxt[:, None]], dim=1)
     return out
