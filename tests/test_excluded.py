@@ -326,3 +326,17 @@ def test_a_model_with_every_term_in_the_filter_trains_and_draws():
     draws = [learned_step(m, batch, generator_noise((20, 3), torch.Generator().manual_seed(s), batch.pos.device,
                                                     batch.pos.dtype), prior_topology=topo) for s in range(2)]
     assert all(torch.isfinite(d).all() for d in draws) and not torch.equal(draws[0], draws[1])
+
+
+def test_core_energy_reads_the_grid_ends_and_non_finite_proposals_in_float32():
+    from cgsim.model.excluded import CoreFilter
+
+    r = np.arange(0.0025, 2.0, 0.005)
+    tab = _stack([PairTable(r0=0.0025, dr=0.005, u=np.clip(1.2 - r, 0, None) * 50, lo=0.5, hi=1.2, k=1.0,
+                            n_samples=1, upper_wall=False)], torch.device("cpu"), torch.float32)
+    f = CoreFilter(x0=torch.zeros(1, 3), box=None, batch=torch.zeros(1, dtype=torch.long), by_level=[None],
+                   tables=tab, strength=1.0, eps=torch.zeros(0, 1, 3), uniform=torch.zeros(1, 1))
+    assert f.grid is not None  # one grid, flat beyond: the fast interpolation
+    pos = torch.tensor([[[1e6, 0, 0], [float("nan"), 0, 0], [0.3, 0, 0], [1.9975, 0, 0]]], dtype=torch.float32)
+    u = f._pair_energy(pos, torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    assert u[0, 0] == 0.0 and u[0, 1] > 50 and u[0, 2] == pytest.approx(45.0, rel=1e-3) and u[0, 3] == 0.0

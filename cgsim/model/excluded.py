@@ -164,11 +164,11 @@ class CoreFilter:
         vec = pos - partner
         if self.box is not None:
             vec = minimum_image(vec, self.box[self.batch[new]])
-        r = vec.norm(dim=-1)
+        r = torch.nan_to_num(vec.norm(dim=-1), nan=0.0)  # a non-finite proposal lands in the wall: rejected
         if self.grid is not None:  # the tables' grid from r = 0, flat beyond it: interpolate directly
             flat, g, r0, inv_dr = self.grid
-            s = ((r - r0) * inv_dr).clamp_(0.0, g - 1.000001)  # below the first point: its value (a wall)
-            j = s.floor()
+            s = ((r - r0) * inv_dr).clamp_(0.0, g - 1.0)  # below the first point: its value (a wall)
+            j = s.floor().clamp_(max=g - 2)  # (g - 1 - 1e-6 rounds to g - 1 in float32)
             w = s - j
             at = table * g + j.long()
             u = flat[at] * (1 - w) + flat[at + 1] * w
