@@ -340,3 +340,32 @@ def test_core_energy_reads_the_grid_ends_and_non_finite_proposals_in_float32():
     pos = torch.tensor([[[1e6, 0, 0], [float("nan"), 0, 0], [0.3, 0, 0], [1.9975, 0, 0]]], dtype=torch.float32)
     u = f._pair_energy(pos, torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))
     assert u[0, 0] == 0.0 and u[0, 1] > 50 and u[0, 2] == pytest.approx(45.0, rel=1e-3) and u[0, 3] == 0.0
+
+
+def test_export_keeps_the_prior_a_model_was_trained_with_and_sets_only_its_schedule(tmp_path):
+    from cgsim.data.load import load_systems
+    from cgsim.errors import CgsimInputError
+    from cgsim.model.card import ModelCard
+    from cgsim.model.checkpoint import load_checkpoint, save_checkpoint
+    from cgsim.train.export import export_model
+    from cgsim.train.prior_fit import fit_prior_to
+    from tests.conftest import CKPT_MODEL, SEQ, make_checkpoint
+
+    collective = {"_target_": "cgsim.model.tree.TreeNoise", "dim": 16, "bend": True, "centred": True,
+                  "core_samples": 4, "learn_core_strength": True}
+    src = make_checkpoint(tmp_path / "core.pt", model={**CKPT_MODEL, "collective": collective},
+                          data={"train_systems": [str(SEQ)]})
+    ckpt = load_checkpoint(src)
+    systems = load_systems([str(SEQ)], "test")
+    prior = fit_prior_to(systems.trajectories, systems.atom_types, {"nb_cutoff": 1.5, "core_tries": 16})
+    ckpt["prior"] = prior.to_dict()  # what cgsim train stores for core_samples > 0
+    save_checkpoint(src, ckpt)
+    with pytest.raises(CgsimInputError, match="--prior strength.*trained with its prior"):
+        export_model(src, tmp_path / "bad.pt", prior={"nb_cutoff": 2.0, "strength": 2.0})
+    export_model(src, tmp_path / "out.pt", prior={"nb_cutoff": 2.0, "steps": 0, "core_tries": 8})
+    out = load_checkpoint(tmp_path / "out.pt")
+    assert out["prior"]["nb_cutoff"] == 1.5 and out["prior"]["tables"] == prior.to_dict()["tables"]
+    assert out["prior"]["steps"] == 0 and out["prior"]["core_tries"] == 8
+    card = ModelCard.from_checkpoint(out, tmp_path / "out.pt")
+    assert card.sampler.parameters["structural_prior"]["core_strength"] == 1.0  # exp(0): untrained
+    assert card.sampler.parameters["gaussian"]["core_samples"] == 4

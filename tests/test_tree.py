@@ -408,7 +408,8 @@ def test_model_card_names_the_tree_noise_and_its_options():
                                            "bend": True, "radial": "log", "contact_cutoff": 0.4,
                                            "centred": False, "drift": True,
                                            "shape_temperature": 1.0, "pair_score": 0.0,
-                                           "contact_links": 0.0}
+                                           "contact_links": 0.0, "core_samples": 0, "learn_core_strength": False,
+                                           "core_terms": "nonbonded"}
     plain = sampler_card({"target": "displacement", "collective": {"_target_": "cgsim.model.collective.CentreNoise"}})
     assert "noise" not in plain.parameters["gaussian"]
 

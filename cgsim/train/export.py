@@ -155,8 +155,8 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
     A model trained with the excluded volume in its draw (``collective.core_samples``) carries
     the prior it was trained with: its tables are kept (a refit could differ from what the
     network learned to work with) and only the sampling schedule of ``options`` is applied."""
-    if ckpt.get("prior") is not None and (ckpt["config"]["model"].get("collective") or {}).get("core_samples", 0):
-        trained = StructuralPrior.from_dict(ckpt["prior"])
+    trained = model_from_checkpoint(ckpt).prior if card.sampler.parameters["gaussian"].get("core_samples") else None
+    if trained is not None:
         schedule = {k: options[k] for k in ("steps", "tau", "anchor", "settle", "core_tries") if k in options}
         refit = sorted(set(options) - set(schedule) - {"nb_cutoff"})
         if refit:
