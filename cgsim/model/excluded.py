@@ -49,8 +49,27 @@ from cgsim.model.prior_tables import StackedTables, _table_value
 #: all) the later bead of each pair that still touches picks again with the other held
 SAME_LEVEL_PASSES = 3
 #: one level's pairs: (new, other, table, slot of new in the level, any partner of the same level,
-#: whether new is the one to move when the pair still touches after a pass)
+#: whether the pair is of one level and new is the one to pick again when it still touches)
 LevelPairs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool, torch.Tensor]
+#: every table on one grid: (values (T * G,), G, first r (nm), 1 / spacing (1/nm))
+DenseGrid = tuple[torch.Tensor, int, float, float]
+
+
+def dense_grid(tables: StackedTables) -> DenseGrid:
+    """Every table read once onto one grid (the finest spacing, from the smallest start to the
+    farthest end), so that a lookup is one interpolation; below and beyond it a table keeps its
+    end values (deep in a wall, or the flat 0 beyond a core). Build it once per set of tables
+    (:meth:`cgsim.model.simulator.MultiScaleDynamics.core_filter` keeps it for a rollout)."""
+    g = tables.u.shape[1]
+    dr = float(tables.dr.min())
+    r_lo = float(tables.r0.min())
+    r_hi = float((tables.r0 + (g - 1) * tables.dr).max())
+    n = int(math.ceil((r_hi - r_lo) / dr)) + 2
+    r = r_lo + dr * torch.arange(n, dtype=tables.u.dtype, device=tables.u.device)
+    n_tab = tables.u.shape[0]
+    idx = torch.arange(n_tab, device=tables.u.device).repeat_interleave(n)
+    dense = _table_value(tables, idx, r.repeat(n_tab)).reshape(n_tab, n)
+    return dense.reshape(-1), n, r_lo, 1.0 / dr
 
 
 @dataclass
@@ -89,16 +108,11 @@ class CoreFilter:
     strength: float
     eps: torch.Tensor
     uniform: torch.Tensor
-    grid: tuple[torch.Tensor, int, float, float] | None = None
+    grid: DenseGrid | None = None
 
     def __post_init__(self) -> None:
-        t = self.tables
-        # core tables on one grid, flat beyond it (as StructuralPrior.fit writes them), are read by
-        # one interpolation (below the grid's first point, at its value: deep in the wall either
-        # way); anything else through the general lookup
-        if bool((t.r0 == t.r0[0]).all()) and bool((t.dr == t.dr[0]).all()) and bool((t.k_hi == 0).all()) \
-                and bool((t.du[:, -1] == 0).all()):
-            self.grid = (t.u.reshape(-1), t.u.shape[1], float(t.r0[0]), 1.0 / float(t.dr[0]))
+        if self.grid is None:
+            self.grid = dense_grid(self.tables)
 
     @property
     def tries(self) -> int:
@@ -127,7 +141,7 @@ class CoreFilter:
         pairs = self.by_level[level]
         if pairs is None:
             return cand[0]
-        new, other, table, a, same, mover = pairs
+        new, other, table, a, same, recheck = pairs
         n = idx.shape[0]
         start = self.x0[new]
         if not same:  # every partner is placed: the first proposal stands where it touches nothing
@@ -136,15 +150,21 @@ class CoreFilter:
                 return cand[0]
         uniform = self.uniform[:, idx]
         arange = torch.arange(n, device=idx.device)
+        rows = torch.ones_like(new, dtype=torch.bool)  # the pairs of the beads that pick in this pass
         free = torch.ones(n, dtype=torch.bool, device=idx.device)
         for k in range(SAME_LEVEL_PASSES if same else 1):
-            if k > 0:  # only the later bead of each pair still touching re-picks, the other stays put
-                touching = self._pair_energy(start + out[idx][a], self.x0[other] + out[other], new, table) > 0
+            if k > 0:  # the later bead of each pair of this level still touching re-picks, the other stays
+                r = torch.nonzero(recheck)[:, 0]
+                touching = self._pair_energy(start[r] + out[new[r]], self.x0[other[r]] + out[other[r]], new[r],
+                                             table[r]) > 0
                 free = torch.zeros(n, dtype=torch.bool, device=idx.device)
-                free[a[touching & mover]] = True
+                free[a[r[touching]]] = True
                 if not bool(free.any()):
                     break
-            energy = self._energy(start + cand[:, a], self.x0[other] + out[other], new, table, a, n, self.tries)
+                rows = free[a]
+            sel = torch.nonzero(rows)[:, 0]
+            energy = self._energy(start[sel] + cand[:, a[sel]], self.x0[other[sel]] + out[other[sel]], new[sel],
+                                  table[sel], a[sel], n, self.tries)
             accept = uniform < torch.exp(-self.strength * energy)
             first = torch.argmax(accept.to(torch.int8), dim=0)  # the first accepted proposal
             pick = torch.where(accept.any(dim=0), first, torch.argmin(energy, dim=0))
@@ -165,16 +185,12 @@ class CoreFilter:
         if self.box is not None:
             vec = minimum_image(vec, self.box[self.batch[new]])
         r = torch.nan_to_num(vec.norm(dim=-1), nan=0.0)  # a non-finite proposal lands in the wall: rejected
-        if self.grid is not None:  # the tables' grid from r = 0, flat beyond it: interpolate directly
-            flat, g, r0, inv_dr = self.grid
-            s = ((r - r0) * inv_dr).clamp_(0.0, g - 1.0)  # below the first point: its value (a wall)
-            j = s.floor().clamp_(max=g - 2)  # (g - 1 - 1e-6 rounds to g - 1 in float32)
-            w = s - j
-            at = table * g + j.long()
-            u = flat[at] * (1 - w) + flat[at + 1] * w
-        else:
-            lead = r.shape[:-1].numel()
-            u = _table_value(self.tables, table.repeat(lead), r.reshape(-1)).reshape(r.shape)
+        flat, g, r0, inv_dr = self.grid
+        s = ((r - r0) * inv_dr).clamp_(0.0, g - 1.0)  # below the first point: its value (a wall)
+        j = s.floor().clamp_(max=g - 2)  # (g - 1 - 1e-6 rounds to g - 1 in float32)
+        w = s - j
+        at = table * g + j.long()
+        u = flat[at] * (1 - w) + flat[at + 1] * w
         return u.clamp_min(0.0)
 
 
@@ -230,7 +246,7 @@ def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor
 
 def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], hops: torch.Tensor,
                 roots: torch.Tensor, levels: tuple[torch.Tensor, ...], x0: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor, strength: float,
-                eps: torch.Tensor, uniform: torch.Tensor) -> CoreFilter:
+                eps: torch.Tensor, uniform: torch.Tensor, grid: DenseGrid | None = None) -> CoreFilter:
     """Build the :class:`CoreFilter` of one draw from its :func:`core_pairs`.
 
     Parameters
@@ -250,6 +266,8 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
         Exponent of the acceptance.
     eps, uniform : torch.Tensor
         Extra innovations (tries - 1, N, 3) and acceptance uniforms (tries, N).
+    grid : DenseGrid, optional
+        :func:`dense_grid` of ``tables`` (made here when not given).
     """
     new, other, table = pairs
     order_levels = (roots, *levels)  # level 0: the roots; level k: tree.levels[k - 1]
@@ -261,9 +279,9 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
     order = torch.argsort(level, stable=True)
     new, other, table, level = new[order], other[order], table[order], level[order]
     same_level = hops[other] == hops[new]
-    # who moves when a pair still touches after a pass: the pair's later-placed bead, and of two
-    # beads of one level the one with the larger index
-    mover = ~same_level | (new > other)
+    # a pair of one level still touching after a pass: its bead with the larger index picks again
+    # (a partner of an earlier level was already where it stays when the bead first picked)
+    recheck = same_level & (new > other)
     same_level = same_level.tolist()
     n = len(order_levels)
     counts = torch.bincount(level, minlength=n).tolist() if level.numel() else [0] * n
@@ -272,10 +290,10 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
     for k, c in enumerate(counts):
         if c:
             sl = slice(start, start + c)
-            by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]), mover[sl])
+            by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]), recheck[sl])
         start += c
     return CoreFilter(x0=x0, box=box, batch=batch, by_level=by_level, tables=tables, strength=strength,
-                      eps=eps, uniform=uniform)
+                      eps=eps, uniform=uniform, grid=grid)
 
 
 def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],

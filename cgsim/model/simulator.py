@@ -35,7 +35,16 @@ from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.composition import CompositionFeatures
 from cgsim.model.graph import EdgeFeatures, bead_edges
 from cgsim.model.mlp import MLP
-from cgsim.model.excluded import CoreFilter, core_filter, core_log_partition, core_pairs, merge_tables, ordered_pairs
+from cgsim.model.excluded import (
+    CoreFilter,
+    DenseGrid,
+    core_filter,
+    core_log_partition,
+    core_pairs,
+    dense_grid,
+    merge_tables,
+    ordered_pairs,
+)
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.prior_tables import StackedTables
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
@@ -228,6 +237,9 @@ class MultiScaleDynamics(nn.Module):
         #: structural prior applied after each draw (:mod:`cgsim.model.prior`); set from the
         #: checkpoint, not trained, so not a submodule
         self.prior: StructuralPrior | None = None
+        #: the excluded volume's tables (merged with the bonded ones for core_terms="all") and
+        #: their dense grid, kept for the prior topology they were made from (one per rollout)
+        self._core_cache: tuple[PriorTopology, StackedTables, list[int], DenseGrid] | None = None
         self.coarse = coarse
         if isinstance(collective, TreeNoise) and (collective.bend or not collective.drift) and target != "displacement":
             what = "bend=true" if collective.bend else "drift=false"
@@ -418,13 +430,25 @@ class MultiScaleDynamics(nn.Module):
         if getattr(self.collective, "core_terms", "nonbonded") != "all" or topo.nb is None:
             return topo.nb, nb
         (bpairs, bidx, btab), (apairs, aidx, atab) = topo.bond, topo.angle
-        tables, off = merge_tables([topo.nb, btab, atab], [False, True, True])
+        tables, off, _ = self._core_tables(topo)
         parts = [(nb[0], nb[1], nb[2] + off[0])]
         for pairs, idx, o in ((bpairs, bidx, off[1]), (apairs, aidx, off[2])):
             if o >= 0 and pairs.shape[1]:
                 new, other, table = ordered_pairs(pairs, idx + o, t.hops)
                 parts.append((new, other, table))
         return tables, tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+    def _core_tables(self, topo: PriorTopology) -> tuple[StackedTables, list[int], DenseGrid]:
+        """The filter's tables for ``topo`` (the core, or core + bonded + 1-3 merged), the offset of
+        each kind in them and their :func:`~cgsim.model.excluded.dense_grid`, made once per topology."""
+        if self._core_cache is not None and self._core_cache[0] is topo:
+            return self._core_cache[1:]
+        if getattr(self.collective, "core_terms", "nonbonded") == "all":
+            tables, off = merge_tables([topo.nb, topo.bond[2], topo.angle[2]], [False, True, True])
+        else:
+            tables, off = topo.nb, [0, -1, -1]
+        self._core_cache = (topo, tables, off, dense_grid(tables))
+        return self._core_cache[1:]
 
     def core_strength(self) -> torch.Tensor | float:
         """Exponent of the excluded volume's acceptance: learned with a model trained for it
@@ -497,8 +521,9 @@ class MultiScaleDynamics(nn.Module):
         x0 = batch.pos[:, -1]
         t = pred.tree.tree
         tables, pairs = self._core_pairs(batch, pred, topo, self._core_radius(pred, batch.box, temperature))
+        grid = self._core_tables(topo)[2]
         return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch, float(self.core_strength()), eps,
-                           uniform.contiguous())
+                           uniform.contiguous(), grid)
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,
