@@ -369,3 +369,47 @@ def test_export_keeps_the_prior_a_model_was_trained_with_and_sets_only_its_sched
     card = ModelCard.from_checkpoint(out, tmp_path / "out.pt")
     assert card.sampler.parameters["structural_prior"]["core_strength"] == 1.0  # exp(0): untrained
     assert card.sampler.parameters["gaussian"]["core_samples"] == 4
+
+
+def test_a_learned_pair_correction_is_the_same_energy_in_training_and_in_the_draws_grid():
+    from cgsim.model import collate
+    from cgsim.model.excluded import PairCorrection
+    from cgsim.model.prior import bead_classes
+    from cgsim.model.tree import TreeNoise
+    from cgsim.train.prior_fit import fit_prior_to
+    from tests.conftest import BOX, chain_system, tiny_model
+
+    corr = PairCorrection(5, 2.0, kinds=2)
+    with torch.no_grad():
+        corr.theta.copy_(torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0, 0.0]]))
+    sp = torch.nn.functional.softplus
+    r = torch.tensor([[0.25, 1.0, 5.0]])
+    got = corr(r, torch.tensor([0, 1, 0]))  # 0.25 nm: halfway between points 0 and 1; 5 nm: flat beyond
+    torch.testing.assert_close(got, torch.stack([(sp(torch.tensor(0.0)) + sp(torch.tensor(1.0))) / 2,
+                                                 sp(torch.tensor(2.0)), sp(torch.tensor(4.0))])[None])
+    with pytest.raises(ValueError, match="core_learned_bins needs core_samples"):
+        TreeNoise(16, bend=True, core_learned_bins=5)
+    m = tiny_model(collective=TreeNoise(16, min_std=1e-3, bend=True, centred=True, core_samples=4,
+                                        learn_core_strength=True, core_terms="all", core_learned_bins=9,
+                                        core_learned_range=2.0).double(), target="displacement")
+    with torch.no_grad():
+        m.collective.core_correction.theta.normal_(generator=torch.Generator().manual_seed(0))
+        m.collective.core_log_strength.fill_(0.3)
+    sys_, pos = chain_system(20, BOX, 5)
+
+    class _Traj:
+        name, graph, positions = "chain", sys_, pos.permute(1, 0, 2).numpy()
+
+    m.prior = fit_prior_to([_Traj()], ["A", "B", "C"], {"nb_cutoff": 1.0, "min_samples": 10, "core_tries": 8})
+    batch = collate([sys_], [pos])
+    classes = bead_classes(sys_.atom_type, sys_.atom_to_bead, sys_.n_beads, ["A", "B", "C"])
+    topo = m.prior.topology(classes, batch.bead_bonds, batch.n_beads, batch.pos.device, batch.pos.dtype)
+    tables, off, (flat, n, r_lo, inv_dr) = m._core_tables(topo)
+    s = float(m.core_strength().detach())
+    for t in range(tables.u.shape[0]):
+        kind = torch.tensor([0 if t < off[1] else 1 if off[2] < 0 or t < off[2] else 2])
+        x = torch.tensor([0.62, 1.37], dtype=torch.float64)
+        at = ((x - r_lo) * inv_dr).round().long()  # grid points: no interpolation error
+        x = r_lo + at / inv_dr
+        want = s * _table_value(tables, torch.full((2,), t), x) + m.collective.core_correction(x[None], kind)[0]
+        torch.testing.assert_close(s * flat.reshape(-1, n)[t, at], want.detach(), rtol=1e-6, atol=1e-6)

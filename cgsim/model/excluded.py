@@ -296,9 +296,48 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
                       eps=eps, uniform=uniform, grid=grid)
 
 
+class PairCorrection(torch.nn.Module):
+    """A learned pair energy ``u(r) >= 0`` (kT) per kind of pair (non-bonded, bonded, 1-3), added
+    to the fitted tables in the draw's filter and trained with the filtered likelihood.
+
+    The fitted tables only repel (their non-bonded part is a potential of mean force of the
+    data, which for intra-chain pairs falls to 0 at its cutoff without a well); a learned term
+    can also make a range of distances cheaper than the rest, and maximum likelihood sets it so
+    that the true steps' pair energies match the filtered draws'.
+
+    Parameters
+    ----------
+    bins : int
+        Points of the piecewise-linear ``u`` over ``[0, r_max]`` (flat beyond).
+    r_max : float
+        nm.
+    kinds : int
+        Pair kinds (3: non-bonded, bonded, 1-3).
+    """
+
+    def __init__(self, bins: int, r_max: float, kinds: int = 3) -> None:
+        super().__init__()
+        if bins < 2 or r_max <= 0:
+            raise ValueError(f"a pair correction needs >= 2 bins and r_max > 0 nm, got {bins}, {r_max}")
+        self.r_max = float(r_max)
+        self.theta = torch.nn.Parameter(torch.full((kinds, bins), -2.0))  # softplus(-2) = 0.13 kT per pair
+
+    def forward(self, r: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """``u`` (kT) at distances ``r`` (..., P) nm of pairs of kinds ``kind`` (P,)."""
+        bins = self.theta.shape[1]
+        values = torch.nn.functional.softplus(self.theta)
+        s = (r * ((bins - 1) / self.r_max)).clamp(0.0, bins - 1.0)
+        j = s.floor().clamp(max=bins - 2)
+        w = s - j
+        j = j.long()
+        kind = kind.expand_as(j)
+        return values[kind, j] * (1 - w) + values[kind, j + 1] * w
+
+
 def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                        tables: StackedTables, strength: float, box: torch.Tensor | None,
-                       batch: torch.Tensor, tries: int | None = None) -> torch.Tensor:
+                       batch: torch.Tensor, tries: int | None = None,
+                       correction: tuple[PairCorrection, torch.Tensor] | None = None) -> torch.Tensor:
     """Monte-Carlo ``sum_i log Z_i`` of the filtered draw's per-bead normalisers (training).
 
     With the core in the draw, bead ``i``'s density given the beads placed before it is
@@ -321,6 +360,8 @@ def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tup
         Exponent of the acceptance.
     box, batch : torch.Tensor or None, torch.Tensor
         Box (B, 3) nm and system of each bead (N,).
+    correction : (PairCorrection, torch.Tensor), optional
+        A learned pair energy and the kind of each pair (P,), added to ``strength`` x the tables'.
     tries : int, optional
         The sampler's proposals per bead ``R``: it stops at the first accepted one, so the
         density of what it returns is ``q_i exp(-s E_i) (1 - (1 - Z_i)^R) / Z_i`` (the rare
@@ -342,10 +383,12 @@ def core_log_partition(proposals: torch.Tensor, placed: torch.Tensor, pairs: tup
     if box is not None:
         vec = minimum_image(vec, box[batch[new]])
     r = vec.norm(dim=-1)
-    u = _table_value(tables, table.repeat(k), r.reshape(-1)).reshape(k, -1).clamp_min(0.0)
+    u = strength * _table_value(tables, table.repeat(k), r.reshape(-1)).reshape(k, -1).clamp_min(0.0)
+    if correction is not None:
+        u = u + correction[0](r, correction[1])
     beads, local = torch.unique(new, return_inverse=True)
     energy = proposals.new_zeros(k, beads.numel()).index_add(1, local, u)
-    log_z = torch.logsumexp(-strength * energy, dim=0) - math.log(k)
+    log_z = torch.logsumexp(-energy, dim=0) - math.log(k)
     if tries is None:
         return log_z.sum()
     # log(1 - (1 - Z)^R): log(R) + log(Z) for tiny Z (both branches finite, so is the gradient)

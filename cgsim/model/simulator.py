@@ -38,6 +38,7 @@ from cgsim.model.mlp import MLP
 from cgsim.model.excluded import (
     CoreFilter,
     DenseGrid,
+    PairCorrection,
     core_filter,
     core_log_partition,
     core_pairs,
@@ -412,10 +413,12 @@ class MultiScaleDynamics(nn.Module):
                           device=pred.mean.device, dtype=pred.mean.dtype)
         proposals, placed = conditional_proposals(eps, next_pos - x0, pred.mean, pred.scale, pred.tree)
         strength = self.core_strength()
+        correction = self._core_correction(topo, pairs[2])
         logz = core_log_partition(x0 + proposals, x0 + placed, pairs, tables, strength, batch.box, batch.batch,
-                                  max(self.prior.core_tries, 1))
+                                  max(self.prior.core_tries, 1), correction)
         # + s E(true): log(exp(-s E)) of the true step as the one proposal
-        energy = -core_log_partition((x0 + placed)[None], x0 + placed, pairs, tables, strength, batch.box, batch.batch)
+        energy = -core_log_partition((x0 + placed)[None], x0 + placed, pairs, tables, strength, batch.box, batch.batch,
+                                     correction=correction)
         return (logz + energy) / next_pos.numel()
 
     def _core_pairs(self, batch: BeadBatch, pred: GaussianStep, topo: PriorTopology, radius: float
@@ -438,7 +441,21 @@ class MultiScaleDynamics(nn.Module):
                 parts.append((new, other, table))
         return tables, tuple(torch.cat([p[k] for p in parts]) for k in range(3))
 
-    def _core_tables(self, topo: PriorTopology) -> tuple[StackedTables, list[int], DenseGrid]:
+    def _core_correction(self, topo: PriorTopology, table: torch.Tensor) -> tuple[PairCorrection, torch.Tensor] | None:
+        """The learned pair correction and the kind (0 non-bonded, 1 bonded, 2 1-3) of each pair's
+        ``table`` index (P,), or None without one."""
+        corr = getattr(self.collective, "core_correction", None)
+        if corr is None:
+            return None
+        _, off, _ = self._core_tables(topo, with_correction=False)
+        kind = torch.zeros_like(table)
+        for k, o in ((1, off[1]), (2, off[2])):
+            if o >= 0:
+                kind = torch.where(table >= o, torch.full_like(table, k), kind)
+        return corr, kind
+
+    def _core_tables(self, topo: PriorTopology, with_correction: bool = True
+                     ) -> tuple[StackedTables, list[int], DenseGrid]:
         """The filter's tables for ``topo`` (the core, or core + bonded + 1-3 merged), the offset of
         each kind in them and their :func:`~cgsim.model.excluded.dense_grid`, made once per topology."""
         if self._core_cache is not None and self._core_cache[0] is topo:
@@ -447,7 +464,22 @@ class MultiScaleDynamics(nn.Module):
             tables, off = merge_tables([topo.nb, topo.bond[2], topo.angle[2]], [False, True, True])
         else:
             tables, off = topo.nb, [0, -1, -1]
-        self._core_cache = (topo, tables, off, dense_grid(tables))
+        if not with_correction:  # the offsets only (training reads the correction itself)
+            return tables, off, None
+        grid = dense_grid(tables)
+        corr = getattr(self.collective, "core_correction", None)
+        if corr is not None:  # the learned term folded into the grid: acceptance exp(-s (u + u_learned / s))
+            flat, n, r_lo, inv_dr = grid
+            n_tab = tables.u.shape[0]
+            kind = torch.zeros(n_tab, dtype=torch.long, device=flat.device)
+            for k, o in ((1, off[1]), (2, off[2])):
+                if o >= 0:
+                    kind[o:] = k
+            r = r_lo + torch.arange(n, dtype=flat.dtype, device=flat.device) / inv_dr
+            with torch.no_grad():
+                extra = corr(r[None].expand(n_tab, n), kind[:, None]) / float(torch.as_tensor(self.core_strength()).detach())
+            grid = ((flat.reshape(n_tab, n) + extra.to(flat.dtype)).reshape(-1), n, r_lo, inv_dr)
+        self._core_cache = (topo, tables, off, grid)
         return self._core_cache[1:]
 
     def core_strength(self) -> torch.Tensor | float:
@@ -522,7 +554,7 @@ class MultiScaleDynamics(nn.Module):
         t = pred.tree.tree
         tables, pairs = self._core_pairs(batch, pred, topo, self._core_radius(pred, batch.box, temperature))
         grid = self._core_tables(topo)[2]
-        return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch, float(self.core_strength()), eps,
+        return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch, float(torch.as_tensor(self.core_strength()).detach()), eps,
                            uniform.contiguous(), grid)
 
     @torch.no_grad()

@@ -61,7 +61,7 @@ from torch_geometric.utils import scatter
 from cgsim.geometry.pbc import minimum_image
 from cgsim.model.batch import BeadBatch
 from cgsim.model.collective import CentreNoise
-from cgsim.model.excluded import CoreFilter
+from cgsim.model.excluded import CoreFilter, PairCorrection
 from cgsim.model.graph import RADIUS_EDGE, TopologyMemo, molecule_index
 from cgsim.model.mlp import MLP
 
@@ -703,7 +703,8 @@ class TreeNoise(CentreNoise):
                  bend: bool = False, radial: str = "linear", centred: bool = False, drift: bool = True,
                  shape_temperature: float = 1.0, pair_score: float = 0.0, pair_cutoff: float = 2.5,
                  contact_links: float = 0.0, core_samples: int = 0, core_cutoff: float = 2.0,
-                 learn_core_strength: bool = False, core_terms: str = "nonbonded") -> None:
+                 learn_core_strength: bool = False, core_terms: str = "nonbonded", core_learned_bins: int = 0,
+                 core_learned_range: float = 3.0) -> None:
         super().__init__(dim, mlp_layers=mlp_layers, min_std=min_std, loss_weight=0.0)
         if radial not in RADIAL:
             raise ValueError(f"radial must be one of {RADIAL}, got {radial!r}")
@@ -727,6 +728,10 @@ class TreeNoise(CentreNoise):
         if core_terms not in CORE_TERMS:
             raise ValueError(f"core_terms must be one of {CORE_TERMS}, got {core_terms!r}")
         self.core_terms = str(core_terms)
+        if core_learned_bins and not core_samples:
+            raise ValueError("core_learned_bins needs core_samples > 0 (it is learned with the filtered likelihood)")
+        #: learned pair energies added to the fitted tables in the filter (kinds: non-bonded, bonded, 1-3)
+        self.core_correction = PairCorrection(core_learned_bins, core_learned_range) if core_learned_bins else None
         #: log of the exponent of the core's acceptance, learned with the rest (maximum likelihood
         #: of the filtered draw matches the core energy of the true steps to that of the draws)
         self.core_log_strength = (torch.nn.Parameter(torch.zeros(())) if self.core_samples > 0 and learn_core_strength
