@@ -170,7 +170,7 @@ def test_log_partition_is_the_log_mean_acceptance_of_each_beads_proposals():
         acc = []
         for s in range(kk):
             e = sum(3.0 * max(0.0, 1 - float((proposals[s, i] - placed[j]).norm()) / R_CORE) ** 2
-                    for i, j in zip(new.tolist(), other.tolist()) if i == bead)
+                    for i, j in zip(new.tolist(), other.tolist(), strict=True) if i == bead)
             acc.append(np.exp(-2.0 * e))
         want += np.log(np.mean(acc))
     assert float(got) == pytest.approx(want, rel=1e-3)  # the table interpolates u linearly on a 0.01 nm grid

@@ -408,7 +408,7 @@ def merge_tables(parts: list[StackedTables | None], floor: list[bool]) -> tuple[
     g = max(p.u.shape[1] for p in present)
     offsets, rows = [], []
     n = 0
-    for p, shift in zip(parts, floor):
+    for p, shift in zip(parts, floor, strict=True):
         if p is None:
             offsets.append(-1)
             continue

@@ -33,8 +33,6 @@ from cgsim.model.blocks import BondMessageBlock, InteractionBlock
 from cgsim.model.coarse import CoarseLevel
 from cgsim.model.collective import CentreNoise, collective_noise
 from cgsim.model.composition import CompositionFeatures
-from cgsim.model.graph import EdgeFeatures, bead_edges
-from cgsim.model.mlp import MLP
 from cgsim.model.excluded import (
     CoreFilter,
     DenseGrid,
@@ -46,6 +44,8 @@ from cgsim.model.excluded import (
     merge_tables,
     ordered_pairs,
 )
+from cgsim.model.graph import EdgeFeatures, bead_edges
+from cgsim.model.mlp import MLP
 from cgsim.model.prior import PriorTopology, StructuralPrior
 from cgsim.model.prior_tables import StackedTables
 from cgsim.model.refinement import NoiseFn, ScoreRefiner
@@ -432,7 +432,7 @@ class MultiScaleDynamics(nn.Module):
                         batch.box, batch.batch, radius, not pred.tree.centred)
         if getattr(self.collective, "core_terms", "nonbonded") != "all" or topo.nb is None:
             return topo.nb, nb
-        (bpairs, bidx, btab), (apairs, aidx, atab) = topo.bond, topo.angle
+        (bpairs, bidx, _), (apairs, aidx, _) = topo.bond, topo.angle
         tables, off, _ = self._core_tables(topo)
         parts = [(nb[0], nb[1], nb[2] + off[0])]
         for pairs, idx, o in ((bpairs, bidx, off[1]), (apairs, aidx, off[2])):
@@ -554,8 +554,9 @@ class MultiScaleDynamics(nn.Module):
         t = pred.tree.tree
         tables, pairs = self._core_pairs(batch, pred, topo, self._core_radius(pred, batch.box, temperature))
         grid = self._core_tables(topo)[2]
-        return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch, float(torch.as_tensor(self.core_strength()).detach()), eps,
-                           uniform.contiguous(), grid)
+        strength = float(torch.as_tensor(self.core_strength()).detach())
+        return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch,
+                           strength, eps, uniform.contiguous(), grid)
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,
