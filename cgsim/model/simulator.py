@@ -168,6 +168,16 @@ class ChemistryEmbedding(nn.Module):
         return scatter(h, atom_to_bead, dim=0, dim_size=n_beads, reduce="mean")
 
 
+def _table_kinds(table: torch.Tensor, off: list[int]) -> torch.Tensor:
+    """Kind (0 non-bonded, 1 bonded, 2 1-3) of each table index (any shape) of the filter's merged
+    tables, whose kinds start at offsets ``off`` (-1: absent)."""
+    kind = torch.zeros_like(table)
+    for k, o in ((1, off[1]), (2, off[2])):
+        if o >= 0:
+            kind = torch.where(table >= o, torch.full_like(table, k), kind)
+    return kind
+
+
 class MultiScaleDynamics(nn.Module):
     """Fine chemistry embedding + bead-level encode-process-decode -> Gaussian next step.
 
@@ -433,7 +443,7 @@ class MultiScaleDynamics(nn.Module):
         if getattr(self.collective, "core_terms", "nonbonded") != "all" or topo.nb is None:
             return topo.nb, nb
         (bpairs, bidx, _), (apairs, aidx, _) = topo.bond, topo.angle
-        tables, off, _ = self._core_tables(topo)
+        tables, off, _ = self._core_tables(topo, with_grid=False)
         parts = [(nb[0], nb[1], nb[2] + off[0])]
         for pairs, idx, o in ((bpairs, bidx, off[1]), (apairs, aidx, off[2])):
             if o >= 0 and pairs.shape[1]:
@@ -447,15 +457,11 @@ class MultiScaleDynamics(nn.Module):
         corr = getattr(self.collective, "core_correction", None)
         if corr is None:
             return None
-        _, off, _ = self._core_tables(topo, with_correction=False)
-        kind = torch.zeros_like(table)
-        for k, o in ((1, off[1]), (2, off[2])):
-            if o >= 0:
-                kind = torch.where(table >= o, torch.full_like(table, k), kind)
-        return corr, kind
+        _, off, _ = self._core_tables(topo, with_grid=False)
+        return corr, _table_kinds(table, off)
 
-    def _core_tables(self, topo: PriorTopology, with_correction: bool = True
-                     ) -> tuple[StackedTables, list[int], DenseGrid]:
+    def _core_tables(self, topo: PriorTopology, with_grid: bool = True
+                     ) -> tuple[StackedTables, list[int], DenseGrid | None]:
         """The filter's tables for ``topo`` (the core, or core + bonded + 1-3 merged), the offset of
         each kind in them and their :func:`~cgsim.model.excluded.dense_grid`, made once per topology."""
         if self._core_cache is not None and self._core_cache[0] is topo:
@@ -464,17 +470,14 @@ class MultiScaleDynamics(nn.Module):
             tables, off = merge_tables([topo.nb, topo.bond[2], topo.angle[2]], [False, True, True])
         else:
             tables, off = topo.nb, [0, -1, -1]
-        if not with_correction:  # the offsets only (training reads the correction itself)
+        if not with_grid:  # tables and offsets only (training reads them directly, not the grid)
             return tables, off, None
         grid = dense_grid(tables)
         corr = getattr(self.collective, "core_correction", None)
         if corr is not None:  # the learned term folded into the grid: acceptance exp(-s (u + u_learned / s))
             flat, n, r_lo, inv_dr = grid
             n_tab = tables.u.shape[0]
-            kind = torch.zeros(n_tab, dtype=torch.long, device=flat.device)
-            for k, o in ((1, off[1]), (2, off[2])):
-                if o >= 0:
-                    kind[o:] = k
+            kind = _table_kinds(torch.arange(n_tab, device=flat.device), off)
             r = r_lo + torch.arange(n, dtype=flat.dtype, device=flat.device) / inv_dr
             with torch.no_grad():
                 extra = corr(r[None].expand(n_tab, n), kind[:, None]) / float(torch.as_tensor(self.core_strength()).detach())
