@@ -413,3 +413,57 @@ def test_a_learned_pair_correction_is_the_same_energy_in_training_and_in_the_dra
         x = r_lo + at / inv_dr
         want = s * _table_value(tables, torch.full((2,), t), x) + m.collective.core_correction(x[None], kind)[0]
         torch.testing.assert_close(s * flat.reshape(-1, n)[t, at], want.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_weighted_pick_samples_the_tilt_of_a_table_that_also_attracts():
+    """``select="weighted"`` picks one of the proposals with probability ``exp(-u)``: with a
+    signed table (a core and a well at 1.2 nm) the placed bead follows ``q(x) exp(-u(r)) / Z``
+    (plain draws reweighted), where the rejection filter clips the well away (energies >= 0)."""
+    k, n = 6_000, 4
+    tree, p, x0, batch, bonds = _chains(k, n)
+    g = torch.Generator().manual_seed(5)
+    mean = torch.zeros(k * n, 3, dtype=torch.float64)
+    scale = torch.tensor(1.0, dtype=torch.float64)
+    shared = torch.randn(1, n, 3, generator=g, dtype=torch.float64).repeat(k, 1, 1)
+    r = np.arange(0.0, 3.0, 0.01)
+    u = 3.0 * np.clip(1 - r / 0.6, 0, None) ** 2 - 2.0 * np.exp(-(((r - 1.2) / 0.3) ** 2))
+    tables = _stack([PairTable(r0=0.0, dr=0.01, u=u, lo=0.0, hi=2.9, k=1.0, n_samples=1, upper_wall=False)],
+                    torch.device("cpu"), torch.float64)
+
+    def draw(select=None, tries=96):
+        eps = shared.clone()
+        eps[:, 0] = torch.randn(k, 3, generator=g, dtype=torch.float64)  # only bead 0 varies
+        core = None
+        if select is not None:
+            pairs = core_pairs(torch.zeros(1, 1, dtype=torch.long), torch.zeros(k * n, dtype=torch.long),
+                               _exclude(bonds, k * n), k * n, tree.hops, tree.root_of, x0, None, batch, 10.0)
+            core = core_filter(tables, pairs, tree.hops, torch.nonzero(tree.root)[:, 0], tree.levels, x0, None,
+                               batch, 1.0, torch.randn(tries - 1, k * n, 3, generator=g, dtype=torch.float64),
+                               torch.rand(tries, k * n, generator=g, dtype=torch.float64), select=select)
+        out = (x0 + bent_draw(eps.reshape(-1, 3), mean, scale, p, core=core)).reshape(k, n, 3)
+        return (out[:, 3] - out[:, 0]).norm(dim=-1)
+
+    r_plain = draw()
+    w = torch.exp(-_table_value(tables, torch.zeros(k, dtype=torch.long), r_plain))
+    want = float((w * r_plain).sum() / w.sum())
+    se = float(r_plain.std()) / k**0.5
+    in_well = float((w * ((r_plain - 1.2).abs() < 0.3)).sum() / w.sum())
+    assert in_well > float(((r_plain - 1.2).abs() < 0.3).double().mean()) + 0.05  # the well pulls measurably
+    r_w = draw("weighted")
+    assert float(r_w.mean()) == pytest.approx(want, abs=5 * se)
+    assert float(((r_w - 1.2).abs() < 0.3).double().mean()) == pytest.approx(in_well, abs=0.03)
+    # the rejection filter only sees the clipped (repulsive) part: it cannot make the well's pairs
+    r_first = draw("first")
+    assert float(((r_first - 1.2).abs() < 0.3).double().mean()) < in_well - 0.04
+
+
+def test_the_prior_keeps_its_pick_rule_and_refuses_an_unknown_one():
+    from cgsim.model.prior import StructuralPrior
+
+    tab = PairTable(r0=0.0, dr=0.01, u=np.zeros(10), lo=0.0, hi=0.09, k=1.0, n_samples=1, upper_wall=False)
+    prior = StructuralPrior(tables={"nb": {"*": tab}}, nb_cutoff=0.1, core_tries=8)
+    assert prior.core_select == "first"
+    weighted = prior.with_schedule(core_select="weighted")
+    assert StructuralPrior.from_dict(weighted.to_dict()).core_select == "weighted"
+    with pytest.raises(ValueError, match="core_select must be one of"):
+        prior.with_schedule(core_select="best")

@@ -48,7 +48,7 @@ RECOMMENDABLE = ("temperature", "guard.enabled", "guard.max_bond_factor", "guard
                  "guard.by_type_pair", "guard.scan_frames", "guard.redraws", "exclusion.enabled", "exclusion.factor",
                  "exclusion.iterations")
 #: structural-prior settings a sampler card reports
-PRIOR_KEYS = ("steps", "tau", "strength", "anchor", "settle", "nb_cutoff", "core_tries")
+PRIOR_KEYS = ("steps", "tau", "strength", "anchor", "settle", "nb_cutoff", "core_tries", "core_select")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,13 @@ class CoreFilter:
         Standard-normal innovations of the extra proposals, shape (tries - 1, N, 3).
     uniform : torch.Tensor
         Uniform(0, 1) numbers of the acceptance tests, shape (tries, N).
+    grid : DenseGrid, optional
+        :func:`dense_grid` of ``tables`` (made here when not given).
+    select : {"first", "weighted"}
+        ``"first"``: the first proposal accepted with probability ``exp(-strength E)`` (energies
+        clipped at 0: a repulsive filter). ``"weighted"``: one proposal picked with probability
+        proportional to ``exp(-strength E)`` (sampling importance resampling by the Gumbel-max
+        trick on the same uniforms), with signed energies, so a table may also attract.
     """
 
     x0: torch.Tensor
@@ -109,6 +116,7 @@ class CoreFilter:
     eps: torch.Tensor
     uniform: torch.Tensor
     grid: DenseGrid | None = None
+    select: str = "first"
 
     def __post_init__(self) -> None:
         if self.grid is None:
@@ -144,7 +152,8 @@ class CoreFilter:
         new, other, table, a, same, recheck = pairs
         n = idx.shape[0]
         start = self.x0[new]
-        if not same:  # every partner is placed: the first proposal stands where it touches nothing
+        weighted = self.select == "weighted"
+        if not same and not weighted:  # every partner is placed: the first proposal stands where it touches nothing
             energy0 = self._energy(start + cand[:1, a], self.x0[other] + out[other], new, table, a, n, 1)
             if not bool((energy0 > 0).any()):
                 return cand[0]
@@ -165,9 +174,13 @@ class CoreFilter:
             sel = torch.nonzero(rows)[:, 0]
             energy = self._energy(start[sel] + cand[:, a[sel]], self.x0[other[sel]] + out[other[sel]], new[sel],
                                   table[sel], a[sel], n, self.tries)
-            accept = uniform < torch.exp(-self.strength * energy)
-            first = torch.argmax(accept.to(torch.int8), dim=0)  # the first accepted proposal
-            pick = torch.where(accept.any(dim=0), first, torch.argmin(energy, dim=0))
+            if weighted:  # Gumbel-max: P(pick j) = exp(-s E_j) / sum_k exp(-s E_k)
+                gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-7)))
+                pick = torch.argmax(gumbel - self.strength * energy, dim=0)
+            else:
+                accept = uniform < torch.exp(-self.strength * energy)
+                first = torch.argmax(accept.to(torch.int8), dim=0)  # the first accepted proposal
+                pick = torch.where(accept.any(dim=0), first, torch.argmin(energy, dim=0))
             out[idx] = torch.where(free[:, None], cand[pick, arange], out[idx])
         return out[idx]
 
@@ -191,7 +204,7 @@ class CoreFilter:
         w = s - j
         at = table * g + j.long()
         u = flat[at] * (1 - w) + flat[at + 1] * w
-        return u.clamp_min(0.0)
+        return u if self.select == "weighted" else u.clamp_min(0.0)
 
 
 def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor, n_beads: int,
@@ -246,7 +259,8 @@ def core_pairs(nb_lookup: torch.Tensor, cls: torch.Tensor, exclude: torch.Tensor
 
 def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], hops: torch.Tensor,
                 roots: torch.Tensor, levels: tuple[torch.Tensor, ...], x0: torch.Tensor, box: torch.Tensor | None, batch: torch.Tensor, strength: float,
-                eps: torch.Tensor, uniform: torch.Tensor, grid: DenseGrid | None = None) -> CoreFilter:
+                eps: torch.Tensor, uniform: torch.Tensor, grid: DenseGrid | None = None,
+                select: str = "first") -> CoreFilter:
     """Build the :class:`CoreFilter` of one draw from its :func:`core_pairs`.
 
     Parameters
@@ -268,6 +282,8 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
         Extra innovations (tries - 1, N, 3) and acceptance uniforms (tries, N).
     grid : DenseGrid, optional
         :func:`dense_grid` of ``tables`` (made here when not given).
+    select : {"first", "weighted"}
+        How a bead picks among its proposals (:class:`CoreFilter`).
     """
     new, other, table = pairs
     order_levels = (roots, *levels)  # level 0: the roots; level k: tree.levels[k - 1]
@@ -293,7 +309,7 @@ def core_filter(tables: StackedTables, pairs: tuple[torch.Tensor, torch.Tensor, 
             by_level[k] = (new[sl], other[sl], table[sl], slot[new[sl]], any(same_level[sl]), recheck[sl])
         start += c
     return CoreFilter(x0=x0, box=box, batch=batch, by_level=by_level, tables=tables, strength=strength,
-                      eps=eps, uniform=uniform, grid=grid)
+                      eps=eps, uniform=uniform, grid=grid, select=select)
 
 
 class PairCorrection(torch.nn.Module):

@@ -65,6 +65,8 @@ from cgsim.model.prior_tables import (  # noqa: F401 - re-exported: the prior's 
 #: table kinds, in the order of :attr:`StructuralPrior.tables`
 KINDS = ("bond", "angle", "nb")
 ANCHORS = ("mean", "draw")
+#: how the excluded-volume filter picks among a bead's proposals (:class:`cgsim.model.excluded.CoreFilter`)
+CORE_SELECTS = ("first", "weighted")
 POOLED = "*"
 PRIOR_FORMAT = "cgsim-structural-prior"
 PRIOR_VERSION = 1
@@ -105,6 +107,12 @@ class StructuralPrior:
         proposes up to this many innovations and keeps the first that the core tables accept
         (probability ``exp(-strength u_nb)`` over its pairs with the beads placed before it);
         0 or 1 = off. Applied before the Langevin updates (``steps`` may then be 0).
+    core_select : {"first", "weighted"}
+        ``"first"``: rejection sampling (the first proposal accepted with ``exp(-strength u)``;
+        the tables must be >= 0, as fitted cores are). ``"weighted"``: one of the ``core_tries``
+        proposals picked with probability proportional to ``exp(-strength u)`` (sampling
+        importance resampling), so the tables may also be negative and attract (what
+        :func:`cgsim.train.core_calibration.calibrate_core` fits on the model's rollouts).
     """
 
     tables: dict[str, dict[str, PairTable]]
@@ -117,13 +125,15 @@ class StructuralPrior:
     anchor: str = "mean"
     settle: int = 0
     core_tries: int = 0
+    core_select: str = "first"
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, stored in checkpoints under ``"prior"``."""
         return {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, "nb_cutoff": self.nb_cutoff, "steps": self.steps,
                 "tau": self.tau, "strength": self.strength, "fitted_on": list(self.fitted_on),
-                "atom_types": list(self.atom_types), "anchor": self.anchor, "settle": self.settle, "core_tries": self.core_tries, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
+                "atom_types": list(self.atom_types), "anchor": self.anchor, "settle": self.settle, "core_tries": self.core_tries,
+                "core_select": self.core_select, "tables": {k: {key: t.to_dict() for key, t in v.items()} for k, v in self.tables.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StructuralPrior:
@@ -134,11 +144,13 @@ class StructuralPrior:
         return cls(tables=tables, nb_cutoff=float(d["nb_cutoff"]), steps=int(d["steps"]), tau=float(d["tau"]),
                    strength=float(d["strength"]), fitted_on=list(d.get("fitted_on", [])),
                    atom_types=list(d.get("atom_types", [])), anchor=str(d.get("anchor", "mean")),
-                   settle=int(d.get("settle", 0)), core_tries=int(d.get("core_tries", 0)))
+                   settle=int(d.get("settle", 0)), core_tries=int(d.get("core_tries", 0)),
+                   core_select=str(d.get("core_select", "first")))
 
     def with_schedule(self, steps: int | None = None, tau: float | None = None,
                       strength: float | None = None, anchor: str | None = None,
-                      settle: int | None = None, core_tries: int | None = None) -> StructuralPrior:
+                      settle: int | None = None, core_tries: int | None = None,
+                      core_select: str | None = None) -> StructuralPrior:
         """A copy with other sampling settings (``None`` keeps the value)."""
         if steps is not None and int(steps) < 0:
             raise ValueError(f"prior steps must be >= 0, got {steps}")
@@ -152,6 +164,8 @@ class StructuralPrior:
             raise ValueError(f"prior core_tries must be >= 0, got {core_tries}")
         if anchor is not None and anchor not in ANCHORS:
             raise ValueError(f"prior anchor must be one of {ANCHORS}, got {anchor!r}")
+        if core_select is not None and core_select not in CORE_SELECTS:
+            raise ValueError(f"prior core_select must be one of {CORE_SELECTS}, got {core_select!r}")
         return StructuralPrior(tables=self.tables, nb_cutoff=self.nb_cutoff,
                                steps=self.steps if steps is None else int(steps),
                                tau=self.tau if tau is None else float(tau),
@@ -159,7 +173,8 @@ class StructuralPrior:
                                fitted_on=self.fitted_on, atom_types=self.atom_types,
                                anchor=self.anchor if anchor is None else str(anchor),
                                settle=self.settle if settle is None else int(settle),
-                               core_tries=self.core_tries if core_tries is None else int(core_tries))
+                               core_tries=self.core_tries if core_tries is None else int(core_tries),
+                               core_select=self.core_select if core_select is None else str(core_select))
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod

@@ -559,7 +559,7 @@ class MultiScaleDynamics(nn.Module):
         grid = self._core_tables(topo)[2]
         strength = float(torch.as_tensor(self.core_strength()).detach())
         return core_filter(tables, pairs, t.hops, torch.nonzero(t.root)[:, 0], t.levels, x0, batch.box, batch.batch,
-                           strength, eps, uniform.contiguous(), grid)
+                           strength, eps, uniform.contiguous(), grid, prior.core_select)
 
     @torch.no_grad()
     def step(self, batch: BeadBatch, generator: torch.Generator | None = None, temperature: float = 1.0,

@@ -67,6 +67,8 @@ class PriorConfig:
     settle: int | None = None
     #: excluded volume inside a bond-tree draw: proposals per bead (0/1 = off; cgsim/model/excluded.py)
     core_tries: int | None = None
+    #: first (rejection sampling; tables >= 0) | weighted (pick by exp(-u): tables may attract)
+    core_select: str | None = None
 
 
 @dataclass

@@ -65,6 +65,7 @@ from cgsim.model.checkpoint import (
 )
 from cgsim.model.prior import StructuralPrior
 from cgsim.model.sampling import apply_refine_overrides
+from cgsim.train.core_calibration import CoreCalibration, calibrate_core
 from cgsim.train.prior_fit import (
     calibrate_prior,
     fit_prior,
@@ -146,6 +147,11 @@ def _sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+#: ``--prior`` keys of the filter calibration of a model trained with its prior -> CoreCalibration fields
+CORE_CALIBRATION_KEYS = {"calibrate": "iterations", "calibrate_steps": "steps", "burn_in": "burn_in",
+                         "every": "every", "damping": "damping", "systems": "systems", "seed": "seed"}
+
+
 def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any],
                   refine: dict[str, Any] | None = None) -> StructuralPrior:
     """Fit (and with ``calibrate=N`` calibrate over N iterations) the prior of ``ckpt``; the
@@ -154,15 +160,35 @@ def _fitted_prior(ckpt: dict[str, Any], card: ModelCard, options: dict[str, Any]
 
     A model trained with the excluded volume in its draw (``collective.core_samples``) carries
     the prior it was trained with: its tables are kept (a refit could differ from what the
-    network learned to work with) and only the sampling schedule of ``options`` is applied."""
-    trained = model_from_checkpoint(ckpt).prior if card.sampler.parameters["gaussian"].get("core_samples") else None
+    network learned to work with) and only the sampling schedule of ``options`` is applied; with
+    ``calibrate=N`` its filter tables are then calibrated on N rounds of long rollouts of the
+    training systems (:func:`cgsim.train.core_calibration.calibrate_core`; ``calibrate_steps``,
+    ``burn_in``, ``every``, ``damping``, ``systems``, ``seed`` set the rounds), which switches
+    the filter to ``core_select=weighted``."""
+    trained_model = model_from_checkpoint(ckpt) if card.sampler.parameters["gaussian"].get("core_samples") else None
+    trained = trained_model.prior if trained_model is not None else None
     if trained is not None:
-        schedule = {k: options[k] for k in ("steps", "tau", "anchor", "settle", "core_tries") if k in options}
-        refit = sorted(set(options) - set(schedule) - {"nb_cutoff"})
+        schedule = {k: options[k] for k in ("steps", "tau", "anchor", "settle", "core_tries", "core_select")
+                    if k in options}
+        calib = {k: options[k] for k in CORE_CALIBRATION_KEYS if k in options}
+        refit = sorted(set(options) - set(schedule) - set(calib) - {"nb_cutoff"})
         if refit:
             raise CgsimInputError(f"--prior {refit[0]}", "the model was trained with its prior (collective.core_samples); "
-                                                        "only steps, tau, anchor, settle and core_tries can be set")
-        return trained.with_schedule(**schedule)
+                                                        "only steps, tau, anchor, settle, core_tries, core_select and "
+                                                        "the filter calibration (" + ", ".join(CORE_CALIBRATION_KEYS)
+                                                        + ") can be set")
+        prior = trained.with_schedule(**schedule)
+        if int(calib.get("calibrate", 0)) > 0:
+            trained_model.prior = prior
+            try:
+                settings = CoreCalibration(**{CORE_CALIBRATION_KEYS[k]: (float(v) if k == "damping" else int(v))
+                                              for k, v in calib.items()})
+            except ValueError as exc:
+                raise CgsimInputError("--prior calibrate", str(exc)) from None
+            prior, errors = calibrate_core(trained_model, training_systems(card), card.stride, settings)
+            print("filter calibration on rollouts, mean |ln P_rollout/P_MD| per round: "
+                  + " ".join(f"{e:.3f}" for e in errors))
+        return prior
     systems = training_systems(card)
     prior = fit_prior(card, options, systems)
     n_iter = int(options.get("calibrate", 0))

@@ -15,6 +15,7 @@ Two stages (:mod:`cgsim.model.prior` has the terms and the sampler):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.model.tree import TreeNoise
 
 FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
-            "settle", "core_tries")
+            "settle", "core_tries", "core_select")
 
 
 def training_systems(card: ModelCard) -> list[BeadTrajectory]:
@@ -73,6 +74,7 @@ def fit_prior_to(systems: Sequence[BeadTrajectory], atom_types: Sequence[str], o
     anchor = opts.pop("anchor", "mean")
     settle = int(opts.pop("settle", 0))
     core_tries = int(opts.pop("core_tries", 0))
+    core_select = str(opts.pop("core_select", "first"))
     vocab = list(atom_types)
     rows = []
     for t in systems:
@@ -81,7 +83,7 @@ def fit_prior_to(systems: Sequence[BeadTrajectory], atom_types: Sequence[str], o
         box = None if g.box is None else g.box.numpy()
         rows.append((t.name, classes, g.bead_bonds, t.positions, box))
     prior = StructuralPrior.fit(rows, atom_types=vocab, **opts)
-    return prior.with_schedule(anchor=anchor, settle=settle, core_tries=core_tries)
+    return prior.with_schedule(anchor=anchor, settle=settle, core_tries=core_tries, core_select=core_select)
 
 
 @torch.no_grad()
@@ -287,7 +289,5 @@ def _update(prior: StructuralPrior, drawn: dict, true: dict, n_windows: int,
                                   upto=table.hi if kind == "nb" else None)
             tables[kind][key] = new
             errs.append(err)
-    out = StructuralPrior(tables=tables, nb_cutoff=prior.nb_cutoff, steps=prior.steps, tau=prior.tau,
-                          strength=prior.strength, fitted_on=prior.fitted_on, atom_types=prior.atom_types,
-                          anchor=prior.anchor)
+    out = dataclasses.replace(prior, tables=tables)  # the schedule (settle, core_tries, ...) stays
     return out, float(np.mean(errs)) if errs else 0.0
