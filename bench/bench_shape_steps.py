@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50])
     ap.add_argument("--every", type=int, default=20, help="window spacing in frames")
     ap.add_argument("--prior", nargs="*", default=[], help="structural-prior schedule, key=value")
+    ap.add_argument("--temperature", type=float, default=1.0, help="scale of the draw's noise (0: its mean)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
         starts = range(0, t.n_frames - need - horizon * stride, args.every)
         for start in starts:
             hist = history_positions(t, h, stride, start).to(dtype)
-            traj = rollout_positions(model, [t.graph], [hist], horizon, gen)
+            traj = rollout_positions(model, [t.graph], [hist], horizon, gen, args.temperature)
             for k in args.steps:
                 drawn[k].append(radius_of_gyration(traj[k - 1]))
                 true[k].append(radius_of_gyration(torch.from_numpy(t.positions[start + need - 1 + k * stride])))
@@ -78,7 +79,7 @@ def main() -> None:
     mean_ratio = {k: float(np.mean([r["ratio_to_md"][k] for r in rows])) for k in args.steps}
     print("mean Rg ratio to MD after " + ", ".join(f"{k}: {v:.3f}" for k, v in mean_ratio.items()))
     if args.json:
-        write_json(args.json, {"checkpoint": args.checkpoint, "prior": given, "stride": stride, "chains": rows,
+        write_json(args.json, {"checkpoint": args.checkpoint, "prior": given, "temperature": args.temperature, "stride": stride, "chains": rows,
                                "mean_ratio_to_md": mean_ratio})
 
 
