@@ -92,3 +92,16 @@ def test_calibration_rolls_a_model_out_and_moves_its_filter_tables():
                for k in prior.tables for key in prior.tables[k]]
     assert any(changed)
     assert StructuralPrior.from_dict(prior.to_dict()).to_dict() == prior.to_dict()
+
+
+def test_the_one_step_calibration_keeps_the_prior_schedule():
+    """``calibrate_prior``'s update rebuilt the prior without ``settle`` and ``core_tries`` (reset
+    to 0: the filter silently off after a calibration); it keeps the whole schedule now."""
+    from cgsim.train.prior_fit import _update
+
+    prior = _prior()
+    rng = np.random.default_rng(1)
+    store = {("bond", 0): [rng.normal(1.0, 0.05, 5000)]}
+    out, err = _update(prior, store, {("bond", 0): [rng.normal(1.02, 0.05, 5000)]}, 10, 0.5)
+    assert err > 0 and not np.array_equal(out.tables["bond"]["*"].u, prior.tables["bond"]["*"].u)
+    assert (out.settle, out.core_tries, out.core_select, out.steps) == (2, 16, "weighted", 0)
