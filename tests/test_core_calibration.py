@@ -10,7 +10,9 @@ import torch
 
 from cgsim.errors import CgsimInputError
 from cgsim.model.prior import PairTable, StructuralPrior
-from cgsim.train.core_calibration import CoreCalibration, calibrate_core, taper, update_tables
+from cgsim.model.prior_tables import taper_change as taper
+from cgsim.train.core_calibration import CoreCalibration, calibrate_core
+from cgsim.train.prior_fit import update_tables
 
 
 def _prior() -> StructuralPrior:
@@ -32,7 +34,7 @@ def test_too_few_close_pairs_in_the_rollout_grow_a_well_and_the_schedule_stays()
     drawn = {("nb", 0): [roll]}
     true = {("nb", 0): [md]}
     prior = _prior()
-    new, err = update_tables(prior, drawn, true, 100, 100, damping=1.0)
+    new, err = update_tables(prior, drawn, true, 100, 100, damping=1.0, nb_whole_range=True)
     u_old, u_new = prior.tables["nb"]["*"].u, new.tables["nb"]["*"].u
     r = np.arange(0.0, 2.0, 0.01)
     mid = (r > 1.05) & (r < 1.3)

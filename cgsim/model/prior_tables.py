@@ -286,6 +286,17 @@ def histogram_on_table(table: PairTable, r: np.ndarray, smooth_bins: float = 2.0
     return _smooth(h.astype(np.float64), smooth_bins)
 
 
+def taper_change(table: PairTable, old: PairTable, fraction: float = 0.25) -> PairTable:
+    """``table`` whose change from ``old`` is switched smoothly (smoothstep) to 0 over the last
+    ``fraction`` of the grid, so the energy ends where a pair search ends."""
+    grid = np.arange(table.u.size, dtype=np.float64)
+    start = (1.0 - fraction) * (table.u.size - 1)
+    x = np.clip((grid - start) / max((table.u.size - 1) - start, 1.0), 0.0, 1.0)
+    switch = 1.0 - x * x * (3.0 - 2.0 * x)
+    return PairTable(r0=table.r0, dr=table.dr, u=old.u + (table.u - old.u) * switch, lo=table.lo, hi=table.hi,
+                     k=table.k, n_samples=table.n_samples, upper_wall=table.upper_wall)
+
+
 def ibi_update(table: PairTable, sampled: np.ndarray, target: np.ndarray, n_sampled: int, n_target: int,
                damping: float = 0.5, min_count: float = 5.0, max_change: float = 2.0,
                upto: float | None = None, smooth_nm: float = 0.04) -> tuple[PairTable, float]:

@@ -15,7 +15,7 @@ non-bonded pairs (a swollen chain) gets a table that pulls them in. No weight of
 changes.
 
 The non-bonded tables' corrections are switched smoothly to zero over the last
-:data:`TAPER_FRACTION` of their range, so the filter's energy stays continuous where its pair
+:data:`cgsim.train.prior_fit.TAPER_FRACTION` of their range, so the filter's energy stays continuous where its pair
 search ends.
 """
 
@@ -32,13 +32,10 @@ from tqdm.auto import tqdm
 from cgsim.data.windows import BeadTrajectory, history_positions
 from cgsim.errors import CgsimInputError
 from cgsim.model.batch import collate
-from cgsim.model.prior import KINDS, PairTable, StructuralPrior, ibi_update
+from cgsim.model.prior import StructuralPrior
 from cgsim.model.sampling import learned_step
 from cgsim.model.simulator import MultiScaleDynamics
-from cgsim.train.prior_fit import _collect
-
-#: the last fraction of a non-bonded table's range over which its correction goes smoothly to 0
-TAPER_FRACTION = 0.25
+from cgsim.train.prior_fit import _collect, update_tables
 
 #: a store of pair distances: ``{(kind, table index): [arrays of nm]}``
 Store = dict[tuple[str, int], list[np.ndarray]]
@@ -82,57 +79,17 @@ class CoreCalibration:
                              f"steps={self.steps}")
 
 
-def taper(table: PairTable, old: PairTable, fraction: float = TAPER_FRACTION) -> PairTable:
-    """``table`` whose change from ``old`` is switched smoothly (smoothstep) to 0 over the last
-    ``fraction`` of the grid, so the energy ends where the pair search ends."""
-    grid = np.arange(table.u.size, dtype=np.float64)
-    start = (1.0 - fraction) * (table.u.size - 1)
-    x = np.clip((grid - start) / max((table.u.size - 1) - start, 1.0), 0.0, 1.0)
-    switch = 1.0 - x * x * (3.0 - 2.0 * x)
-    u = old.u + (table.u - old.u) * switch
-    return dataclasses.replace(table, u=u)
-
-
-def update_tables(prior: StructuralPrior, drawn: Store, true: Store, n_drawn: int, n_true: int,
-                  damping: float) -> tuple[StructuralPrior, float]:
-    """One iterative-Boltzmann-inversion update of every table with pairs in both stores.
-
-    Parameters
-    ----------
-    prior : StructuralPrior
-        The current prior.
-    drawn, true : Store
-        Pair distances (nm) of the rollout frames and of the MD frames.
-    n_drawn, n_true : int
-        Frames (summed over systems) behind each store: histograms are per frame.
-    damping : float
-        Fraction of the log-ratio applied.
-
-    Returns
-    -------
-    prior : StructuralPrior
-        With the updated tables (schedule unchanged).
-    error : float
-        Mean |ln(P_rollout / P_MD)| over the compared bins of all tables, before the update.
-    """
-    tables = {kind: dict(v) for kind, v in prior.tables.items()}
-    errs = []
-    for kind in KINDS:
-        for j, key in enumerate(prior.tables.get(kind, {})):
-            s, t = drawn.get((kind, j)), true.get((kind, j))
-            if not s or not t:
-                continue
-            old = prior.tables[kind][key]
-            # the non-bonded tables change over their whole grid (they may grow a well), tapered at the end
-            new, err = ibi_update(old, np.concatenate(s), np.concatenate(t), n_drawn, n_true, damping)
-            tables[kind][key] = taper(new, old) if kind == "nb" else new
-            errs.append(err)
-    return dataclasses.replace(prior, tables=tables), float(np.mean(errs)) if errs else 0.0
-
-
-def _collect_frames(prior: StructuralPrior, topo: object, frames: torch.Tensor, b: object, store: Store) -> None:
-    for frame in frames:
+def _md_store(prior: StructuralPrior, t: BeadTrajectory, per: int, dtype: torch.dtype) -> Store:
+    """Pair distances of ``per`` MD frames of ``t``, evenly spaced over its whole trajectory."""
+    g = t.graph
+    b = collate([g], [history_positions(t, 1, 1, 0).to(dtype)])
+    topo = prior.topology(prior.classes_of(g.atom_type, g.atom_to_bead, g.n_beads), b.bead_bonds, b.n_beads,
+                          b.pos.device, dtype)
+    idx = np.linspace(0, t.n_frames - 1, per).round().astype(int)
+    store: Store = {}
+    for frame in torch.from_numpy(np.ascontiguousarray(t.positions[idx])).to(dtype):
         _collect(prior, topo, frame, b, store)
+    return store
 
 
 @torch.no_grad()
@@ -182,11 +139,13 @@ def calibrate_core(model: MultiScaleDynamics, systems: Sequence[BeadTrajectory],
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = next(model.parameters()).dtype
     errors: list[float] = []
+    md_cache: dict[tuple[int, int], Store] = {}
     bar = tqdm(range(cfg.iterations), desc="calibrate filter", disable=not progress)
     for _ in bar:
         model.prior = prior
         n_pick = len(usable) if cfg.systems <= 0 else min(cfg.systems, len(usable))
-        chosen = [usable[k] for k in rng.choice(len(usable), size=n_pick, replace=False)]
+        picked = [int(k) for k in rng.choice(len(usable), size=n_pick, replace=False)]
+        chosen = [usable[k] for k in picked]
         graphs = [t.graph for t in chosen]
         starts = [int(rng.integers(0, t.n_frames - need + 1)) for t in chosen]
         hist = [history_positions(t, h, stride, s).to(dtype) for t, s in zip(chosen, starts, strict=True)]
@@ -208,17 +167,16 @@ def calibrate_core(model: MultiScaleDynamics, systems: Sequence[BeadTrajectory],
                 n_drawn += 1
             bar.set_postfix(step=k + 1, refresh=False)
         # the same systems' MD frames, the same number from each (one learned step = stride frames),
-        # so that a per-frame histogram sums over the systems as a rollout frame does
+        # so that a per-frame histogram sums over the systems as a rollout frame does; the tables'
+        # indices do not change between rounds, so each system's MD pairs are collected once
         per = min(len(range(0, t.n_frames, stride * cfg.every)) for t in chosen)
         true: Store = {}
-        for t, g in zip(chosen, graphs, strict=True):
-            bt = collate([g], [history_positions(t, 1, 1, 0).to(dtype)])
-            tt = prior.topology(prior.classes_of(g.atom_type, g.atom_to_bead, g.n_beads), bt.bead_bonds,
-                                bt.n_beads, bt.pos.device, dtype)
-            idx = np.linspace(0, t.n_frames - 1, per).round().astype(int)
-            frames = torch.from_numpy(np.ascontiguousarray(t.positions[idx])).to(dtype)
-            _collect_frames(prior, tt, frames, bt, true)
-        prior, err = update_tables(prior, drawn, true, n_drawn, per, cfg.damping)
+        for k in picked:
+            if (k, per) not in md_cache:
+                md_cache[(k, per)] = _md_store(prior, usable[k], per, dtype)
+            for key, v in md_cache[(k, per)].items():
+                true.setdefault(key, []).extend(v)
+        prior, err = update_tables(prior, drawn, true, n_drawn, per, cfg.damping, nb_whole_range=True)
         errors.append(err)
         bar.set_postfix(error=f"{err:.3f}")
     model.prior = prior

@@ -33,9 +33,13 @@ from cgsim.model.batch import collate
 from cgsim.model.card import ModelCard
 from cgsim.model.graph import molecule_index
 from cgsim.model.prior import KINDS, StructuralPrior, bead_classes, ibi_update
+from cgsim.model.prior_tables import taper_change
 from cgsim.model.sampling import learned_step
 from cgsim.model.simulator import MultiScaleDynamics
 from cgsim.model.tree import TreeNoise
+
+#: the last fraction of a non-bonded table's range over which a whole-range update goes smoothly to 0
+TAPER_FRACTION = 0.25
 
 FIT_KEYS = ("nb_cutoff", "dr", "min_samples", "max_frames", "steps", "tau", "strength", "anchor", "nb_range",
             "settle", "core_tries", "core_select")
@@ -273,21 +277,49 @@ def _pairs_by_kind(prior: StructuralPrior, topo: Any, frame: torch.Tensor, b: An
     return out
 
 
-def _update(prior: StructuralPrior, drawn: dict, true: dict, n_windows: int,
-            damping: float) -> tuple[StructuralPrior, float]:
+def update_tables(prior: StructuralPrior, drawn: dict, true: dict, n_drawn: int, n_true: int, damping: float,
+                  nb_whole_range: bool = False) -> tuple[StructuralPrior, float]:
+    """One iterative-Boltzmann-inversion update of every table with pairs in both stores.
+
+    Parameters
+    ----------
+    prior : StructuralPrior
+        The current prior.
+    drawn, true : dict
+        Pair distances (nm), ``{(kind, table index): [arrays]}``, of the model's frames and of MD's.
+    n_drawn, n_true : int
+        Frames behind each store: histograms are per frame.
+    damping : float
+        Fraction of the log-ratio applied.
+    nb_whole_range : bool
+        False: a non-bonded table changes only below its ``hi`` (the fitted core stays a core).
+        True: over its whole grid (it may grow a well), the change switched to 0 over the last
+        :data:`TAPER_FRACTION` of it (the filter calibration on rollouts).
+
+    Returns
+    -------
+    prior : StructuralPrior
+        With the updated tables (schedule unchanged).
+    error : float
+        Mean |ln(P_drawn / P_true)| over the compared bins of all tables, before the update.
+    """
     tables = {kind: dict(v) for kind, v in prior.tables.items()}
     errs = []
     for kind in KINDS:
-        names = list(prior.tables.get(kind, {}))
-        for j, key in enumerate(names):
-            s = drawn.get((kind, j))
-            t = true.get((kind, j))
+        for j, key in enumerate(prior.tables.get(kind, {})):
+            s, t = drawn.get((kind, j)), true.get((kind, j))
             if not s or not t:
                 continue
             table = prior.tables[kind][key]
-            new, err = ibi_update(table, np.concatenate(s), np.concatenate(t), n_windows, n_windows, damping,
-                                  upto=table.hi if kind == "nb" else None)
-            tables[kind][key] = new
+            upto = table.hi if kind == "nb" and not nb_whole_range else None
+            new, err = ibi_update(table, np.concatenate(s), np.concatenate(t), n_drawn, n_true, damping, upto=upto)
+            tables[kind][key] = taper_change(new, table, TAPER_FRACTION) if kind == "nb" and nb_whole_range else new
             errs.append(err)
     out = dataclasses.replace(prior, tables=tables)  # the schedule (settle, core_tries, ...) stays
     return out, float(np.mean(errs)) if errs else 0.0
+
+
+def _update(prior: StructuralPrior, drawn: dict, true: dict, n_windows: int,
+            damping: float) -> tuple[StructuralPrior, float]:
+    """:func:`update_tables` of the one-step calibration (as many drawn as true windows)."""
+    return update_tables(prior, drawn, true, n_windows, n_windows, damping)
